@@ -1,0 +1,46 @@
+"""Run bookkeeping shared by the flows: open a run, or join the one a parent flow opened."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any
+
+from prefect import flow
+
+from fusion_core.config import load_settings
+from fusion_core.store import Store
+
+
+@contextmanager
+def tracked_run(flow: str, config: str | None, overrides: dict[str, Any] | None, run_id: str | None,
+                params: dict[str, Any]):
+    """Yield a run id. A new run is opened and closed here unless ``run_id`` joins a parent's run.
+
+    The caller may put a summary in the yielded dict under ``"summary"``.
+    """
+    if run_id is not None:
+        yield {"run_id": run_id}
+        return
+    store = Store.from_settings(load_settings(config, overrides))
+    run = {"run_id": store.start_run(flow, {"config": config, "overrides": overrides, **params})}
+    try:
+        yield run
+    except BaseException as err:
+        store.finish_run(run["run_id"], "failed", {"error": f"{type(err).__name__}: {err}"})
+        raise
+    store.finish_run(run["run_id"], "completed", run.get("summary"))
+
+
+def stage_flow(stage: str, stage_task):
+    """A Prefect flow running one stage task that takes ``(config, overrides, run_id)``."""
+
+    @flow(name=stage, description=f"Run the {stage} stage of Fusion.")
+    def run_stage(config: str | None = None, overrides: dict[str, Any] | None = None,
+                  run_id: str | None = None) -> dict:
+        with tracked_run(stage, config, overrides, run_id, {}) as run:
+            result = stage_task(config, overrides, run["run_id"])
+            run["summary"] = {stage: result}
+            return {"run_id": run["run_id"], **result}
+
+    run_stage.__name__ = f"{stage}_flow"
+    return run_stage

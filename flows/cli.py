@@ -1,0 +1,167 @@
+"""The ``fusion`` command: demo, ad hoc flow runs, the nightly schedule, and what runs did."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fusion_core.config import ConfigError, load_settings, parse_overrides
+from fusion_core.runs import describe_run
+from fusion_core.store import Store
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Fusion: mine image collections - ingest, impute, train, infer, cluster.")
+
+FLOWS = ("ingest", "preprocess", "train", "infer", "cluster", "nightly")
+NIGHTLY_CRON = "0 2 * * *"
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="profile name (smoke, local, cluster) or YAML file")
+StoreOpt = typer.Option(None, "--store", help="store root (folder or object-store URI)")
+SetOpt = typer.Option([], "--set", help="override a setting: SECTION.KEY=VALUE (repeatable)")
+
+
+def _overrides(store: str | None, sets: list[str]) -> dict:
+    overrides = parse_overrides(sets)
+    if store:
+        overrides["store.root"] = store
+    return overrides
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    logging.getLogger("fusion_core").setLevel(logging.INFO)
+
+
+@app.callback()
+def _environment() -> None:
+    """Quiet defaults for local runs; any value already set in the environment wins."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def _fail(message: str) -> None:
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _run_flow(name: str, source: str | None, config: str | None, overrides: dict) -> dict:
+    load_settings(config, overrides)  # fail fast on a bad config, before Prefect starts
+    from flows import cluster, infer, ingest, nightly, preprocess, train
+
+    if name in ("ingest", "nightly"):
+        if not source:
+            _fail(f"fusion run {name}: --source is required")
+        if not Path(source).is_dir():
+            _fail(f"fusion run {name}: source {source!r} is not a folder")
+        fn = {"ingest": ingest.ingest_flow, "nightly": nightly.nightly_flow}[name]
+        return fn(source=str(Path(source).resolve()), config=config, overrides=overrides)
+    fn = {"preprocess": preprocess.preprocess_flow, "train": train.train_flow,
+          "infer": infer.infer_flow, "cluster": cluster.cluster_flow}[name]
+    return fn(config=config, overrides=overrides)
+
+
+def _print_run(run_id: str, config: str | None, overrides: dict) -> None:
+    store = Store.from_settings(load_settings(config, overrides))
+    typer.echo("\n" + describe_run(store.get_run(run_id), store))
+
+
+@app.command()
+def demo(config: Optional[str] = ConfigOpt, store: Optional[str] = StoreOpt,
+         sets: list[str] = SetOpt) -> None:
+    """Generate the demo image set and run the nightly flow on it."""
+    from fusion_core.demo_data import generate_demo_images
+
+    _setup_logging()
+    try:
+        overrides = _overrides(store, sets)
+        settings = load_settings(config, overrides)
+    except ConfigError as err:
+        _fail(str(err))
+    made = generate_demo_images(settings.demo.source, per_class=settings.demo.per_class, seed=settings.demo.seed)
+    typer.echo(f"demo data: {made.images} images ({made.with_missing} with missing pixels, "
+               f"{made.corrupt} corrupt files) in {Path(made.root).resolve()}")
+    result = _run_flow("nightly", settings.demo.source, config, overrides)
+    _print_run(result["run_id"], config, overrides)
+
+
+@app.command()
+def run(flow: str = typer.Argument(..., help=f"one of: {', '.join(FLOWS)}"),
+        source: Optional[str] = typer.Option(None, "--source", help="folder of images (ingest, nightly)"),
+        config: Optional[str] = ConfigOpt, store: Optional[str] = StoreOpt,
+        sets: list[str] = SetOpt) -> None:
+    """Run one flow now, locally or on the Ray cluster at RAY_ADDRESS / ray.address."""
+    if flow not in FLOWS:
+        _fail(f"unknown flow {flow!r}; choose one of: {', '.join(FLOWS)}")
+    _setup_logging()
+    try:
+        overrides = _overrides(store, sets)
+        result = _run_flow(flow, source, config, overrides)
+    except ConfigError as err:
+        _fail(str(err))
+    _print_run(result["run_id"], config, overrides)
+
+
+@app.command()
+def serve(source: str = typer.Option(..., "--source", help="folder the nightly run ingests"),
+          config: Optional[str] = ConfigOpt, store: Optional[str] = StoreOpt,
+          sets: list[str] = SetOpt, cron: str = typer.Option(NIGHTLY_CRON, help="cron schedule")) -> None:
+    """Serve the nightly flow on its cron schedule (runs until stopped)."""
+    from flows.nightly import nightly_flow
+
+    _setup_logging()
+    overrides = _overrides(store, sets)
+    try:
+        load_settings(config, overrides)
+    except ConfigError as err:
+        _fail(str(err))
+    nightly_flow.serve(name="nightly", cron=cron,
+                       parameters={"source": str(Path(source).resolve()), "config": config, "overrides": overrides})
+
+
+@app.command()
+def runs(store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt,
+         limit: int = typer.Option(20, help="how many, newest first")) -> None:
+    """List runs, newest first."""
+    catalog = Store.from_settings(load_settings(config, _overrides(store, [])))
+    rows = catalog.list_runs(limit)
+    if not rows:
+        typer.echo(f"no runs in {catalog.root}")
+        return
+    typer.echo(f"{'run id':<24} {'flow':<11} {'status':<10} {'started (UTC)':<20} seconds")
+    for r in rows:
+        took = f"{(r['finished_at'] - r['started_at']).total_seconds():.0f}" if r["finished_at"] else "-"
+        typer.echo(f"{r['run_id']:<24} {r['flow']:<11} {r['status']:<10} {r['started_at']:%Y-%m-%d %H:%M:%S}  {took}")
+
+
+@app.command()
+def show(run_id: str, store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt) -> None:
+    """Show what a run did: each stage with its counts, metrics and outputs."""
+    catalog = Store.from_settings(load_settings(config, _overrides(store, [])))
+    run_row = catalog.get_run(run_id)
+    if run_row is None:
+        _fail(f"no run {run_id!r} in {catalog.root}; see `fusion runs`")
+    typer.echo(describe_run(run_row, catalog))
+
+
+@app.command()
+def models(store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt) -> None:
+    """List model versions with their stage and holdout metrics."""
+    catalog = Store.from_settings(load_settings(config, _overrides(store, [])))
+    typer.echo(f"{'version':<8} {'stage':<11} {'name':<10} {'accuracy':<9} {'macro_f1':<9} run")
+    for m in catalog.list_models():
+        typer.echo(f"{m['version']:<8} {m['stage']:<11} {m['name']:<10} {m['metrics']['accuracy']:<9.4f} "
+                   f"{m['metrics']['macro_f1']:<9.4f} {m['run_id']}")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app(prog_name="fusion")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""The nightly flow: every stage chained, each as a subflow of one run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows._run import tracked_run
+from flows.cluster import cluster_flow
+from flows.infer import infer_flow
+from flows.ingest import ingest_flow
+from flows.preprocess import preprocess_flow
+from flows.train import train_flow
+
+STAGES = ("ingest", "preprocess", "train", "infer", "cluster")
+
+
+@flow(name="nightly")
+def nightly_flow(source: str, config: str | None = None, overrides: dict[str, Any] | None = None) -> dict:
+    """Ingest what is new under ``source``, then preprocess, train, infer and cluster.
+
+    Returns:
+        ``{"run_id": ..., "<stage>": stage result, ...}``.
+    """
+    with tracked_run("nightly", config, overrides, None, {"source": source}) as run:
+        rid = run["run_id"]
+        results = {"ingest": ingest_flow(source, config, overrides, run_id=rid),
+                   "preprocess": preprocess_flow(config, overrides, run_id=rid),
+                   "train": train_flow(config, overrides, run_id=rid),
+                   "infer": infer_flow(config, overrides, run_id=rid),
+                   "cluster": cluster_flow(config, overrides, run_id=rid)}
+        run["summary"] = {stage: {k: v for k, v in r.items() if k != "run_id"} for stage, r in results.items()}
+        return {"run_id": rid, **run["summary"]}

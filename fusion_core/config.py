@@ -1,0 +1,187 @@
+"""Typed settings for every stage.
+
+Precedence, lowest to highest: defaults, a YAML profile, environment variables
+``FUSION_<SECTION>__<KEY>``, then explicit overrides (CLI flags).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "deploy" / "configs"
+
+_profile_data: contextvars.ContextVar[dict] = contextvars.ContextVar("fusion_profile", default={})
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StoreConfig(_Section):
+    root: str = "./fusion-store"
+    db: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file under root")
+
+
+class RayConfig(_Section):
+    address: str | None = Field(None, description="existing cluster; RAY_ADDRESS is used when unset")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray; default all")
+    node_ip_address: str | None = Field(None, description="node address, e.g. 127.0.0.2 to stay on loopback")
+
+
+class IngestConfig(_Section):
+    files_per_task: int = Field(2000, ge=1)
+    max_pixels: int = Field(50_000_000, ge=1)
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _splits_leave_training_data(self) -> "IngestConfig":
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("val_fraction + test_fraction must be below 1")
+        return self
+
+
+class PreprocessConfig(_Section):
+    size: int = Field(32, ge=4, le=1024)
+    grayscale: bool = False
+    impute_method: Literal["mean", "nearest", "normalized_convolution", "harmonic"] = "harmonic"
+
+
+class TrainConfig(_Section):
+    model: Literal["seed_cnn"] = "seed_cnn"
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    mixed_precision: bool = True
+    retrain: Literal["on_new_data", "always"] = "on_new_data"
+    promote_margin: float = Field(0.0, ge=0.0)
+    seed: int = 0
+
+
+class InferConfig(_Section):
+    batch_size: int = Field(512, ge=1)
+    concurrency: int = Field(2, ge=1)
+
+
+class ClusterConfig(_Section):
+    k: int | None = Field(None, ge=2, description="default: number of classes")
+    seed: int = 0
+
+
+class DemoConfig(_Section):
+    per_class: int = Field(400, ge=1)
+    seed: int = 0
+    source: str = "./fusion-demo-data"
+
+
+class Settings(BaseSettings):
+    """All of Fusion's settings, one section per stage."""
+
+    model_config = SettingsConfigDict(env_prefix="FUSION_", env_nested_delimiter="__", extra="forbid")
+
+    profile: str = "default"
+    store: StoreConfig = StoreConfig()
+    ray: RayConfig = RayConfig()
+    ingest: IngestConfig = IngestConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    train: TrainConfig = TrainConfig()
+    infer: InferConfig = InferConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    demo: DemoConfig = DemoConfig()
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        return init_settings, env_settings, _ProfileSource(settings_cls)
+
+    def section_hash(self, *sections: str) -> str:
+        """Short stable hash of the named sections, used to key derived outputs."""
+        data = {name: getattr(self, name).model_dump() for name in sections}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+class _ProfileSource(PydanticBaseSettingsSource):
+    def get_field_value(self, field, field_name):  # pragma: no cover - unused by __call__
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return _profile_data.get()
+
+
+def resolve_profile(config: str | None) -> Path | None:
+    """Map a profile name (``smoke``) or a path to a YAML file."""
+    if not config:
+        return None
+    path = Path(config)
+    if not path.suffix and not path.exists():
+        path = PROFILES_DIR / f"{config}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+        raise ConfigError(f"config: no such file or profile {config!r} (profiles: {', '.join(names)})")
+    return path
+
+
+def _nest(overrides: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def load_settings(config: str | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Build settings from a profile or YAML file plus dotted overrides.
+
+    Args:
+        config: profile name in ``deploy/configs`` or path to a YAML file.
+        overrides: ``{"train.epochs": 3, "store.root": "/data"}``; highest precedence.
+
+    Raises:
+        ConfigError: naming the bad field and what it accepts.
+    """
+    path = resolve_profile(config)
+    profile = yaml.safe_load(path.read_text()) or {} if path else {}
+    if not isinstance(profile, dict):
+        raise ConfigError(f"config: {path} must hold a mapping of sections")
+    token = _profile_data.set(profile)
+    try:
+        return Settings(**_nest({k: v for k, v in (overrides or {}).items() if v is not None}))
+    except ValidationError as err:
+        raise ConfigError(_describe(err)) from None
+    finally:
+        _profile_data.reset(token)
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for item in err.errors():
+        field = ".".join(str(p) for p in item["loc"])
+        lines.append(f"{field}: {item['msg']} (got {item.get('input')!r})")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Turn ``["train.epochs=3"]`` into ``{"train.epochs": 3}`` (values parsed as YAML)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {pair!r}: expected SECTION.KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value)
+    return out

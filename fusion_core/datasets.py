@@ -1,0 +1,120 @@
+"""Parquet shards under the store root: schemas, atomic writes, reads.
+
+A shard is written to a temporary name and moved into place; it becomes part
+of a dataset only when a catalog manifest lists it (see ``store.commit_version``).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = "1"
+
+IMAGES_SCHEMA = pa.schema([
+    pa.field("image_id", pa.string(), nullable=False),
+    pa.field("source", pa.string(), nullable=False),
+    pa.field("label", pa.string()),
+    pa.field("split", pa.string(), nullable=False),
+    pa.field("height", pa.int32(), nullable=False),
+    pa.field("width", pa.int32(), nullable=False),
+    pa.field("channels", pa.int8(), nullable=False),
+    pa.field("pixels", pa.binary(), nullable=False),  # raw uint8 HWC
+    pa.field("mask", pa.binary()),  # np.packbits of the HxW missing-pixel mask, null when complete
+], metadata={"fusion.dataset": "images", "fusion.schema_version": SCHEMA_VERSION})
+
+
+def pixels_schema(height: int, width: int, channels: int) -> pa.Schema:
+    """Fixed-shape uint8 pixels ready for the model, one row per image."""
+    return pa.schema([
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("label", pa.string()),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("pixels", pa.binary(height * width * channels), nullable=False),
+        pa.field("imputed_fraction", pa.float32(), nullable=False),
+        pa.field("impute_method", pa.string()),
+    ], metadata={"fusion.dataset": "pixels", "fusion.schema_version": SCHEMA_VERSION,
+                 "fusion.shape": f"{height},{width},{channels}"})
+
+
+def predictions_schema(n_classes: int, embedding_dim: int) -> pa.Schema:
+    return pa.schema([
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("label", pa.string()),
+        pa.field("split", pa.string()),
+        pa.field("predicted", pa.string(), nullable=False),
+        pa.field("confidence", pa.float32(), nullable=False),
+        pa.field("probs", pa.list_(pa.float32(), n_classes), nullable=False),
+        pa.field("embedding", pa.list_(pa.float32(), embedding_dim), nullable=False),
+    ], metadata={"fusion.dataset": "predictions", "fusion.schema_version": SCHEMA_VERSION})
+
+
+def _filesystem(root: str) -> tuple[pafs.FileSystem, str]:
+    return pafs.FileSystem.from_uri(root)
+
+
+def write_shard(root: str, rel_path: str, table: pa.Table) -> dict:
+    """Write a table as one zstd Parquet shard at ``root/rel_path``, atomically where the filesystem allows.
+
+    Returns:
+        The manifest entry ``{"path": rel_path, "num_rows": n}``.
+    """
+    fs, base = _filesystem(root)
+    final = f"{base.rstrip('/')}/{rel_path}"
+    fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
+    tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+    pq.write_table(table, tmp, filesystem=fs, compression="zstd", row_group_size=4096)
+    fs.move(tmp, final)
+    return {"path": rel_path, "num_rows": table.num_rows}
+
+
+def read_shards(root: str, rel_paths: list[str], columns: list[str] | None = None) -> pa.Table:
+    """Read shards of one dataset version into a single table."""
+    fs, base = _filesystem(root)
+    tables = [pq.read_table(f"{base.rstrip('/')}/{p}", columns=columns, filesystem=fs) for p in rel_paths]
+    return pa.concat_tables(tables) if tables else pa.table({})
+
+
+def shard_uris(root: str, rel_paths: list[str]) -> list[str]:
+    """Full paths or URIs of shards, for readers such as Ray Data."""
+    return [f"{root.rstrip('/')}/{p}" for p in rel_paths]
+
+
+def shape_of(schema: pa.Schema) -> tuple[int, int, int]:
+    """The (H, W, C) stored in a pixels schema's metadata."""
+    return tuple(int(v) for v in schema.metadata[b"fusion.shape"].decode().split(","))
+
+
+def pixels_to_array(column: pa.Array | pa.ChunkedArray, shape: tuple[int, ...]) -> np.ndarray:
+    """View a fixed-size-binary pixels column as a uint8 array of shape (N, *shape), copying at most once."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    width = int(np.prod(shape))
+    data = np.frombuffer(column.buffers()[1], dtype=np.uint8)
+    start = column.offset * width
+    return data[start:start + len(column) * width].reshape(len(column), *shape)
+
+
+def array_to_pixels(images: np.ndarray) -> pa.Array:
+    """Pack a uint8 (N, H, W, C) array into a fixed-size-binary column."""
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+    width = int(np.prod(images.shape[1:]))
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(images),
+                                                [None, pa.py_buffer(images.tobytes())])
+
+
+def array_to_fixed_list(values: np.ndarray) -> pa.Array:
+    """Pack a float32 (N, D) array into a fixed-size-list column."""
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
+
+
+def fixed_list_to_array(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Unpack a fixed-size-list column into a (N, D) numpy array."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)

@@ -1,0 +1,35 @@
+"""Classification metrics over label arrays (numpy only)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts with true classes as rows and predicted classes as columns."""
+    return np.bincount(np.asarray(y_true) * n_classes + np.asarray(y_pred),
+                       minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
+    """Accuracy, macro precision/recall/F1, per-class F1 and the confusion matrix.
+
+    Classes absent from both truth and prediction do not count in the macro means.
+    """
+    cm = confusion_matrix(y_true, y_pred, len(classes)).astype(np.float64)
+    tp = np.diag(cm)
+    predicted, actual = cm.sum(axis=0), cm.sum(axis=1)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp),
+                   where=(precision + recall) > 0)
+    present = (predicted + actual) > 0
+    return {
+        "accuracy": float(tp.sum() / max(cm.sum(), 1)),
+        "macro_precision": float(precision[present].mean()) if present.any() else 0.0,
+        "macro_recall": float(recall[present].mean()) if present.any() else 0.0,
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "per_class_f1": {c: float(v) for c, v in zip(classes, f1)},
+        "confusion_matrix": cm.astype(int).tolist(),
+        "n": int(cm.sum()),
+    }

@@ -1,0 +1,58 @@
+"""The one place that connects to Ray or starts a local instance."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from fusion_core.config import Settings
+
+log = logging.getLogger(__name__)
+
+# Environment every Ray worker needs: tf-keras under MultiWorkerMirroredStrategy (see DESIGN.md).
+WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def ensure_ray(settings: Settings):
+    """Connect to ``ray.address`` (or ``RAY_ADDRESS``) when set, else start a local Ray sized from config.
+
+    Idempotent: an already initialised Ray is reused. Returns the ``ray`` module.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    os.environ.update(WORKER_ENV)
+    address = settings.ray.address or os.environ.get("RAY_ADDRESS")
+    kwargs = {"runtime_env": {"env_vars": dict(WORKER_ENV)}, "log_to_driver": True}
+    if settings.ray.node_ip_address:
+        kwargs["_node_ip_address"] = settings.ray.node_ip_address
+    if address:
+        log.info("connecting to Ray cluster at %s", address)
+        ray.init(address=address, **kwargs)
+    else:
+        log.info("starting a local Ray (num_cpus=%s)", settings.ray.num_cpus or "all")
+        ray.init(num_cpus=settings.ray.num_cpus, include_dashboard=False, **kwargs)
+    return ray
+
+
+def gather(refs: list, what: str, every_s: float = 5.0) -> list:
+    """Wait for Ray object refs, logging progress (done/total, rate, ETA); results in submission order."""
+    import ray
+
+    order = {ref: i for i, ref in enumerate(refs)}
+    results: list = [None] * len(refs)
+    pending, started, last = list(refs), time.perf_counter(), 0.0
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=every_s)
+        for ref in ready:
+            results[order[ref]] = ray.get(ref)
+        now = time.perf_counter()
+        done = len(refs) - len(pending)
+        if now - last >= every_s or not pending:
+            rate = done / max(now - started, 1e-9)
+            eta = len(pending) / rate if rate else float("inf")
+            log.info("%s: %d/%d tasks done (%.1f/s, ETA %.0fs)", what, done, len(refs), rate, eta)
+            last = now
+    return results

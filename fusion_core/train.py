@@ -1,0 +1,210 @@
+"""Train: the ``pixels`` dataset -> a registered model version, evaluated on the holdout.
+
+Follows Ray Train's example shape: ``train_loop_per_worker(config)`` runs on
+every worker under ``MultiWorkerMirroredStrategy``; ``train_model`` is the
+driver. Each worker reads its own shard of the Ray dataset; the driver never
+loads the training data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+
+from fusion_core.config import Settings
+from fusion_core.datasets import pixels_to_array, read_shards, shard_uris
+from fusion_core.evaluate import classification_metrics
+from fusion_core.runs import StageResult
+from fusion_core.store import Store
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.keras"
+CLASSES_FILE = "classes.json"
+
+
+def to_xy(batch: pa.Table, classes: list[str], shape: tuple[int, int, int], split: str) -> dict:
+    """Rows of one split as model inputs: uint8 pixels ``x`` and class indices ``y``."""
+    batch = batch.filter(pc.equal(batch.column("split"), split))
+    index = {c: i for i, c in enumerate(classes)}
+    return {"x": pixels_to_array(batch.column("pixels"), shape),
+            "y": np.array([index[v] for v in batch.column("label").to_pylist()], dtype=np.int64)}
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """One Ray Train worker: build the model under the strategy, fit epoch by epoch, report checkpoints."""
+    import ray.train
+    import tensorflow as tf
+
+    from fusion_core.model import build_model, load_model
+
+    ctx = ray.train.get_context()
+    if config["mixed_precision"] and tf.config.list_physical_devices("GPU"):
+        import tf_keras
+
+        tf_keras.mixed_precision.set_global_policy("mixed_float16")
+    tf.keras.utils.set_random_seed(config["seed"] + ctx.get_world_rank())
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    start_epoch = 0
+    with strategy.scope():
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint:
+            with checkpoint.as_directory() as path:
+                model = load_model(os.path.join(path, MODEL_FILE))
+                start_epoch = json.load(open(os.path.join(path, "state.json")))["epoch"] + 1
+        else:
+            model = build_model(config["model"], tuple(config["shape"]), len(config["classes"]),
+                                config["learning_rate"])
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    batch = config["batch_size_per_worker"]
+    for epoch in range(start_epoch, config["epochs"]):
+        history = model.fit(train_shard.to_tf("x", "y", batch_size=batch), epochs=1, verbose=0)
+        val_loss, val_acc = model.evaluate(val_shard.to_tf("x", "y", batch_size=256), verbose=0)
+        metrics = {"epoch": epoch, "loss": float(history.history["loss"][-1]),
+                   "accuracy": float(history.history["accuracy"][-1]),
+                   "val_loss": float(val_loss), "val_accuracy": float(val_acc)}
+        with tempfile.TemporaryDirectory() as tmp:
+            # Every rank saves (the strategy may need all of them); keras_v3 because Ray Train runs this
+            # function in a thread where tf-keras would otherwise fall back to HDF5.
+            model.save(os.path.join(tmp, MODEL_FILE), save_format="keras_v3")
+            with open(os.path.join(tmp, "state.json"), "w") as fh:
+                json.dump(metrics, fh)
+            report_checkpoint = ray.train.Checkpoint.from_directory(tmp) if ctx.get_world_rank() == 0 else None
+            ray.train.report(metrics, checkpoint=report_checkpoint)
+
+
+def class_names(store: Store, shards: list[str]) -> list[str]:
+    """Sorted distinct labels of a pixels dataset (reads only the label column)."""
+    labels = read_shards(store.root, shards, columns=["label"]).column("label")
+    names = sorted(v for v in pc.unique(labels).to_pylist() if v is not None)
+    if len(names) < 2:
+        raise ValueError(f"train: need at least 2 labelled classes, found {names}")
+    return names
+
+
+def train_model(settings: Settings, run_id: str) -> StageResult:
+    """Train on the newest pixels version, evaluate on its test split, register and maybe promote.
+
+    Skips training when ``train.retrain`` is ``on_new_data`` and a model already exists
+    for the same data and training config.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.tensorflow import TensorflowTrainer
+
+    from fusion_core.ray_runtime import ensure_ray
+
+    store = Store.from_settings(settings)
+    cfg = settings.train
+    pixels = store.latest_version("pixels")
+    if pixels is None:
+        raise RuntimeError("train: no pixels dataset yet; run preprocess first")
+    key = f"pixels:{pixels['version']}:{settings.section_hash('train')}"
+    existing = store.find_model(key)
+    if existing and cfg.retrain == "on_new_data":
+        log.info("train: model v%d already trained on pixels v%d; skipping", existing["version"], pixels["version"])
+        return _result(store, existing, trained=False)
+
+    ray = ensure_ray(settings)
+    paths = [s["path"] for s in pixels["shards"]]
+    classes = class_names(store, paths)
+    shape = tuple(pixels["info"]["shape"])
+    source = ray.data.read_parquet(shard_uris(store.root, paths), columns=["pixels", "label", "split"])
+    datasets = {split: source.map_batches(to_xy, batch_format="pyarrow", batch_size=4096,
+                                          fn_kwargs={"classes": classes, "shape": shape, "split": split}
+                                          ).materialize()
+                for split in ("train", "val")}
+    trainer = TensorflowTrainer(
+        train_loop_per_worker,
+        train_loop_config={"model": cfg.model, "shape": list(shape), "classes": classes, "epochs": cfg.epochs,
+                           "learning_rate": cfg.learning_rate, "seed": cfg.seed,
+                           "mixed_precision": cfg.mixed_precision,
+                           "batch_size_per_worker": max(1, cfg.batch_size // cfg.num_workers)},
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
+        run_config=RunConfig(name=f"train-{run_id}", storage_path=store.path("checkpoints"),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             failure_config=FailureConfig(max_failures=2)),
+        datasets=datasets,
+    )
+    result = trainer.fit()
+    model_dir = f"models/{run_id}"
+    with result.checkpoint.as_directory() as ckpt:
+        history = json.load(open(os.path.join(ckpt, "state.json")))
+        model_path = _publish(store, ckpt, model_dir, classes)
+    metrics = evaluate_model(store, model_path, paths, classes, shape)
+    metrics["last_epoch"] = history
+    version = store.register_model(run_id, cfg.model, model_path, key, pixels["version"], metrics,
+                                   settings.train.model_dump())
+    reason = promote_if_better(store, version, cfg.promote_margin)
+    log.info("train: model v%d %s", version, reason)
+    return _result(store, store.get_model(version), trained=True, promotion=reason)
+
+
+def _publish(store: Store, checkpoint_dir: str, model_dir: str, classes: list[str]) -> str:
+    """Copy the final checkpoint's model under the store root with its class names."""
+    fs, base = pafs.FileSystem.from_uri(store.root)
+    target = f"{base.rstrip('/')}/{model_dir}"
+    fs.create_dir(target, recursive=True)
+    with open(os.path.join(checkpoint_dir, MODEL_FILE), "rb") as src, fs.open_output_stream(f"{target}/{MODEL_FILE}") as dst:
+        shutil.copyfileobj(src, dst)
+    with fs.open_output_stream(f"{target}/{CLASSES_FILE}") as dst:
+        dst.write(json.dumps(classes).encode())
+    return store.path(model_dir, MODEL_FILE)
+
+
+def local_copy(model_path: str, workdir: str) -> str:
+    """Make a model file readable by Keras (which needs a local path); returns the local path."""
+    fs, path = pafs.FileSystem.from_uri(model_path)
+    if isinstance(fs, pafs.LocalFileSystem):
+        return path
+    local = os.path.join(workdir, MODEL_FILE)
+    with fs.open_input_stream(path) as src, open(local, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    return local
+
+
+def evaluate_model(store: Store, model_path: str, shards: list[str], classes: list[str],
+                   shape: tuple[int, int, int]) -> dict:
+    """Holdout (test split) metrics of a saved model."""
+    from fusion_core.model import load_model
+
+    holdout = to_xy(read_shards(store.root, shards, columns=["pixels", "label", "split"]), classes, shape, "test")
+    if len(holdout["y"]) == 0:
+        raise ValueError("evaluate: the test split is empty; ingest more images or raise ingest.test_fraction")
+    with tempfile.TemporaryDirectory() as tmp:
+        model = load_model(local_copy(model_path, tmp))
+    probs = model.predict(holdout["x"], batch_size=512, verbose=0)
+    return classification_metrics(holdout["y"], probs.argmax(axis=1), classes)
+
+
+def promote_if_better(store: Store, version: int, margin: float) -> str:
+    """Make ``version`` champion if it beats the champion's holdout accuracy by ``margin``; returns why."""
+    new = store.get_model(version)
+    champ = store.champion()
+    if champ is None:
+        store.set_champion(version)
+        return "first model: promoted"
+    if new["metrics"]["accuracy"] >= champ["metrics"]["accuracy"] + margin:
+        store.set_champion(version)
+        return f"beats champion v{champ['version']}: promoted"
+    return f"does not beat champion v{champ['version']} by {margin}: kept as challenger"
+
+
+def _result(store: Store, model: dict, trained: bool, promotion: str = "not trained") -> StageResult:
+    m = model["metrics"]
+    champ = store.champion()
+    return StageResult(
+        "train",
+        counts={"trained": int(trained), "holdout_images": m["n"]},
+        metrics={k: m[k] for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1")},
+        outputs={"model_version": model["version"], "model_path": model["path"], "stage": model["stage"], "promotion": promotion,
+                 "champion_version": champ["version"] if champ else None},
+    )

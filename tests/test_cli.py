@@ -1,0 +1,61 @@
+"""The `fusion` command: argument errors without Ray, and the demo end to end in a real process."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+FUSION = str(Path(sys.executable).with_name("fusion"))
+
+
+def test_bad_config_names_the_field(tmp_path):
+    result = CliRunner().invoke(app, ["run", "train", "--store", str(tmp_path), "--set", "train.use_gpu=maybe"])
+    assert result.exit_code == 2
+    assert "train.use_gpu" in result.output
+
+
+def test_unknown_flow_lists_the_flows():
+    result = CliRunner().invoke(app, ["run", "bake"])
+    assert result.exit_code == 2 and "nightly" in result.output
+
+
+def test_nightly_needs_a_source_folder(tmp_path):
+    result = CliRunner().invoke(app, ["run", "nightly", "--store", str(tmp_path)])
+    assert result.exit_code == 2 and "--source" in result.output
+    result = CliRunner().invoke(app, ["run", "ingest", "--source", str(tmp_path / "nope"), "--store", str(tmp_path)])
+    assert result.exit_code == 2 and "not a folder" in result.output
+
+
+def test_show_unknown_run(tmp_path):
+    result = CliRunner().invoke(app, ["show", "no-such-run", "--store", str(tmp_path)])
+    assert result.exit_code == 2 and "fusion runs" in result.output
+
+
+@pytest.mark.ray
+@pytest.mark.tf
+@pytest.mark.prefect
+def test_demo_then_runs_show_and_models(tmp_path):
+    store, source = str(tmp_path / "store"), str(tmp_path / "demo-data")
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    demo = subprocess.run([FUSION, "demo", "--config", "smoke", "--store", store, "--set", f"demo.source={source}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    assert "(nightly): completed" in demo.stdout
+    for stage in ("ingest", "preprocess", "train", "infer", "cluster"):
+        assert f"  {stage}" in demo.stdout
+    assert "new_images=120" in demo.stdout and "accuracy=" in demo.stdout
+
+    runs = CliRunner().invoke(app, ["runs", "--store", store])
+    assert runs.exit_code == 0
+    run_id = runs.output.splitlines()[1].split()[0]
+    show = CliRunner().invoke(app, ["show", run_id, "--store", store])
+    assert show.exit_code == 0
+    assert "quarantine_reasons=" in show.output and "nmi=" in show.output and "model_version=1" in show.output
+    models = CliRunner().invoke(app, ["models", "--store", store])
+    assert models.exit_code == 0 and "champion" in models.output

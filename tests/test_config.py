@@ -1,0 +1,54 @@
+import pytest
+
+from fusion_core.config import ConfigError, load_settings, parse_overrides
+
+
+def test_defaults_need_no_file():
+    s = load_settings()
+    assert s.store.root == "./fusion-store"
+    assert s.train.model == "seed_cnn" and s.preprocess.size == 32
+
+
+def test_profile_then_env_then_overrides(monkeypatch):
+    assert load_settings("smoke").train.epochs == 2
+    monkeypatch.setenv("FUSION_TRAIN__EPOCHS", "5")
+    assert load_settings("smoke").train.epochs == 5
+    assert load_settings("smoke", {"train.epochs": 7}).train.epochs == 7
+
+
+def test_yaml_file_path(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("preprocess:\n  grayscale: true\n")
+    assert load_settings(str(path)).preprocess.grayscale is True
+
+
+def test_bad_choice_names_field_and_allowed_values():
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, {"preprocess.impute_method": "magic"})
+    text = str(err.value)
+    assert "preprocess.impute_method" in text and "harmonic" in text and "magic" in text
+
+
+def test_unknown_field_and_profile_are_named():
+    with pytest.raises(ConfigError, match="train.epochz"):
+        load_settings(None, {"train.epochz": 3})
+    with pytest.raises(ConfigError, match="smoke"):
+        load_settings("no-such-profile")
+
+
+def test_split_fractions_must_leave_training_data():
+    with pytest.raises(ConfigError, match="ingest"):
+        load_settings(None, {"ingest.val_fraction": 0.5, "ingest.test_fraction": 0.5})
+
+
+def test_parse_overrides_types_values():
+    assert parse_overrides(["train.epochs=3", "train.use_gpu=true", "store.root=/x"]) == {
+        "train.epochs": 3, "train.use_gpu": True, "store.root": "/x"}
+    with pytest.raises(ConfigError, match="SECTION.KEY=VALUE"):
+        parse_overrides(["nonsense"])
+
+
+def test_section_hash_tracks_changes():
+    a, b = load_settings(), load_settings(None, {"preprocess.grayscale": True})
+    assert a.section_hash("preprocess") != b.section_hash("preprocess")
+    assert a.section_hash("train") == b.section_hash("train")

@@ -1,0 +1,216 @@
+"""Tests for the pure parts of fusion_core.preprocess (no Ray)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from fusion_core.datasets import pixels_to_array, shape_of
+from fusion_core.ingest import hash_files, ingest_chunk
+from fusion_core.preprocess import preprocess_batch, preprocess_shard, resize_images, set_channels
+
+
+def _blocky(n, h, w, c, block, seed=0):
+    """Images made of constant block x block tiles."""
+    small = np.random.default_rng(seed).integers(0, 256, size=(n, h // block, w // block, c), dtype=np.uint8)
+    return np.repeat(np.repeat(small, block, axis=1), block, axis=2), small
+
+
+# resize_images ------------------------------------------------------------------------
+
+def test_resize_same_size_is_unchanged():
+    images = np.random.default_rng(0).integers(0, 256, size=(2, 6, 6, 3), dtype=np.uint8)
+    out = resize_images(images, 6)
+    assert out.shape == (2, 6, 6, 3)
+    np.testing.assert_array_equal(out, images)
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_resize_down_area_average_exact_on_blocks(c):
+    images, small = _blocky(3, 8, 8, c, 2, seed=c)
+    out = resize_images(images, 4)
+    assert out.shape == (3, 4, 4, c)
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, small)
+
+
+def test_resize_down_one_axis_equal_uses_area_average():
+    small = np.random.default_rng(0).integers(0, 256, size=(1, 8, 8, 1), dtype=np.uint8)
+    tall = np.repeat(small, 2, axis=1)  # 16x8: constant 2x1 blocks
+    np.testing.assert_array_equal(resize_images(tall, 8), small)
+
+
+def test_resize_down_averages_block():
+    img = np.zeros((1, 2, 2, 1), dtype=np.uint8)
+    img[0, :, :, 0] = [[0, 100], [200, 100]]
+    assert resize_images(img, 1)[0, 0, 0, 0] == 100
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_resize_up(c):
+    images = np.full((2, 2, 2, c), 33, dtype=np.uint8)
+    images[1] = 250
+    out = resize_images(images, 5)
+    assert out.shape == (2, 5, 5, c)
+    assert (out[0] == 33).all()
+    assert (out[1] == 250).all()
+
+
+def test_resize_up_interpolates_between_values():
+    img = np.zeros((1, 2, 2, 1), dtype=np.uint8)
+    img[0, :, 1, 0] = 200
+    out = resize_images(img, 8)[0, :, :, 0]
+    assert out[:, 0].tolist() == [0] * 8
+    assert out[:, -1].tolist() == [200] * 8
+    row = out[0].astype(int)
+    assert (np.diff(row) >= 0).all()
+    assert 0 < row[3] < 200
+
+
+# set_channels ---------------------------------------------------------------------------
+
+def test_set_channels_gray_to_rgb_repeats():
+    gray = np.arange(8, dtype=np.uint8).reshape(2, 2, 2, 1)
+    out = set_channels(gray, grayscale=False)
+    assert out.shape == (2, 2, 2, 3)
+    for k in range(3):
+        np.testing.assert_array_equal(out[..., k], gray[..., 0])
+
+
+def test_set_channels_rgb_to_gray_weights():
+    rgb = np.zeros((1, 1, 5, 3), dtype=np.uint8)
+    rgb[0, 0, 0] = [255, 0, 0]
+    rgb[0, 0, 1] = [0, 255, 0]
+    rgb[0, 0, 2] = [0, 0, 255]
+    rgb[0, 0, 3] = [255, 255, 255]
+    rgb[0, 0, 4] = [10, 20, 30]
+    out = set_channels(rgb, grayscale=True)
+    assert out.shape == (1, 1, 5, 1)
+    assert out.dtype == np.uint8
+    # round(255*0.299)=76, round(255*0.587)=150, round(255*0.114)=29, 255, round(2.99+11.74+3.42)=18
+    assert out[0, 0, :, 0].tolist() == [76, 150, 29, 255, 18]
+
+
+def test_set_channels_noop_when_already_right():
+    rgb = np.zeros((1, 2, 2, 3), dtype=np.uint8)
+    gray = np.zeros((1, 2, 2, 1), dtype=np.uint8)
+    assert set_channels(rgb, grayscale=False) is rgb
+    assert set_channels(gray, grayscale=True) is gray
+
+
+# preprocess_batch --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["mean", "nearest", "normalized_convolution", "harmonic"])
+def test_preprocess_batch_keeps_known_pixels_and_fills_holes(method):
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, size=(3, 8, 8, 3), dtype=np.uint8)
+    mask = np.zeros((3, 8, 8), dtype=bool)
+    mask[0, 2:5, 3:6] = True
+    mask[2, 0, :] = True
+    original = images.copy()
+    out = preprocess_batch(images, mask, size=8, grayscale=False, method=method)
+    np.testing.assert_array_equal(images, original)  # input untouched
+    assert out.shape == (3, 8, 8, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[~mask], original[~mask])
+    np.testing.assert_array_equal(out[1], original[1])
+
+
+@pytest.mark.parametrize("method", ["mean", "nearest", "normalized_convolution", "harmonic"])
+def test_preprocess_batch_constant_image_with_holes_stays_constant(method):
+    images = np.full((2, 8, 8, 3), 123, dtype=np.uint8)
+    mask = np.zeros((2, 8, 8), dtype=bool)
+    mask[0, 1:4, 1:4] = True
+    mask[1, ::2, ::3] = True
+    images[mask] = 0  # garbage under the holes must not leak
+    out = preprocess_batch(images, mask, size=8, grayscale=False, method=method)
+    assert (out == 123).all()
+    out_small = preprocess_batch(images, mask, size=4, grayscale=True, method=method)
+    assert out_small.shape == (2, 4, 4, 1)
+    assert (out_small == 123).all()
+
+
+def test_preprocess_batch_without_holes_is_resize_and_channels():
+    images, small = _blocky(2, 8, 8, 3, 2, seed=5)
+    mask = np.zeros((2, 8, 8), dtype=bool)
+    out = preprocess_batch(images, mask, size=4, grayscale=True, method="harmonic")
+    np.testing.assert_array_equal(out, set_channels(small, grayscale=True))
+
+
+# preprocess_shard ----------------------------------------------------------------------------
+
+def _png(arr, mode=None) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def images_shard(tmp_path):
+    """An images shard written by ingest_chunk: RGBA 8x8 with holes, blocky RGB 16x16, gray 4x4."""
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(3)
+    rgba = rng.integers(0, 256, size=(8, 8, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    hole = np.zeros((8, 8), dtype=bool)
+    hole[2:4, 2:6] = True
+    hole[7, 7] = True
+    rgba[hole, 3] = 0
+    big, small = _blocky(1, 16, 16, 3, 2, seed=4)
+    gray = np.full((4, 4), 90, dtype=np.uint8)
+    (src / "a_holes.png").write_bytes(_png(rgba, "RGBA"))
+    (src / "b_big.png").write_bytes(_png(big[0]))
+    (src / "c_gray.png").write_bytes(_png(gray, "L"))
+    items = hash_files([(str(src / n), "lbl" if n != "c_gray.png" else None)
+                        for n in ("a_holes.png", "b_big.png", "c_gray.png")])
+    root = str((tmp_path / "store").resolve())
+    entry, bad = ingest_chunk(root, items, 0.1, 0.2, 10_000_000)
+    assert bad == [] and entry["num_rows"] == 3
+    return {"root": root, "path": entry["path"], "items": items, "rgba": rgba, "hole": hole,
+            "small": small[0], "gray": gray}
+
+
+def test_preprocess_shard_rgb(images_shard):
+    s = images_shard
+    result = preprocess_shard(s["root"], s["path"], "datasets/pixels/out.parquet", size=8,
+                              grayscale=False, method="harmonic")
+    n_hole = int(s["hole"].sum())
+    assert result["path"] == "datasets/pixels/out.parquet"
+    assert result["num_rows"] == 3
+    assert result["imputed_images"] == 1
+    assert result["imputed_pixels"] == pytest.approx(n_hole / 64)
+
+    table = pq.read_table(f"{s['root']}/datasets/pixels/out.parquet")
+    assert table.schema.field("pixels").type == pa.binary(8 * 8 * 3)
+    assert shape_of(table.schema) == (8, 8, 3)
+    assert table.column("image_id").to_pylist() == [i["image_id"] for i in s["items"]]
+    assert table.column("label").to_pylist() == ["lbl", "lbl", None]
+    assert table.column("imputed_fraction").to_pylist() == pytest.approx([n_hole / 64, 0.0, 0.0])
+    assert table.column("imputed_fraction").type == pa.float32()
+    assert table.column("impute_method").to_pylist() == ["harmonic", None, None]
+    images_split = pq.read_table(f"{s['root']}/{s['path']}").column("split").to_pylist()
+    assert table.column("split").to_pylist() == images_split
+
+    px = pixels_to_array(table.column("pixels"), (8, 8, 3))
+    known = ~s["hole"]
+    np.testing.assert_array_equal(px[0][known], s["rgba"][..., :3][known])  # no resize: known pixels exact
+    np.testing.assert_array_equal(px[1], s["small"])                        # 16x16 blocks -> 8x8 exact
+    assert (px[2] == 90).all()                                              # gray 4x4 -> 8x8 RGB
+
+
+def test_preprocess_shard_grayscale(images_shard):
+    s = images_shard
+    result = preprocess_shard(s["root"], s["path"], "datasets/pixels/gray.parquet", size=4,
+                              grayscale=True, method="mean")
+    assert (result["num_rows"], result["imputed_images"]) == (3, 1)
+    table = pq.read_table(f"{s['root']}/datasets/pixels/gray.parquet")
+    assert table.schema.field("pixels").type == pa.binary(16)
+    assert shape_of(table.schema) == (4, 4, 1)
+    assert table.column("impute_method").to_pylist() == ["mean", None, None]
+    px = pixels_to_array(table.column("pixels"), (4, 4, 1))
+    assert (px[2] == 90).all()
