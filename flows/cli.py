@@ -110,18 +110,64 @@ def run(flow: str = typer.Argument(..., help=f"one of: {', '.join(FLOWS)}"),
 @app.command()
 def serve(source: str = typer.Option(..., "--source", help="folder the nightly run ingests"),
           config: Optional[str] = ConfigOpt, store: Optional[str] = StoreOpt,
-          sets: list[str] = SetOpt, cron: str = typer.Option(NIGHTLY_CRON, help="cron schedule")) -> None:
-    """Serve the nightly flow on its cron schedule (runs until stopped)."""
-    from flows.nightly import nightly_flow
+          sets: list[str] = SetOpt, cron: str = typer.Option(NIGHTLY_CRON, help="cron schedule (UTC)"),
+          port: int = typer.Option(4200, help="port of the local Prefect server started when PREFECT_API_URL is unset")
+          ) -> None:
+    """Serve the nightly flow on its cron schedule until stopped.
 
+    Scheduling needs a Prefect server: the one at PREFECT_API_URL, or else a local one started here.
+    """
     _setup_logging()
     overrides = _overrides(store, sets)
     try:
         load_settings(config, overrides)
     except ConfigError as err:
         _fail(str(err))
-    nightly_flow.serve(name="nightly", cron=cron,
-                       parameters={"source": str(Path(source).resolve()), "config": config, "overrides": overrides})
+    server = None if os.environ.get("PREFECT_API_URL") else _start_prefect_server(port)
+    try:
+        from flows.nightly import nightly_flow
+
+        nightly_flow.serve(name="nightly", cron=cron,
+                           parameters={"source": str(Path(source).resolve()), "config": config,
+                                       "overrides": overrides})
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+def _die_with_parent() -> None:
+    """In a child process: be sent SIGTERM when the parent exits (Linux), however it exits."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _start_prefect_server(port: int):
+    """Start `prefect server start` on loopback, wait until healthy, and point this process at it."""
+    import subprocess
+    import time
+    import urllib.request
+
+    url = f"http://127.0.0.1:{port}/api"
+    prefect = Path(sys.executable).with_name("prefect")
+    typer.echo(f"starting a local Prefect server at {url} (set PREFECT_API_URL to use another)")
+    server = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                os.environ["PREFECT_API_URL"] = url
+                return server
+        except OSError:
+            if server.poll() is not None:
+                break
+            time.sleep(1)
+    server.terminate()
+    _fail(f"could not start a Prefect server on port {port}; is it in use? Try --port.")
 
 
 @app.command()

@@ -59,3 +59,44 @@ def test_demo_then_runs_show_and_models(tmp_path):
     assert "quarantine_reasons=" in show.output and "nmi=" in show.output and "model_version=1" in show.output
     models = CliRunner().invoke(app, ["models", "--store", store])
     assert models.exit_code == 0 and "champion" in models.output
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.prefect
+def test_serve_registers_the_nightly_cron_deployment(tmp_path, demo_source):
+    import json
+    import time
+    import urllib.request
+
+    port = _free_port()
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("PREFECT_API_URL", None)
+    serve = subprocess.Popen([FUSION, "serve", "--source", str(demo_source), "--store", str(tmp_path / "store"),
+                              "--port", str(port)], cwd=tmp_path, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, found = time.monotonic() + 180, []
+        while time.monotonic() < deadline and not found:
+            time.sleep(2)
+            assert serve.poll() is None, serve.stdout.read()
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/api/deployments/filter", data=b"{}",
+                                             headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=5) as resp:
+                    found = [d for d in json.load(resp) if d["name"] == "nightly"]
+            except OSError:
+                continue
+        assert found, "the nightly deployment was never registered"
+        crons = [s["schedule"]["cron"] for s in found[0]["schedules"]]
+        assert crons == ["0 2 * * *"]
+        assert found[0]["parameters"]["source"] == str(demo_source)
+    finally:
+        serve.terminate()
+        serve.wait(timeout=60)

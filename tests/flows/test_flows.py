@@ -130,3 +130,14 @@ def test_nightly_end_to_end_then_rerun_adds_nothing(demo_source, tmp_path):
     assert second["infer"]["counts"]["reused"] == 1
     assert store.get_run(second["run_id"])["status"] == "completed"
     assert store.latest_version("images")["version"] == 1
+
+
+def test_grayscale_changes_the_model_input(demo_source, tmp_path):
+    overrides = {**_overrides(str(tmp_path / "store")), "preprocess.grayscale": True, "train.epochs": 1}
+    result = nightly_flow(str(demo_source), "smoke", overrides)
+    assert result["preprocess"]["outputs"]["shape"] == [32, 32, 1]
+    from fusion_core.model import load_model
+
+    model = load_model(result["train"]["outputs"]["model_path"])
+    assert model.input_shape == (None, 32, 32, 1)
+    assert result["infer"]["counts"]["predictions"] == IMAGES
