@@ -52,19 +52,21 @@ def _fmt(value) -> str:
 
 
 def _headlines(stages: dict) -> list[str]:
-    """One sentence per stage that a person wants first."""
+    """One sentence per stage that a person wants first (for the stages that report those figures)."""
     out = []
-    if (s := stages.get("ingest")) and s["counts"]:
-        c = s["counts"]
+    c = (stages.get("ingest") or {}).get("counts") or {}
+    if {"new_images", "already_stored", "quarantined"} <= c.keys():
         out.append(f"ingested {c['new_images']} new images ({c['already_stored']} already stored), "
-                   f"quarantined {c['quarantined']} files {_fmt(c['quarantine_reasons'])}")
-    if (s := stages.get("train")) and s["metrics"]:
-        o = s["outputs"]
-        out.append(f"holdout accuracy {s['metrics']['accuracy']:.3f} (macro F1 {s['metrics']['macro_f1']:.3f}), "
+                   f"quarantined {c['quarantined']} files {_fmt(c.get('quarantine_reasons', {}))}")
+    train = stages.get("train") or {}
+    m, o = train.get("metrics") or {}, train.get("outputs") or {}
+    if {"accuracy", "macro_f1"} <= m.keys() and {"model_version", "stage"} <= o.keys():
+        out.append(f"holdout accuracy {m['accuracy']:.3f} (macro F1 {m['macro_f1']:.3f}), "
                    f"model v{o['model_version']} is {o['stage']}")
-    if (s := stages.get("cluster")) and s["counts"]:
-        quality = ", ".join(f"{k} {s['metrics'][k]:.3f}" for k in ("silhouette", "nmi", "ari") if k in s["metrics"])
-        out.append(f"{s['counts']['clusters']} clusters found ({quality})")
+    cluster = stages.get("cluster") or {}
+    if "clusters" in (cluster.get("counts") or {}):
+        quality = ", ".join(f"{k} {v:.3f}" for k, v in cluster["metrics"].items() if k in ("silhouette", "nmi", "ari"))
+        out.append(f"{cluster['counts']['clusters']} clusters found ({quality})")
     return out
 
 
