@@ -205,6 +205,71 @@ def models(store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt) -
                    f"{m['metrics']['macro_f1']:<9.4f} {m['run_id']}")
 
 
+OutOpt = typer.Option(None, "--out", help="also export all matching rows to a .csv or .parquet file")
+
+
+def _print_rows(rows: list[dict], columns: list[str], limit: int, out: Path | None) -> None:
+    widths = {c: max([len(c)] + [len(_cell(r[c])) for r in rows[:limit]]) for c in columns}
+    typer.echo("  ".join(c.ljust(widths[c]) for c in columns))
+    for row in rows[:limit]:
+        typer.echo("  ".join(_cell(row[c]).ljust(widths[c]) for c in columns))
+    typer.echo(f"({len(rows)} rows{', first ' + str(limit) + ' shown' if len(rows) > limit else ''})")
+    if out:
+        _export(rows, columns, out)
+        typer.echo(f"exported {len(rows)} rows to {out}")
+
+
+def _cell(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else "" if value is None else str(value)
+
+
+def _export(rows: list[dict], columns: list[str], out: Path) -> None:
+    if out.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist([{c: r[c] for c in columns} for r in rows]), out)
+    elif out.suffix == ".csv":
+        import csv
+
+        with open(out, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        _fail(f"--out {out}: use a .csv or .parquet file name")
+
+
+@app.command()
+def predictions(run: str = typer.Option(..., "--run", help="run id (see `fusion runs`)"),
+                label: Optional[str] = typer.Option(None, "--label", help="only this predicted label"),
+                min_confidence: float = typer.Option(0.0, "--min-confidence", min=0.0, max=1.0),
+                out: Optional[Path] = OutOpt, limit: int = typer.Option(20, help="rows to print"),
+                store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt) -> None:
+    """Print (and export) a run's predictions."""
+    catalog = Store.from_settings(load_settings(config, _overrides(store, [])))
+    filters = {"predicted": label} if label else {}
+    rows = [r for r in catalog.query("predictions", catalog.results_run(run, "infer"), **filters)
+            if r["confidence"] >= min_confidence]
+    rows.sort(key=lambda r: -r["confidence"])
+    _print_rows(rows, ["image_id", "label", "predicted", "confidence", "split", "model_version"], limit, out)
+
+
+@app.command()
+def clusters(run: str = typer.Option(..., "--run", help="run id (see `fusion runs`)"),
+             out: Optional[Path] = OutOpt, store: Optional[str] = StoreOpt,
+             config: Optional[str] = ConfigOpt) -> None:
+    """Print a run's cluster summaries; --out exports every image's cluster assignment."""
+    catalog = Store.from_settings(load_settings(config, _overrides(store, [])))
+    source_run = catalog.results_run(run, "cluster")
+    summaries = sorted(catalog.query("cluster_summaries", source_run), key=lambda r: r["cluster"])
+    _print_rows(summaries, ["cluster", "size", "top_label", "purity"], len(summaries), None)
+    if out:
+        assignments = sorted(catalog.query("cluster_assignments", source_run), key=lambda r: r["image_id"])
+        _export(assignments, ["image_id", "cluster", "distance"], out)
+        typer.echo(f"exported {len(assignments)} assignments to {out}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app(prog_name="fusion")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ import sqlalchemy as sa
 
 from fusion_core.config import Settings
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # see MIGRATIONS
 
 metadata = sa.MetaData()
 
@@ -71,7 +72,7 @@ image_sources = sa.Table(
 quarantine = sa.Table(
     "quarantine", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("run_id", sa.String(40)),
+    sa.Column("run_id", sa.String(40), index=True),
     sa.Column("source", sa.String(1000), nullable=False),
     sa.Column("content_hash", sa.String(64), nullable=False),
     sa.Column("stage", sa.String(20), nullable=False),
@@ -83,7 +84,7 @@ quarantine = sa.Table(
 models = sa.Table(
     "models", metadata,
     sa.Column("version", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("run_id", sa.String(40)),
+    sa.Column("run_id", sa.String(40), index=True),
     sa.Column("name", sa.String(40), nullable=False),
     sa.Column("path", sa.String(500), nullable=False),
     sa.Column("stage", sa.String(16), nullable=False),
@@ -96,7 +97,7 @@ models = sa.Table(
 predictions = sa.Table(
     "predictions", metadata,
     sa.Column("run_id", sa.String(40), primary_key=True),
-    sa.Column("image_id", sa.String(64), primary_key=True),
+    sa.Column("image_id", sa.String(64), primary_key=True, index=True),
     sa.Column("model_version", sa.Integer, nullable=False, index=True),
     sa.Column("label", sa.String(100)),
     sa.Column("predicted", sa.String(100), nullable=False),
@@ -106,7 +107,7 @@ predictions = sa.Table(
 cluster_assignments = sa.Table(
     "cluster_assignments", metadata,
     sa.Column("run_id", sa.String(40), primary_key=True),
-    sa.Column("image_id", sa.String(64), primary_key=True),
+    sa.Column("image_id", sa.String(64), primary_key=True, index=True),
     sa.Column("cluster", sa.Integer, nullable=False),
     sa.Column("distance", sa.Float, nullable=False),
 )
@@ -144,13 +145,10 @@ class Store:
                 raise ValueError("store.db must be set when store.root is a URI")
             Path(self.root).mkdir(parents=True, exist_ok=True)
             db_url = f"sqlite:///{Path(self.root) / 'catalog.db'}"
-        self.engine = sa.create_engine(db_url)
+        self.engine = sa.create_engine(db_url, pool_pre_ping=True)
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self.engine)
-        with self.engine.begin() as conn:
-            if conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).first() is None:
-                conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+        _retrying(lambda: migrate(self.engine))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Store":
@@ -162,10 +160,11 @@ class Store:
 
     # runs -----------------------------------------------------------------
     def start_run(self, flow: str, params: dict[str, Any], run_id: str | None = None) -> str:
+        """Open a run; database passwords in ``params`` are masked before they are stored."""
         run_id = run_id or new_run_id()
         with self.engine.begin() as conn:
             conn.execute(runs.insert().values(run_id=run_id, flow=flow, status="running",
-                                              started_at=_now(), params=params))
+                                              started_at=_now(), params=redact(params)))
         return run_id
 
     def finish_run(self, run_id: str, status: str, summary: dict[str, Any] | None = None) -> None:
@@ -239,19 +238,24 @@ class Store:
         Returns:
             The new version number.
         """
-        with self.engine.begin() as conn:
-            current = conn.execute(sa.select(sa.func.max(dataset_versions.c.version))
-                                   .where(dataset_versions.c.dataset == dataset)).scalar()
-            version = (current or 0) + 1
-            conn.execute(dataset_versions.insert().values(
-                dataset=dataset, version=version, run_id=run_id, created_at=_now(),
-                num_rows=sum(s["num_rows"] for s in shards), key=key, info=info))
-            if shards:
-                conn.execute(dataset_shards.insert(), [{"dataset": dataset, "version": version, **s}
-                                                       for s in shards])
-            self._insert_new(conn, image_sources, [{**s, "run_id": run_id} for s in sources],
-                             ("image_id", "source"))
-        return version
+        sources = list(sources)
+
+        def commit() -> int:
+            with self.engine.begin() as conn:
+                current = conn.execute(sa.select(sa.func.max(dataset_versions.c.version))
+                                       .where(dataset_versions.c.dataset == dataset)).scalar()
+                version = (current or 0) + 1
+                conn.execute(dataset_versions.insert().values(
+                    dataset=dataset, version=version, run_id=run_id, created_at=_now(),
+                    num_rows=sum(s["num_rows"] for s in shards), key=key, info=info))
+                if shards:
+                    conn.execute(dataset_shards.insert(), [{"dataset": dataset, "version": version, **s}
+                                                           for s in shards])
+                self._insert_new(conn, image_sources, [{**s, "run_id": run_id} for s in sources],
+                                 ("image_id", "source"))
+            return version
+
+        return _retrying(commit)  # a concurrent commit may take the same number first
 
     def record_sources(self, sources: Iterable[dict], run_id: str | None) -> int:
         """Record more paths of already stored images."""
@@ -342,10 +346,78 @@ class Store:
             for start in range(0, len(rows), 5000):
                 conn.execute(table.insert(), [{**r, "run_id": run_id} for r in rows[start:start + 5000]])
 
-    def query(self, table_name: str, run_id: str) -> list[dict]:
+    def query(self, table_name: str, run_id: str, **equal: Any) -> list[dict]:
+        """A run's rows of a result table, optionally filtered on column equality."""
         table = metadata.tables[table_name]
+        clauses = [table.c.run_id == run_id] + [table.c[k] == v for k, v in equal.items()]
         with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(sa.select(table).where(table.c.run_id == run_id))]
+            return [dict(r._mapping) for r in conn.execute(sa.select(table).where(*clauses))]
+
+    def results_run(self, run_id: str, stage: str) -> str:
+        """The run whose result rows a run's stage points to (a rerun may reuse an earlier run's results)."""
+        with self.engine.connect() as conn:
+            outputs = conn.execute(sa.select(run_stages.c.outputs).where(
+                run_stages.c.run_id == run_id, run_stages.c.stage == stage)).scalar()
+        return (outputs or {}).get("table_run_id", run_id)
+
+
+def _add_lookup_indexes(conn) -> None:
+    """Version 2: indexes on image, run and model ids for catalogs created at version 1."""
+    for table in (predictions, cluster_assignments, models, quarantine):
+        for index in table.indexes:
+            index.create(conn, checkfirst=True)
+
+
+# schema version -> step that brings a catalog from the previous version to it
+MIGRATIONS = {2: _add_lookup_indexes}
+
+
+def migrate(engine: sa.Engine) -> int:
+    """Create missing tables and apply pending migrations, recording the schema version.
+
+    Returns:
+        The schema version the catalog had before (0 for a new catalog).
+    """
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7406)"))  # one migrator at a time
+        existed = sa.inspect(conn).has_table(meta.name)
+        metadata.create_all(conn)
+        row = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).first()
+        if row is None:
+            conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+            return 1 if existed else 0
+        before = int(row.value)
+        for version in range(before + 1, SCHEMA_VERSION + 1):
+            MIGRATIONS[version](conn)
+        if before < SCHEMA_VERSION:
+            conn.execute(meta.update().where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
+        return before
+
+
+def _retrying(fn, attempts: int = 6):
+    """Run a transaction, retrying when a concurrent writer won a race or held a lock."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except (sa.exc.IntegrityError, sa.exc.OperationalError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * 2**attempt)
+
+
+def redact(value: Any) -> Any:
+    """Mask the password of any database URL inside a (nested) value."""
+    if isinstance(value, dict):
+        return {k: redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    if isinstance(value, str) and "://" in value and "@" in value:
+        try:
+            return sa.engine.make_url(value).render_as_string(hide_password=True)
+        except sa.exc.ArgumentError:
+            return value
+    return value
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

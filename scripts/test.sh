@@ -1,6 +1,16 @@
 #!/usr/bin/env bash
-# Quick start, part 2: install with the test extras, then run the whole test suite.
+# Quick start, part 2: install with the test extras, start a throwaway PostgreSQL on loopback
+# for the store tests (skipped, with the reason, where none can be started), run the whole suite.
+# Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh test
-exec .venv/bin/python -m pytest "$@"
+if [ -z "${FUSION_TEST_POSTGRES_URL:-}" ]; then
+  if pg_env=$(scripts/postgres.sh); then
+    eval "$pg_env"
+    trap 'scripts/postgres.sh stop' EXIT
+  else
+    echo "PostgreSQL could not be started: the PostgreSQL store tests will be skipped" >&2
+  fi
+fi
+.venv/bin/python -m pytest "$@"

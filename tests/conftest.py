@@ -48,3 +48,30 @@ def ray_local():
     ray = ensure_ray(load_settings("smoke"))
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh, empty PostgreSQL database for one test (server from FUSION_TEST_POSTGRES_URL).
+
+    `.ci/run` starts that server (scripts/postgres.sh); without one these tests are skipped.
+    """
+    import uuid
+
+    import sqlalchemy as sa
+
+    admin_url = os.environ.get("FUSION_TEST_POSTGRES_URL")
+    if not admin_url:
+        pytest.skip("no PostgreSQL server: set FUSION_TEST_POSTGRES_URL (see scripts/postgres.sh)")
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    name = f"fusion_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as err:
+        pytest.skip(f"PostgreSQL at FUSION_TEST_POSTGRES_URL is unreachable: {err.orig}")
+    url = sa.engine.make_url(admin_url).set(database=name)
+    yield url.render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()

@@ -60,6 +60,19 @@ def test_demo_then_runs_show_and_models(tmp_path):
     models = CliRunner().invoke(app, ["models", "--store", store])
     assert models.exit_code == 0 and "champion" in models.output
 
+    csv_out, parquet_out = tmp_path / "p.csv", tmp_path / "c.parquet"
+    preds = CliRunner().invoke(app, ["predictions", "--run", run_id, "--store", store, "--out", str(csv_out)])
+    assert preds.exit_code == 0 and "(120 rows, first 20 shown)" in preds.output
+    assert len(csv_out.read_text().splitlines()) == 121
+    some = CliRunner().invoke(app, ["predictions", "--run", run_id, "--store", store, "--label", "ring",
+                                    "--min-confidence", "0.5"])
+    assert some.exit_code == 0 and all(" ring " in line for line in some.output.splitlines()[1:-1])
+    clusters = CliRunner().invoke(app, ["clusters", "--run", run_id, "--store", store, "--out", str(parquet_out)])
+    assert clusters.exit_code == 0 and "exported 120 assignments" in clusters.output
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(parquet_out).num_rows == 120
+
 
 def _free_port() -> int:
     import socket

@@ -14,9 +14,12 @@ from fusion_core.runs import StageResult, describe_run, record_stage
 from fusion_core.store import Store, new_run_id, to_json
 
 
-@pytest.fixture
-def store(tmp_path):
-    return Store(str(tmp_path / "store"))
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    """The catalog on SQLite, and on a real PostgreSQL server when one is available."""
+    if request.param == "sqlite":
+        return Store(str(tmp_path / "store"))
+    return Store(str(tmp_path / "store"), request.getfixturevalue("postgres_url"))
 
 
 # construction -----------------------------------------------------------------
@@ -360,3 +363,54 @@ def test_describe_run_mentions_stages_and_hides_confusion_matrix(store):
     assert "accuracy=0.1235" in text
     assert "confusion_matrix" not in text
     assert f"store root   {store.root}" in text
+
+
+# migrations, concurrency, credentials ------------------------------------------
+
+def test_catalog_from_schema_version_1_is_migrated(tmp_path):
+    import sqlalchemy as sa
+
+    root = tmp_path / "old"
+    root.mkdir()
+    engine = sa.create_engine(f"sqlite:///{root / 'catalog.db'}")
+    store_mod.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP INDEX ix_predictions_image_id"))
+        conn.execute(store_mod.meta.insert().values(key="schema_version", value="1"))
+    assert store_mod.migrate(engine) == 1
+    names = {ix["name"] for ix in sa.inspect(engine).get_indexes("predictions")}
+    assert "ix_predictions_image_id" in names
+    assert store_mod.migrate(engine) == store_mod.SCHEMA_VERSION  # idempotent
+
+
+def test_concurrent_writers_never_collide(store):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def commit(i):
+        run_id = f"run-{i}"
+        store.replace_results("predictions", run_id, [
+            {"image_id": f"img{j}", "model_version": 1, "label": None, "predicted": "a",
+             "confidence": 0.5, "split": "test"} for j in range(50)])
+        return store.commit_version("images", [{"path": f"s{i}.parquet", "num_rows": 1}], run_id)
+
+    with ThreadPoolExecutor(4) as pool:
+        versions = list(pool.map(commit, range(8)))
+    assert sorted(versions) == list(range(1, 9))
+    for i in range(8):
+        assert len(store.query("predictions", f"run-{i}")) == 50
+
+
+def test_database_password_is_never_stored_or_shown(postgres_url, tmp_path):
+    secret = sa_password(postgres_url)
+    store = Store(str(tmp_path / "store"), postgres_url)
+    run_id = store.start_run("nightly", {"overrides": {"store.db": postgres_url}})
+    store.finish_run(run_id, "completed")
+    run = store.get_run(run_id)
+    assert secret not in str(run["params"]) and "***" in run["params"]["overrides"]["store.db"]
+    assert secret not in describe_run(run, store)
+
+
+def sa_password(url: str) -> str:
+    import sqlalchemy as sa
+
+    return sa.engine.make_url(url).password
