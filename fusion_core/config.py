@@ -78,8 +78,21 @@ class InferConfig(_Section):
 
 
 class ClusterConfig(_Section):
-    k: int | None = Field(None, ge=2, description="default: number of classes")
+    method: Literal["kmeans", "minibatch_kmeans", "hdbscan"] = "kmeans"
+    k: int | Literal["auto"] | None = Field(None, description="None: number of labels; auto: best silhouette")
+    k_min: int = Field(2, ge=2)
+    k_max: int = Field(20, ge=2)
+    reduce: Literal["none", "pca", "whiten"] = "none"
+    pca_dim: int = Field(50, ge=2)
+    min_cluster_size: int = Field(20, ge=2, description="hdbscan only")
+    exemplars: int = Field(5, ge=1, description="exemplars and outliers kept per cluster")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _k_is_a_cluster_count(self) -> "ClusterConfig":
+        if isinstance(self.k, int) and self.k < 2:
+            raise ValueError("k must be at least 2, 'auto' or unset")
+        return self
 
 
 class DemoConfig(_Section):

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from fusion_core.config import Settings
 
-SCHEMA_VERSION = 2  # see MIGRATIONS
+SCHEMA_VERSION = 3  # see MIGRATIONS
 
 metadata = sa.MetaData()
 
@@ -118,6 +118,9 @@ cluster_summaries = sa.Table(
     sa.Column("size", sa.Integer, nullable=False),
     sa.Column("top_label", sa.String(100)),
     sa.Column("purity", sa.Float),
+    sa.Column("top_labels", sa.JSON),
+    sa.Column("exemplars", sa.JSON),
+    sa.Column("outliers", sa.JSON),
 )
 meta = sa.Table(
     "fusion_meta", metadata,
@@ -368,8 +371,17 @@ def _add_lookup_indexes(conn) -> None:
             index.create(conn, checkfirst=True)
 
 
+def _add_cluster_detail_columns(conn) -> None:
+    """Version 3: top labels, exemplars and outliers per cluster."""
+    present = {c["name"] for c in sa.inspect(conn).get_columns("cluster_summaries")}
+    for name in ("top_labels", "exemplars", "outliers"):
+        if name not in present:
+            kind = cluster_summaries.c[name].type.compile(conn.dialect)
+            conn.execute(sa.text(f"ALTER TABLE cluster_summaries ADD COLUMN {name} {kind}"))
+
+
 # schema version -> step that brings a catalog from the previous version to it
-MIGRATIONS = {2: _add_lookup_indexes}
+MIGRATIONS = {2: _add_lookup_indexes, 3: _add_cluster_detail_columns}
 
 
 def migrate(engine: sa.Engine) -> int:

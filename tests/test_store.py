@@ -291,8 +291,10 @@ def test_replace_results_predictions_and_summaries(store):
     rows = sorted(store.query("predictions", "r1"), key=lambda r: r["image_id"])
     assert rows == [{"run_id": "r1", **p} for p in preds]
 
-    summaries = [{"cluster": 0, "size": 2, "top_label": "cat", "purity": 1.0},
-                 {"cluster": 1, "size": 1, "top_label": None, "purity": None}]
+    summaries = [{"cluster": 0, "size": 2, "top_label": "cat", "purity": 1.0, "top_labels": {"cat": 2},
+                  "exemplars": ["id1"], "outliers": ["id0"]},
+                 {"cluster": 1, "size": 1, "top_label": None, "purity": None, "top_labels": None,
+                  "exemplars": None, "outliers": None}]
     store.replace_results("cluster_summaries", "r1", summaries)
     store.replace_results("cluster_summaries", "r1", summaries)
     got = sorted(store.query("cluster_summaries", "r1"), key=lambda r: r["cluster"])
