@@ -252,7 +252,7 @@ def predictions(run: str = typer.Option(..., "--run", help="run id (see `fusion 
     rows = [r for r in catalog.query("predictions", catalog.results_run(run, "infer"), **filters)
             if r["confidence"] >= min_confidence]
     rows.sort(key=lambda r: -r["confidence"])
-    _print_rows(rows, ["image_id", "label", "predicted", "confidence", "split", "model_version"], limit, out)
+    _print_rows(rows, ["image_id", "label", "predicted", "confidence", "top_k", "split", "model_version"], limit, out)
 
 
 @app.command()

@@ -74,7 +74,9 @@ class TrainConfig(_Section):
 
 class InferConfig(_Section):
     batch_size: int = Field(512, ge=1)
-    concurrency: int = Field(2, ge=1)
+    concurrency: int = Field(2, ge=1, description="most predictor actors; the pool starts with one")
+    top_k: int = Field(3, ge=1, description="labels kept per image, most probable first")
+    model_version: int | None = Field(None, description="default: the champion")
 
 
 class ClusterConfig(_Section):

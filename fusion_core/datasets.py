@@ -48,6 +48,7 @@ def predictions_schema(n_classes: int, embedding_dim: int) -> pa.Schema:
         pa.field("split", pa.string()),
         pa.field("predicted", pa.string(), nullable=False),
         pa.field("confidence", pa.float32(), nullable=False),
+        pa.field("top_k", pa.list_(pa.string()), nullable=False),
         pa.field("probs", pa.list_(pa.float32(), n_classes), nullable=False),
         pa.field("embedding", pa.list_(pa.float32(), embedding_dim), nullable=False),
     ], metadata={"fusion.dataset": "predictions", "fusion.schema_version": SCHEMA_VERSION})

@@ -51,10 +51,11 @@ class Predictor:
                 "probs": probs, "embedding": embedding}
 
 
-def predictions_table(batch: dict[str, np.ndarray], classes: list[str]) -> pa.Table:
-    """Arrow table of one batch of Predictor output, with predicted names and confidences."""
+def predictions_table(batch: dict[str, np.ndarray], classes: list[str], top_k: int) -> pa.Table:
+    """Arrow table of one batch of Predictor output, with predicted names, confidences and top-k labels."""
     probs = batch["probs"]
-    best = probs.argmax(axis=1)
+    ranked = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
+    best = ranked[:, 0]
     schema = predictions_schema(probs.shape[1], batch["embedding"].shape[1])
     return pa.table({
         "image_id": pa.array(batch["image_id"].tolist(), pa.string()),
@@ -62,13 +63,14 @@ def predictions_table(batch: dict[str, np.ndarray], classes: list[str]) -> pa.Ta
         "split": pa.array(batch["split"].tolist(), pa.string()),
         "predicted": pa.array([classes[i] for i in best], pa.string()),
         "confidence": pa.array(probs[np.arange(len(best)), best], pa.float32()),
+        "top_k": pa.array([[classes[i] for i in row] for row in ranked], pa.list_(pa.string())),
         "probs": array_to_fixed_list(probs),
         "embedding": array_to_fixed_list(batch["embedding"]),
     }, schema=schema)
 
 
-def infer_dataset(settings: Settings, run_id: str, model_version: int | None = None) -> StageResult:
-    """Predict every image of the newest pixels version with the champion (or ``model_version``).
+def infer_dataset(settings: Settings, run_id: str) -> StageResult:
+    """Predict every image of the newest pixels version with the champion (or ``infer.model_version``).
 
     Idempotent per (pixels version, model version): an existing result is reused.
     """
@@ -76,10 +78,11 @@ def infer_dataset(settings: Settings, run_id: str, model_version: int | None = N
 
     store = Store.from_settings(settings)
     pixels = store.latest_version("pixels")
-    model = store.get_model(model_version) if model_version else store.champion()
+    version = settings.infer.model_version
+    model = store.get_model(version) if version else store.champion()
     if pixels is None or model is None:
         raise RuntimeError("infer: needs a pixels dataset and a trained model; run preprocess and train first")
-    key = f"pixels:{pixels['version']}:model:{model['version']}"
+    key = f"pixels:{pixels['version']}:model:{model['version']}:top{settings.infer.top_k}"
     done = store.find_version("predictions", key)
     if done:
         log.info("infer: predictions v%d already exist for %s", done["version"], key)
@@ -97,9 +100,9 @@ def infer_dataset(settings: Settings, run_id: str, model_version: int | None = N
                         num_gpus=1 if settings.train.use_gpu else 0)
     shards, rows = [], []
     for i, batch in enumerate(ds.iter_batches(batch_size=8192, batch_format="numpy")):
-        table = predictions_table(batch, classes)
+        table = predictions_table(batch, classes, cfg.top_k)
         shards.append(write_shard(store.root, f"datasets/predictions/{run_id}-{i:05d}.parquet", table))
-        rows += table.select(["image_id", "label", "split", "predicted", "confidence"]).to_pylist()
+        rows += table.select(["image_id", "label", "split", "predicted", "confidence", "top_k"]).to_pylist()
         log.info("infer: %d images predicted", len(rows))
     for row in rows:
         row["model_version"] = model["version"]

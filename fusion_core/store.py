@@ -103,6 +103,7 @@ predictions = sa.Table(
     sa.Column("predicted", sa.String(100), nullable=False),
     sa.Column("confidence", sa.Float, nullable=False),
     sa.Column("split", sa.String(8)),
+    sa.Column("top_k", sa.JSON),
 )
 cluster_assignments = sa.Table(
     "cluster_assignments", metadata,
@@ -371,17 +372,18 @@ def _add_lookup_indexes(conn) -> None:
             index.create(conn, checkfirst=True)
 
 
-def _add_cluster_detail_columns(conn) -> None:
-    """Version 3: top labels, exemplars and outliers per cluster."""
-    present = {c["name"] for c in sa.inspect(conn).get_columns("cluster_summaries")}
-    for name in ("top_labels", "exemplars", "outliers"):
-        if name not in present:
-            kind = cluster_summaries.c[name].type.compile(conn.dialect)
-            conn.execute(sa.text(f"ALTER TABLE cluster_summaries ADD COLUMN {name} {kind}"))
+def _add_result_detail_columns(conn) -> None:
+    """Version 3: top-k labels per prediction; top labels, exemplars and outliers per cluster."""
+    for table, names in ((predictions, ("top_k",)), (cluster_summaries, ("top_labels", "exemplars", "outliers"))):
+        present = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
+        for name in names:
+            if name not in present:
+                kind = table.c[name].type.compile(conn.dialect)
+                conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}"))
 
 
 # schema version -> step that brings a catalog from the previous version to it
-MIGRATIONS = {2: _add_lookup_indexes, 3: _add_cluster_detail_columns}
+MIGRATIONS = {2: _add_lookup_indexes, 3: _add_result_detail_columns}
 
 
 def migrate(engine: sa.Engine) -> int:

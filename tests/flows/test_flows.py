@@ -99,6 +99,7 @@ def test_infer_flow(stage_store):
     store = Store(stage_store)
     rows = store.query("predictions", result["run_id"])
     assert len(rows) == IMAGES and all(0.0 <= r["confidence"] <= 1.0 for r in rows)
+    assert all(len(r["top_k"]) == 3 and r["top_k"][0] == r["predicted"] for r in rows)
     table = pq.read_table(store.path(result["outputs"]["shards"][0]))
     assert table.schema.field("embedding").type.list_size == 512
     assert infer_flow("smoke", _overrides(stage_store))["counts"]["reused"] == 1
