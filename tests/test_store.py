@@ -285,7 +285,7 @@ def test_replace_results_replaces_only_that_run(store):
 
 def test_replace_results_predictions_and_summaries(store):
     preds = [{"image_id": f"id{i}", "model_version": 1, "label": "cat" if i % 2 else None,
-              "predicted": "dog", "confidence": 0.75, "split": "test"} for i in range(3)]
+              "predicted": "dog", "confidence": 0.75, "split": "test", "top_k": ["dog", "cat"]} for i in range(3)]
     store.replace_results("predictions", "r1", preds)
     store.replace_results("predictions", "r1", preds)
     rows = sorted(store.query("predictions", "r1"), key=lambda r: r["image_id"])
