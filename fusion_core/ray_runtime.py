@@ -33,7 +33,8 @@ def ensure_ray(settings: Settings):
         ray.init(address=address, **kwargs)
     else:
         log.info("starting a local Ray (num_cpus=%s)", settings.ray.num_cpus or "all")
-        ray.init(num_cpus=settings.ray.num_cpus, include_dashboard=False, **kwargs)
+        # The dashboard (loopback only) also serves the State API that Ray Train's cleaner polls.
+        ray.init(num_cpus=settings.ray.num_cpus, dashboard_host="127.0.0.1", **kwargs)
     return ray
 
 
