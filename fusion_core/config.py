@@ -41,8 +41,12 @@ class RayConfig(_Section):
 
 
 class IngestConfig(_Section):
-    files_per_task: int = Field(2000, ge=1)
-    max_pixels: int = Field(50_000_000, ge=1)
+    files_per_task: int = Field(2000, ge=1, description="images per Ray task")
+    max_pixels: int = Field(50_000_000, ge=1, description="larger images are quarantined before decoding")
+    max_file_mb: float = Field(256.0, gt=0, description="larger files and archive members are quarantined unread")
+    shard_rows: int = Field(100_000, ge=1, description="a task starts a new shard after this many rows")
+    shard_mb: float = Field(256.0, gt=0, description="... or after this many MB of pixels")
+    row_group_mb: float = Field(32.0, gt=0, description="Parquet row group size, in MB of pixels")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.15, ge=0.0, lt=1.0)
 

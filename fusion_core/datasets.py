@@ -58,8 +58,10 @@ def _filesystem(root: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(root)
 
 
-def write_shard(root: str, rel_path: str, table: pa.Table) -> dict:
+def write_shard(root: str, rel_path: str, table: pa.Table, row_group_size: int = 4096) -> dict:
     """Write a table as one zstd Parquet shard at ``root/rel_path``, atomically where the filesystem allows.
+
+    The table's schema, with its metadata (dataset name and schema version), is stored in the file.
 
     Returns:
         The manifest entry ``{"path": rel_path, "num_rows": n}``.
@@ -68,9 +70,15 @@ def write_shard(root: str, rel_path: str, table: pa.Table) -> dict:
     final = f"{base.rstrip('/')}/{rel_path}"
     fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
     tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
-    pq.write_table(table, tmp, filesystem=fs, compression="zstd", row_group_size=4096)
+    pq.write_table(table, tmp, filesystem=fs, compression="zstd", row_group_size=row_group_size)
     fs.move(tmp, final)
     return {"path": rel_path, "num_rows": table.num_rows}
+
+
+def delete_shard(root: str, rel_path: str) -> None:
+    """Remove a shard that no committed version lists."""
+    fs, base = _filesystem(root)
+    fs.delete_file(f"{base.rstrip('/')}/{rel_path}")
 
 
 def read_shards(root: str, rel_paths: list[str], columns: list[str] | None = None) -> pa.Table:

@@ -1,61 +1,35 @@
-"""Ingest: image files -> the ``images`` dataset (Parquet shards) plus quarantine rows.
+"""Ingest: a source -> the ``images`` dataset (Parquet shards) plus quarantine rows.
 
-Files are hashed, deduplicated by content against the catalog, decoded by
-content (never by extension), stripped of metadata (only pixels are kept) and
-written as shards by Ray tasks, many files per task. Files that cannot be
-used are quarantined with their reason; the run goes on.
+One pass per Ray task: each task reads its items, hashes them (the hash is the
+image id), skips content the catalog already holds, decodes the rest by
+content (``fusion_core.decode``), and writes shards named from the ids they
+hold. The driver lists the source (``fusion_core.sources``) and feeds tasks
+as it goes, so archives are streamed, never extracted. Content that two tasks
+both wrote (the same image under two paths) is dropped from the later shard
+before the version is committed, in one transaction, with every path of every
+image. Bad inputs become quarantine rows; the run goes on.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
-import os
-import warnings
 from collections import Counter
-from pathlib import Path
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image, ImageOps, UnidentifiedImageError
+import pyarrow.compute as pc
 
-from fusion_core.config import Settings
-from fusion_core.datasets import IMAGES_SCHEMA, write_shard
+from fusion_core.config import IngestConfig, Settings
+from fusion_core.datasets import IMAGES_SCHEMA, delete_shard, read_shards, write_shard
+from fusion_core.decode import QuarantineError, decode_image
+from fusion_core.progress import Progress
 from fusion_core.runs import StageResult
+from fusion_core.sources import Item, iter_items, quarantine_row, read_bytes, source_kind
 from fusion_core.store import Store
 
 log = logging.getLogger(__name__)
-
-
-class QuarantineError(Exception):
-    """A file that cannot be ingested; ``reason`` is its error class."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
-
-
-def list_source_files(source: str | os.PathLike) -> list[tuple[str, str | None]]:
-    """Every file under a folder, followed recursively, with its label.
-
-    The label is the first-level subfolder's name; files directly under the
-    source are unlabelled. Hidden files are skipped.
-
-    Returns:
-        Sorted ``(path, label)`` pairs.
-    """
-    root = Path(source)
-    if not root.is_dir():
-        raise FileNotFoundError(f"source {str(source)!r} is not a folder")
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel = Path(dirpath).relative_to(root)
-        label = rel.parts[0] if rel.parts else None
-        found += [(str(Path(dirpath) / f), label) for f in filenames if not f.startswith(".")]
-    return sorted(found)
-
 
 def split_for(image_id: str, val_fraction: float, test_fraction: float) -> str:
     """The split an image belongs to forever, derived from its content hash."""
@@ -63,113 +37,6 @@ def split_for(image_id: str, val_fraction: float, test_fraction: float) -> str:
     if u < test_fraction:
         return "test"
     return "val" if u < test_fraction + val_fraction else "train"
-
-
-def decode_image(data: bytes, max_pixels: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Decode image bytes by content into pixels and a missing-pixel mask.
-
-    EXIF orientation is applied; nothing but pixels is kept. Fully transparent
-    pixels (alpha == 0) are reported as missing.
-
-    Returns:
-        ``(pixels, mask)``: uint8 (H, W, C) with C 1 or 3, and bool (H, W) or None.
-
-    Raises:
-        QuarantineError: with reason ``empty_file``, ``not_an_image``,
-            ``too_many_pixels`` or ``decode_error``.
-    """
-    if not data:
-        raise QuarantineError("empty_file", "file is empty")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                if img.width * img.height > max_pixels:
-                    raise QuarantineError("too_many_pixels",
-                                          f"{img.width}x{img.height} exceeds ingest.max_pixels={max_pixels}")
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                return _to_arrays(img)
-    except QuarantineError:
-        raise
-    except UnidentifiedImageError:
-        raise QuarantineError("not_an_image", "content is not a supported image format") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise QuarantineError("too_many_pixels", str(err)) from None
-    except (OSError, ValueError, SyntaxError) as err:
-        raise QuarantineError("decode_error", f"{type(err).__name__}: {err}") from None
-
-
-def _to_arrays(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
-    has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
-    if has_alpha:
-        rgba = np.asarray(img.convert("RGBA"))
-        mask = rgba[..., 3] == 0
-        pixels = rgba[..., :3] if img.mode != "LA" else rgba[..., :1]
-        return np.ascontiguousarray(pixels), (mask if mask.any() else None)
-    if img.mode in ("1", "L", "I", "I;16", "I;16B", "I;16L", "F"):
-        if img.mode.startswith("I") or img.mode == "F":
-            arr = np.asarray(img, dtype=np.float64)
-            top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-            return (np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8))[..., None], None
-        return np.asarray(img.convert("L"))[..., None], None
-    return np.asarray(img.convert("RGB")), None
-
-
-def hash_files(items: list[tuple[str, str | None]]) -> list[dict]:
-    """Content-hash files (sha256 of their bytes). Unreadable files get an ``error``."""
-    out = []
-    for path, label in items:
-        try:
-            with open(path, "rb") as fh:
-                digest = hashlib.sha256(fh.read()).hexdigest()
-            out.append({"source": path, "label": label, "image_id": digest})
-        except OSError as err:
-            out.append({"source": path, "label": label, "image_id": "",
-                        "error": ("unreadable", f"{type(err).__name__}: {err}")})
-    return out
-
-
-def ingest_chunk(root: str, items: list[dict], val_fraction: float, test_fraction: float,
-                 max_pixels: int) -> tuple[dict | None, list[dict]]:
-    """Decode a chunk of new files and write them as one shard.
-
-    Args:
-        root: store root; the shard is named from the content hashes it holds.
-        items: ``{"source", "label", "image_id"}`` of distinct new images.
-
-    Returns:
-        ``(manifest entry or None, quarantine rows)``.
-    """
-    rows: dict[str, list] = {name: [] for name in IMAGES_SCHEMA.names}
-    bad = []
-    for item in items:
-        try:
-            with open(item["source"], "rb") as fh:
-                pixels, mask = decode_image(fh.read(), max_pixels)
-        except QuarantineError as err:
-            bad.append(_quarantine_row(item, err.reason, str(err)))
-            continue
-        except OSError as err:
-            bad.append(_quarantine_row(item, "unreadable", f"{type(err).__name__}: {err}"))
-            continue
-        h, w, c = pixels.shape
-        for name, value in (("image_id", item["image_id"]), ("source", item["source"]),
-                            ("label", item["label"]),
-                            ("split", split_for(item["image_id"], val_fraction, test_fraction)),
-                            ("height", h), ("width", w), ("channels", c), ("pixels", pixels.tobytes()),
-                            ("mask", None if mask is None else np.packbits(mask).tobytes())):
-            rows[name].append(value)
-    if not rows["image_id"]:
-        return None, bad
-    name = hashlib.sha256("".join(rows["image_id"]).encode()).hexdigest()[:20]
-    table = pa.table(rows, schema=IMAGES_SCHEMA)
-    return write_shard(root, f"datasets/images/{name}.parquet", table), bad
-
-
-def _quarantine_row(item: dict, reason: str, message: str) -> dict:
-    return {"source": item["source"], "content_hash": item["image_id"], "stage": "ingest",
-            "error_class": reason, "message": message[:2000]}
 
 
 def unpack_mask(packed: bytes | None, height: int, width: int) -> np.ndarray:
@@ -180,71 +47,176 @@ def unpack_mask(packed: bytes | None, height: int, width: int) -> np.ndarray:
     return bits.reshape(height, width).astype(bool)
 
 
-def _chunks(items: list, size: int) -> list[list]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
+def ingest_chunk(root: str, items: list[Item], cfg: IngestConfig, known: frozenset = frozenset()) -> dict:
+    """Read, hash, decode and write a chunk of items as shards (one pass).
+
+    Args:
+        root: store root; shards go to ``datasets/images/<hash of their ids>.parquet``.
+        items: ``(source, label, payload, mask)`` tuples (see ``fusion_core.sources``).
+        cfg: limits, split fractions and shard sizes.
+        known: image ids already stored; their items are only recorded as sources.
+
+    Returns:
+        ``{"shards": [{"path", "num_rows", "image_ids"}], "sources": [(image_id, source)],
+        "quarantine": [rows]}``; ``sources`` holds every item that is or was stored.
+    """
+    max_bytes = int(cfg.max_file_mb * 2**20)
+    rows: dict[str, list] = {name: [] for name in IMAGES_SCHEMA.names}
+    shards, sources, bad, seen, size = [], [], [], set(), 0
+    for source, label, payload, mask_ref in items:
+        image_id = ""
+        try:
+            if isinstance(payload, np.ndarray):
+                image_id = hashlib.sha256(payload.tobytes()).hexdigest()
+            else:
+                data = read_bytes(payload, max_bytes) if isinstance(payload, str) else payload
+                image_id = hashlib.sha256(data).hexdigest()
+            if image_id in seen or image_id in known:
+                sources.append((image_id, source))
+                continue
+            if isinstance(payload, np.ndarray):
+                pixels, mask = payload, None
+            else:
+                mask_data = read_bytes(mask_ref, max_bytes) if isinstance(mask_ref, str) else mask_ref
+                pixels, mask = decode_image(data, cfg.max_pixels, mask_data)
+        except QuarantineError as err:
+            bad.append(quarantine_row(source, err.reason, str(err), image_id))
+            continue
+        except OSError as err:
+            bad.append(quarantine_row(source, "unreadable", f"{type(err).__name__}: {err}", image_id))
+            continue
+        seen.add(image_id)
+        sources.append((image_id, source))
+        h, w, c = pixels.shape
+        for name, value in zip(IMAGES_SCHEMA.names, (
+                image_id, source, label, split_for(image_id, cfg.val_fraction, cfg.test_fraction), h, w, c,
+                pixels.tobytes(), None if mask is None else np.packbits(mask).tobytes())):
+            rows[name].append(value)
+        size += h * w * c
+        if len(rows["image_id"]) >= cfg.shard_rows or size >= cfg.shard_mb * 2**20:
+            shards.append(_write_table(root, pa.table(rows, schema=IMAGES_SCHEMA), size, cfg))
+            rows, size = {name: [] for name in IMAGES_SCHEMA.names}, 0
+    if rows["image_id"]:
+        shards.append(_write_table(root, pa.table(rows, schema=IMAGES_SCHEMA), size, cfg))
+    return {"shards": shards, "sources": sources, "quarantine": bad}
+
+
+def _write_table(root: str, table: pa.Table, size: int, cfg: IngestConfig) -> dict:
+    """Write an images table as one shard named from its ids, with row groups of about ``row_group_mb``.
+
+    Returns:
+        Its manifest entry, with the ids it holds.
+    """
+    ids = table.column("image_id").to_pylist()
+    name = hashlib.sha256("".join(ids).encode()).hexdigest()[:20]
+    group = max(1, int(cfg.row_group_mb * 2**20 * len(ids) / max(size, 1)))
+    entry = write_shard(root, f"datasets/images/{name}.parquet", table, row_group_size=group)
+    return {**entry, "image_ids": ids}
+
+
+def _drop_rows(root: str, shard: dict, drop: set[str], cfg: IngestConfig) -> dict | None:
+    """Rewrite a shard without the rows of ``drop`` (content another task stored first)."""
+    table = read_shards(root, [shard["path"]])
+    keep = table.filter(pc.invert(pc.is_in(table.column("image_id"), pa.array(sorted(drop), pa.string()))))
+    delete_shard(root, shard["path"])
+    if keep.num_rows == 0:
+        return None
+    size = int(pc.sum(pc.binary_length(keep.column("pixels"))).as_py())
+    return _write_table(root, keep, size, cfg)
+
+
+def _chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _run_tasks(ray, cfg: IngestConfig, root: str, source: str, known: frozenset,
+               problems: list[dict]) -> list[dict]:
+    """Feed chunks of the source to Ray tasks as they are listed; results in submission order."""
+    task = ray.remote(ingest_chunk)
+    known_ref = ray.put(known)
+    in_flight = 2 * int(ray.cluster_resources().get("CPU", 1)) + 2  # keeps workers busy, bounds memory
+    results, pending, progress = [], {}, Progress("ingest", "files")
+
+    def collect(wait_all: bool) -> None:
+        while pending and (wait_all or len(pending) >= in_flight):
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            index, n = pending.pop(ready[0])
+            results[index] = ray.get(ready[0])
+            progress.update(n)
+
+    items = iter_items(source, problems, int(cfg.max_file_mb * 2**20))
+    if source_kind(source) != "archive":  # listed up front, so the total (and ETA) is known; archives stream
+        items = list(items)
+        progress.total = len(items)
+    listed = 0
+    for chunk in _chunks(items, cfg.files_per_task):
+        collect(wait_all=False)
+        results.append(None)
+        pending[task.remote(root, chunk, cfg, known_ref)] = (len(results) - 1, len(chunk))
+        listed += len(chunk)
+    progress.total = listed
+    collect(wait_all=True)
+    progress.close()
+    return results
 
 
 def ingest_source(settings: Settings, source: str, run_id: str) -> StageResult:
-    """Ingest every new image under ``source`` and commit a new ``images`` version.
+    """Ingest every new image of ``source`` and commit a new ``images`` version.
 
-    Rerunning on the same files adds nothing; a file whose content is already
-    stored only has its path recorded.
+    ``source`` is a folder, a tar / tar.gz / zip archive, a CIFAR batch
+    directory or a CSV / Parquet manifest, as a path or URI. Rerunning on the
+    same source adds nothing; content already stored under another path only
+    has the new path recorded.
     """
-    from fusion_core.ray_runtime import ensure_ray, gather
+    from fusion_core.ray_runtime import ensure_ray
 
     store = Store.from_settings(settings)
     cfg = settings.ingest
     ray = ensure_ray(settings)
-    files = list_source_files(source)
-    log.info("ingest: %d files under %s", len(files), source)
-
-    hash_task = ray.remote(hash_files)
-    hashed = [h for chunk in gather([hash_task.remote(c) for c in _chunks(files, cfg.files_per_task)],
-                                    "ingest/hash") for h in chunk]
-    quarantined = [_quarantine_row(h, *h["error"]) for h in hashed if "error" in h]
     known, known_sources = store.known_image_ids(), store.known_sources()
-    new: dict[str, dict] = {}
-    extra_sources = []
-    for h in hashed:
-        if "error" in h:
-            continue
-        if h["image_id"] in known or h["image_id"] in new:
-            if (h["image_id"], h["source"]) not in known_sources:
-                extra_sources.append(h)
-        else:
-            new[h["image_id"]] = h
-    todo = [new[k] for k in sorted(new)]
-    log.info("ingest: %d files with new content", len(todo))
+    problems: list[dict] = []
+    results = _run_tasks(ray, cfg, store.root, str(source), frozenset(known), problems)
 
-    chunk_task = ray.remote(ingest_chunk)
-    results = gather([chunk_task.remote(store.root, c, cfg.val_fraction, cfg.test_fraction, cfg.max_pixels)
-                      for c in _chunks(todo, cfg.files_per_task)], "ingest/decode")
-    shards = [entry for entry, _ in results if entry]
-    for _, bad in results:
-        quarantined += bad
-    bad = {q["content_hash"]: q for q in quarantined}
-    quarantined += [{**bad[h["image_id"]], "source": h["source"]}
-                    for h in extra_sources if h["image_id"] in bad]
-    sources = [{"image_id": h["image_id"], "source": h["source"]}
-               for h in todo + extra_sources if h["image_id"] not in bad]
+    shards, written = [], set()
+    for result in results:
+        for shard in result["shards"]:
+            dup = written.intersection(shard["image_ids"])
+            written.update(shard["image_ids"])
+            if dup:
+                log.info("ingest: %d images in %s were also stored by another task", len(dup), shard["path"])
+                shard = _drop_rows(store.root, shard, dup, cfg)
+            if shard:
+                shards.append({"path": shard["path"], "num_rows": shard["num_rows"]})
+    quarantined = problems + [q for r in results for q in r["quarantine"]]
+    pairs = {pair for r in results for pair in r["sources"]}
+    sources = [{"image_id": i, "source": s} for i, s in sorted(pairs) if (i, s) not in known_sources]
 
     previous = store.latest_version("images")
     version = previous["version"] if previous else None
     if shards:
         manifest = (previous["shards"] if previous else []) + shards
-        version = store.commit_version("images", manifest, run_id, sources=sources,
-                                       info={"source": str(source)})
+        version = store.commit_version("images", manifest, run_id, sources=sources, info={"source": str(source)})
     elif sources:
         store.record_sources(sources, run_id)
     new_quarantine = store.add_quarantine(run_id, quarantined)
     reasons = Counter(q["error_class"] for q in quarantined)
     added = sum(s["num_rows"] for s in shards)
-    already = len(files) - added - len(quarantined)
+    ok = sum(len(r["sources"]) for r in results)
     total = store.latest_version("images")
+    log.info("ingest: %d files, %d ok (%d new images, %d already stored), %d quarantined %s",
+             ok + len(quarantined), ok, added, ok - added, len(quarantined), dict(reasons))
     return StageResult(
         "ingest",
-        counts={"files": len(files), "new_images": added, "already_stored": already,
-                "quarantined": len(quarantined), "new_quarantine_rows": new_quarantine,
-                "quarantine_reasons": dict(reasons), "total_images": total["num_rows"] if total else 0},
+        counts={"files": ok + len(quarantined), "images_ok": ok, "new_images": added,
+                "already_stored": ok - added, "quarantined": len(quarantined),
+                "new_quarantine_rows": new_quarantine, "quarantine_reasons": dict(sorted(reasons.items())),
+                "total_images": total["num_rows"] if total else 0},
         outputs={"dataset": "images", "version": version, "new_shards": [s["path"] for s in shards]},
     )

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 
 from fusion_core.config import Settings
+from fusion_core.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -39,21 +39,16 @@ def ensure_ray(settings: Settings):
 
 
 def gather(refs: list, what: str, every_s: float = 5.0) -> list:
-    """Wait for Ray object refs, logging progress (done/total, rate, ETA); results in submission order."""
+    """Wait for Ray object refs, reporting progress (done/total, rate, ETA); results in submission order."""
     import ray
 
     order = {ref: i for i, ref in enumerate(refs)}
     results: list = [None] * len(refs)
-    pending, started, last = list(refs), time.perf_counter(), 0.0
+    pending, progress = list(refs), Progress(what, "tasks", total=len(refs), every_s=every_s)
     while pending:
-        ready, pending = ray.wait(pending, num_returns=1, timeout=every_s)
+        ready, pending = ray.wait(pending, num_returns=1)
         for ref in ready:
             results[order[ref]] = ray.get(ref)
-        now = time.perf_counter()
-        done = len(refs) - len(pending)
-        if now - last >= every_s or not pending:
-            rate = done / max(now - started, 1e-9)
-            eta = len(pending) / rate if rate else float("inf")
-            log.info("%s: %d/%d tasks done (%.1f/s, ETA %.0fs)", what, done, len(refs), rate, eta)
-            last = now
+        progress.update(len(ready))
+    progress.close()
     return results

@@ -1,4 +1,4 @@
-"""Tests for the pure parts of fusion_core.ingest (no Ray)."""
+"""Tests for decoding (fusion_core.decode) and the one-pass ingest task (fusion_core.ingest), no Ray."""
 
 from __future__ import annotations
 
@@ -12,16 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from fusion_core.config import IngestConfig
 from fusion_core.datasets import IMAGES_SCHEMA
-from fusion_core.ingest import (
-    QuarantineError,
-    decode_image,
-    hash_files,
-    ingest_chunk,
-    list_source_files,
-    split_for,
-    unpack_mask,
-)
+from fusion_core.decode import QuarantineError, decode_image
+from fusion_core.ingest import ingest_chunk, split_for, unpack_mask
+from fusion_core.sources import iter_items
 
 MAX = 10_000_000
 
@@ -50,38 +45,6 @@ def _reason(data: bytes, max_pixels: int = MAX) -> str:
     with pytest.raises(QuarantineError) as info:
         decode_image(data, max_pixels)
     return info.value.reason
-
-
-# list_source_files ------------------------------------------------------------
-
-def test_list_source_files_labels_hidden_and_nesting(tmp_path):
-    files = ["root.png", "cat/a.png", "cat/b.jpg", "cat/deep/er/c.png", "dog/z.png",
-             ".hidden.png", "cat/.DS_Store", ".git/x.png", "dog/.cache/y.png"]
-    for rel in files:
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_bytes(b"x")
-    (tmp_path / "empty").mkdir()
-    found = list_source_files(tmp_path)
-    expected = [(str(tmp_path / "cat" / "a.png"), "cat"),
-                (str(tmp_path / "cat" / "b.jpg"), "cat"),
-                (str(tmp_path / "cat" / "deep" / "er" / "c.png"), "cat"),
-                (str(tmp_path / "dog" / "z.png"), "dog"),
-                (str(tmp_path / "root.png"), None)]
-    assert found == expected
-    assert found == sorted(found)
-    assert list_source_files(str(tmp_path)) == expected
-
-
-def test_list_source_files_empty_folder(tmp_path):
-    assert list_source_files(tmp_path) == []
-
-
-def test_list_source_files_missing_or_file(tmp_path):
-    with pytest.raises(FileNotFoundError):
-        list_source_files(tmp_path / "missing")
-    (tmp_path / "f.png").write_bytes(b"x")
-    with pytest.raises(FileNotFoundError):
-        list_source_files(tmp_path / "f.png")
 
 
 # decode_image -----------------------------------------------------------------------
@@ -217,7 +180,7 @@ def test_decode_errors_have_reasons():
     png = _encode(Image.fromarray(_rgb(32, 32, seed=5)))
     assert _reason(b"") == "empty_file"
     assert _reason(b"not an image") == "not_an_image"
-    assert _reason(png[: len(png) // 2]) == "decode_error"
+    assert _reason(b"\x89PNG\r\n\x1a\n" + b"\0" * 40) in ("truncated", "decode_error")
     assert _reason(png, max_pixels=32 * 32 - 1) == "too_many_pixels"
     pixels, _ = decode_image(png, max_pixels=32 * 32)
     assert pixels.shape == (32, 32, 3)
@@ -252,26 +215,148 @@ def test_split_for_boundaries():
     assert split_for("12345678" + "0" * 56, 0.3, 0.3) == split_for("12345678" + "f" * 56, 0.3, 0.3)
 
 
-# hash_files -----------------------------------------------------------------------------
+# more formats, metadata, missing pixels ---------------------------------------------------------
 
-def test_hash_files(tmp_path):
-    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
-    a.write_bytes(b"hello")
-    b.write_bytes(b"")
-    folder = tmp_path / "dir"
-    folder.mkdir()
-    missing = tmp_path / "missing.png"
-    out = hash_files([(str(a), "x"), (str(b), None), (str(folder), "y"), (str(missing), None)])
-    assert out[0] == {"source": str(a), "label": "x", "image_id": hashlib.sha256(b"hello").hexdigest()}
-    assert out[1] == {"source": str(b), "label": None, "image_id": hashlib.sha256(b"").hexdigest()}
-    for item, path, label in ((out[2], folder, "y"), (out[3], missing, None)):
-        assert item["source"] == str(path)
-        assert item["label"] == label
-        assert item["image_id"] == ""
-        assert item["error"][0] == "unreadable"
-        assert isinstance(item["error"][1], str) and item["error"][1]
-    assert out[3]["error"][1].startswith("FileNotFoundError")
-    assert hash_files([]) == []
+def _gradient(h=24, w=16) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.stack([yy * 9 % 256, xx * 13 % 256, (yy + xx) * 5 % 256], -1).astype(np.uint8)
+
+
+@pytest.mark.parametrize("fmt, kw", [("PNG", {}), ("BMP", {}), ("TIFF", {}), ("TIFF", {"compression": "tiff_lzw"}),
+                                     ("WEBP", {"lossless": True}), ("GIF", {})])
+def test_decode_lossless_formats_exact(fmt, kw):
+    rgb = _gradient()
+    img = Image.fromarray(rgb)
+    if fmt == "GIF":  # palette format: keep to a few colours so the palette is exact
+        rgb = (rgb // 64 * 64).astype(np.uint8)
+        img = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+    pixels, mask = decode_image(_encode(img, fmt, **kw), MAX)
+    np.testing.assert_array_equal(pixels, rgb)
+    assert mask is None
+
+
+def test_decode_gif_first_frame_of_animation():
+    frames = [Image.fromarray(np.full((4, 4, 3), v, np.uint8)).convert("P") for v in (0, 255)]
+    data = _encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    assert Image.open(io.BytesIO(data)).n_frames == 2
+    pixels, _ = decode_image(data, MAX)
+    assert (pixels == 0).all()
+
+
+def test_decode_16bit_tiff_and_rgba_webp():
+    raw = np.array([[0, 65535], [257, 32768]], dtype=np.uint16)
+    pixels, _ = decode_image(_encode(Image.fromarray(raw), "TIFF"), MAX)
+    np.testing.assert_array_equal(pixels[..., 0], [[0, 255], [1, 128]])
+    rgba, hole = _rgba_with_hole()
+    pixels, mask = decode_image(_encode(Image.fromarray(rgba, "RGBA"), "WEBP", lossless=True), MAX)
+    np.testing.assert_array_equal(mask, hole)
+    np.testing.assert_array_equal(pixels[~hole], rgba[..., :3][~hole])
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_is_applied(orientation):
+    rgb = _gradient(8, 16)  # JPEG blocks align, so the rotation is exact
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    plain, _ = decode_image(_encode(Image.fromarray(rgb), "JPEG", quality=95), MAX)
+    pixels, _ = decode_image(_encode(Image.fromarray(rgb), "JPEG", quality=95, exif=exif), MAX)
+    expected = {1: plain, 2: plain[:, ::-1], 3: plain[::-1, ::-1], 4: plain[::-1],
+                5: plain.transpose(1, 0, 2), 6: np.rot90(plain, -1), 7: np.rot90(plain[::-1], 1),
+                8: np.rot90(plain, 1)}[orientation]
+    np.testing.assert_array_equal(pixels, expected)
+
+
+def test_jpeg_fast_path_gives_pillows_pixels():
+    from fusion_core.decode import _decode_with_pillow
+
+    rgb = _gradient(40, 56)
+    gray = rgb[..., 0]
+    for img, kw in ((Image.fromarray(rgb), {"quality": 90}), (Image.fromarray(rgb), {"subsampling": 0}),
+                    (Image.fromarray(rgb), {"progressive": True}), (Image.fromarray(rgb), {"restart_marker_blocks": 1}),
+                    (Image.fromarray(gray), {})):
+        data = _encode(img, "JPEG", **kw)
+        np.testing.assert_array_equal(decode_image(data, MAX)[0], _decode_with_pillow(data, MAX)[0])
+
+
+def test_metadata_is_dropped_and_pixels_are_the_oriented_original(tmp_path):
+    rgb = _gradient(8, 16)
+    exif = Image.Exif()
+    exif[0x010F] = "ACME Camera"
+    exif[0x0112] = 8
+    exif.get_ifd(0x8825)[2] = (52.0, 22.0, 12.0)
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/">SECRET-XMP</x:xmpmeta>'
+    jpeg = _encode(Image.fromarray(rgb), "JPEG", quality=95, exif=exif, xmp=xmp, comment=b"SECRET-COMMENT")
+    png = _encode(Image.fromarray(rgb), "PNG", exif=exif, pnginfo=_png_text("SECRET-TEXT"))
+    (tmp_path / "a.jpg").write_bytes(jpeg)
+    (tmp_path / "b.png").write_bytes(png)
+    out = ingest_chunk(str(tmp_path / "store"), list(iter_items(str(tmp_path), [])), IngestConfig())
+    shard = tmp_path / "store" / out["shards"][0]["path"]
+    raw = shard.read_bytes()
+    for secret in (b"ACME", b"SECRET-XMP", b"SECRET-COMMENT", b"SECRET-TEXT", b"Exif"):
+        assert secret not in raw
+    rows = {r["source"].rsplit("/", 1)[1]: r for r in pq.read_table(shard).to_pylist()}
+    plain, _ = decode_image(_encode(Image.fromarray(rgb), "JPEG", quality=95), MAX)
+    for name, expected in (("a.jpg", np.rot90(plain, 1)), ("b.png", np.rot90(rgb, 1))):
+        r = rows[name]
+        stored = np.frombuffer(r["pixels"], np.uint8).reshape(r["height"], r["width"], r["channels"])
+        np.testing.assert_array_equal(stored, expected)
+
+
+def _png_text(text):
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", text)
+    return info
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "BMP", "GIF", "TIFF"])
+def test_truncated_file_keeps_decoded_rows_and_masks_the_rest(fmt):
+    rgb = _gradient(64, 48)
+    img = Image.fromarray(rgb) if fmt != "GIF" else Image.fromarray(rgb // 64 * 64).convert("P", colors=64)
+    data = _encode(img, fmt)
+    full, _ = decode_image(data, MAX)
+    pixels, mask = decode_image(data[: int(len(data) * 0.7)], MAX)
+    assert mask is not None and 0 < mask.sum() < mask.size
+    first, last = (0, -1) if fmt != "BMP" else (-1, 0)  # BMP stores the bottom row first
+    assert mask[last].all() and not mask[first].any()  # the end of the file is lost, the start is kept
+    np.testing.assert_array_equal(pixels[~mask], full[~mask])
+
+
+def test_truncated_baseline_jpeg_masks_from_the_first_lost_block():
+    data = _encode(Image.fromarray(_gradient(64, 48)), "JPEG", quality=90)
+    full, _ = decode_image(data, MAX)
+    pixels, mask = decode_image(data[: int(len(data) * 0.9)], MAX)
+    assert 0 < mask.sum() < mask.size and mask[-1].all() and not mask[0].any()
+    np.testing.assert_array_equal(pixels[~mask], full[~mask])
+
+
+def test_truncated_beyond_use():
+    png = _encode(Image.fromarray(_gradient()))
+    jpeg = _encode(Image.fromarray(_gradient()), "JPEG", progressive=True)
+    assert _reason(png[:40]) == "truncated"        # header only
+    assert _reason(png[:12]) == "truncated"        # not even a header
+    assert _reason(jpeg[: len(jpeg) - 50]) == "truncated"  # progressive: no pixel is final
+
+
+def test_explicit_mask_is_merged_with_alpha_and_checked():
+    rgba, hole = _rgba_with_hole()
+    extra = np.zeros(hole.shape, np.uint8)
+    extra[0, 0] = 1
+    pixels, mask = decode_image(_encode(Image.fromarray(rgba, "RGBA")), MAX, _encode(Image.fromarray(extra, "L")))
+    np.testing.assert_array_equal(mask, hole | (extra > 0))
+    with pytest.raises(QuarantineError) as info:
+        decode_image(_encode(Image.fromarray(rgba, "RGBA")), MAX, _encode(Image.fromarray(extra[:2], "L")))
+    assert info.value.reason == "bad_mask"
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    bomb = _encode(Image.new("1", (12_000, 12_000)), "PNG")  # 144 Mpx in a few hundred kB
+    assert len(bomb) < 1_000_000
+    assert _reason(bomb, max_pixels=50_000_000) == "too_many_pixels"
+    assert _reason(bomb, max_pixels=200_000_000) == "too_many_pixels"  # Pillow's own bomb limit
+    big = _encode(Image.fromarray(_gradient(64, 64)), "JPEG")
+    assert _reason(big, max_pixels=64 * 64 - 1) == "too_many_pixels"  # the JPEG fast path checks too
 
 
 # ingest_chunk ---------------------------------------------------------------------------
@@ -286,29 +371,22 @@ def chunk_files(tmp_path):
     (src / "cat" / "rgb.png").write_bytes(_encode(Image.fromarray(rgb)))
     (src / "cat" / "rgba.png").write_bytes(_encode(Image.fromarray(rgba, "RGBA")))
     (src / "gray.jpg").write_bytes(_encode(Image.fromarray(gray, "L")))  # PNG bytes, wrong extension
-    (src / "cat" / "bad.png").write_bytes(b"not an image")
-    items = hash_files(list_source_files(src))
-    expected = {str(src / "cat" / "rgb.png"): (rgb, None),
+    (src / "cat" / "copy.png").write_bytes(_encode(Image.fromarray(rgb)))  # same content, other path
+    expected = {str(src / "cat" / "copy.png"): (rgb, None),  # the first path of that content
                 str(src / "cat" / "rgba.png"): (rgba[..., :3], hole),
                 str(src / "gray.jpg"): (gray[..., None], None)}
-    return tmp_path / "store", items, expected
+    return tmp_path / "store", list(iter_items(str(src), [])), expected, src
 
 
-def test_ingest_chunk_writes_shard_and_quarantines(chunk_files):
-    store_root, items, expected = chunk_files
-    root = str(store_root.resolve())
-    assert all("error" not in i for i in items)
-    entry, bad = ingest_chunk(root, items, 0.1, 0.2, MAX)
-
-    good = [i for i in items if i["source"] in expected]
-    corrupt = next(i for i in items if i["source"].endswith("bad.png"))
-    assert entry["num_rows"] == 3
-    assert entry["path"].startswith("datasets/images/") and entry["path"].endswith(".parquet")
-    table = pq.read_table(store_root / entry["path"])
+def test_ingest_chunk_writes_one_row_per_content_and_records_every_path(chunk_files):
+    store_root, items, expected, src = chunk_files
+    out = ingest_chunk(str(store_root), items, IngestConfig(val_fraction=0.1, test_fraction=0.2))
+    assert out["quarantine"] == []
+    (shard,) = out["shards"]
+    assert shard["path"].startswith("datasets/images/") and shard["num_rows"] == 3
+    table = pq.read_table(store_root / shard["path"])
     assert table.schema.equals(IMAGES_SCHEMA, check_metadata=True)
-    assert table.column("image_id").to_pylist() == [i["image_id"] for i in good]
-    assert sorted(table.column("source").to_pylist()) == sorted(expected)
-
+    assert sorted(table.column("image_id").to_pylist()) == sorted(shard["image_ids"])
     for row in table.to_pylist():
         pixels, hole = expected[row["source"]]
         h, w, c = pixels.shape
@@ -320,45 +398,53 @@ def test_ingest_chunk_writes_shard_and_quarantines(chunk_files):
             assert row["mask"] is None
         else:
             np.testing.assert_array_equal(unpack_mask(row["mask"], h, w), hole)
+    rgb_id = hashlib.sha256((src / "cat" / "rgb.png").read_bytes()).hexdigest()
+    assert {(rgb_id, str(src / "cat" / "copy.png")), (rgb_id, str(src / "cat" / "rgb.png"))} <= set(out["sources"])
+    assert len(out["sources"]) == 4
 
-    assert bad == [{"source": corrupt["source"], "content_hash": corrupt["image_id"], "stage": "ingest",
-                    "error_class": "not_an_image", "message": bad[0]["message"]}]
-    assert bad[0]["message"]
+
+def test_ingest_chunk_shards_are_zstd_with_schema_version_and_sized_row_groups(chunk_files):
+    store_root, items, _, _ = chunk_files
+    cfg = IngestConfig(shard_rows=2, row_group_mb=100 / 2**20)  # 2 rows per shard, ~100 bytes per row group
+    out = ingest_chunk(str(store_root), items, cfg)
+    assert [s["num_rows"] for s in out["shards"]] == [2, 1]
+    meta = pq.ParquetFile(store_root / out["shards"][0]["path"]).metadata
+    assert meta.num_row_groups == 2
+    assert meta.row_group(0).column(0).compression == "ZSTD"
+    assert pq.read_schema(store_root / out["shards"][0]["path"]).metadata[b"fusion.schema_version"] == b"1"
+    by_bytes = ingest_chunk(str(store_root), items, IngestConfig(shard_mb=100 / 2**20))
+    assert [s["num_rows"] for s in by_bytes["shards"]] == [1, 1, 1]
 
 
-def test_ingest_chunk_is_deterministic(chunk_files):
-    store_root, items, _ = chunk_files
-    root = str(store_root.resolve())
-    first, bad1 = ingest_chunk(root, items, 0.1, 0.2, MAX)
-    data1 = pq.read_table(store_root / first["path"])
-    second, bad2 = ingest_chunk(root, items, 0.1, 0.2, MAX)
+def test_ingest_chunk_is_deterministic_and_skips_known_ids(chunk_files):
+    store_root, items, _, _ = chunk_files
+    first = ingest_chunk(str(store_root), items, IngestConfig())
+    second = ingest_chunk(str(store_root), items, IngestConfig())
     assert second == first
-    # messages may embed object addresses; everything else is stable
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "message"} for r in rows]  # noqa: E731
-    assert strip(bad2) == strip(bad1)
-    assert pq.read_table(store_root / second["path"]).equals(data1)
-    assert [p.name for p in (store_root / "datasets" / "images").iterdir()] == [first["path"].rsplit("/", 1)[1]]
-    good_ids = "".join(i["image_id"] for i in items if not i["source"].endswith("bad.png"))
-    assert first["path"] == f"datasets/images/{hashlib.sha256(good_ids.encode()).hexdigest()[:20]}.parquet"
+    known = frozenset(first["shards"][0]["image_ids"][:2])
+    third = ingest_chunk(str(store_root), items, IngestConfig(), known)
+    assert [s["num_rows"] for s in third["shards"]] == [1] and len(third["sources"]) == 4
 
 
-def test_ingest_chunk_unreadable_and_all_bad(tmp_path):
-    root = str((tmp_path / "store").resolve())
-    empty = tmp_path / "empty.png"
-    empty.write_bytes(b"")
-    big = tmp_path / "big.png"
-    big.write_bytes(_encode(Image.fromarray(_rgb(10, 10))))
-    items = [{"source": str(tmp_path / "gone.png"), "label": None, "image_id": "ab" * 32},
-             {"source": str(empty), "label": None, "image_id": "cd" * 32},
-             {"source": str(big), "label": "x", "image_id": "ef" * 32}]
-    entry, bad = ingest_chunk(root, items, 0.1, 0.2, max_pixels=50)
-    assert entry is None
-    assert [(b["content_hash"], b["stage"], b["error_class"]) for b in bad] == [
-        ("ab" * 32, "ingest", "unreadable"), ("cd" * 32, "ingest", "empty_file"),
-        ("ef" * 32, "ingest", "too_many_pixels")]
-    assert not (tmp_path / "store" / "datasets").exists()
-    assert ingest_chunk(root, [], 0.1, 0.2, MAX) == (None, [])
-
+def test_ingest_chunk_bad_inputs_one_quarantine_row_each(tmp_path):
+    png = _encode(Image.fromarray(_gradient()))
+    files = {"empty.png": b"", "text.png": b"not an image at all", "head.png": png[:30],
+             "bomb.png": _encode(Image.new("1", (8_000, 8_000)), "PNG"), "big.png": b"\x89PNG" + b"\0" * 100_000,
+             "ok.jpg": png}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    items = [(str(tmp_path / n), None, str(tmp_path / n), None) for n in sorted(files)]
+    items.append((str(tmp_path / "gone.png"), None, str(tmp_path / "gone.png"), None))
+    out = ingest_chunk(str(tmp_path / "store"), items, IngestConfig(max_pixels=1_000_000, max_file_mb=0.05))
+    reasons = {q["source"].rsplit("/", 1)[1]: q["error_class"] for q in out["quarantine"]}
+    assert reasons == {"empty.png": "empty_file", "text.png": "not_an_image", "head.png": "truncated",
+                       "bomb.png": "too_many_pixels", "big.png": "too_large", "gone.png": "unreadable"}
+    assert len(out["quarantine"]) == 6
+    hashes = {q["source"].rsplit("/", 1)[1]: q["content_hash"] for q in out["quarantine"]}
+    assert hashes["text.png"] == hashlib.sha256(b"not an image at all").hexdigest()
+    assert hashes["gone.png"] == "" and hashes["big.png"] == ""
+    assert all(q["stage"] == "ingest" and q["message"] for q in out["quarantine"])
+    assert [s["num_rows"] for s in out["shards"]] == [1]  # ok.jpg: PNG content under a .jpg name
 
 # unpack_mask ----------------------------------------------------------------------------
 

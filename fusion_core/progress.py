@@ -1,0 +1,57 @@
+"""Progress of a long loop: a bar on an interactive terminal, periodic log lines otherwise."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+log = logging.getLogger(__name__)
+
+
+class Progress:
+    """Counts done units against a total (which may become known late) and reports rate and ETA.
+
+    Args:
+        what: name shown before the figures, e.g. ``"ingest"``.
+        unit: what is counted, e.g. ``"files"``.
+        total: units to do, when known.
+        every_s: seconds between log lines when not on a terminal.
+    """
+
+    def __init__(self, what: str, unit: str, total: int | None = None, every_s: float = 5.0, stream=None):
+        self.what, self.unit, self.total, self.every_s = what, unit, total, every_s
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.done, self.started, self.last = 0, time.perf_counter(), 0.0
+
+    def update(self, n: int = 1) -> None:
+        """Record ``n`` more units done and report if it is time to."""
+        self.done += n
+        now = time.perf_counter()
+        if self.tty and now - self.last >= 0.1:
+            self.stream.write("\r" + self.line(bar=True))
+            self.stream.flush()
+            self.last = now
+        elif not self.tty and now - self.last >= self.every_s:
+            log.info("%s", self.line())
+            self.last = now
+
+    def close(self) -> None:
+        """Report the final figures (ends the terminal line)."""
+        if self.tty:
+            self.stream.write("\r" + self.line(bar=True) + "\n")
+            self.stream.flush()
+        else:
+            log.info("%s", self.line())
+
+    def line(self, bar: bool = False) -> str:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        rate = self.done / elapsed
+        if self.total:
+            left = max(self.total - self.done, 0)
+            eta = f"ETA {left / rate:.0f}s" if rate else "ETA ?"
+            filled = int(30 * min(self.done / self.total, 1.0))
+            head = f"[{'#' * filled}{'.' * (30 - filled)}] " if bar else ""
+            return f"{self.what}: {head}{self.done}/{self.total} {self.unit} ({rate:.0f}/s, {eta})"
+        return f"{self.what}: {self.done} {self.unit} ({rate:.0f}/s)"

@@ -1,0 +1,334 @@
+"""Source kinds (fusion_core.sources), each built as a real file or folder in tmp_path; no Ray."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import tarfile
+import zipfile
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from fusion_core.config import IngestConfig
+from fusion_core.decode import decode_image
+from fusion_core.ingest import ingest_chunk
+from fusion_core.sources import iter_items, load_pickle, read_bytes, source_kind
+
+MAX = 10_000_000
+
+
+def _png(arr, mode=None) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _rgb(h=4, w=5, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _items(source, max_bytes=2**31):
+    problems = []
+    items = list(iter_items(str(source), problems, max_bytes))
+    return items, problems
+
+
+def _reasons(problems):
+    return sorted((os.path.basename(p["source"]), p["error_class"]) for p in problems)
+
+
+def _payload_pixels(item):
+    payload = item[2]
+    if isinstance(payload, np.ndarray):
+        return payload
+    data = read_bytes(payload) if isinstance(payload, str) else payload
+    return decode_image(data, MAX)[0]
+
+
+# folders -----------------------------------------------------------------------------------
+
+def test_folder_labels_nesting_hidden_and_sibling_masks(tmp_path):
+    for rel in ("cat/a.png", "cat/deep/er/c.png", "dog/z.png", "root.png", ".hidden.png", "cat/.DS_Store",
+                ".git/x.png", "dog/z.mask.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(_png(_rgb()))
+    items, problems = _items(tmp_path)
+    assert problems == []
+    assert source_kind(str(tmp_path)) == "folder"
+    assert [(s, label, p, m) for s, label, p, m in items] == [
+        (str(tmp_path / "cat/a.png"), "cat", str(tmp_path / "cat/a.png"), None),
+        (str(tmp_path / "cat/deep/er/c.png"), "cat", str(tmp_path / "cat/deep/er/c.png"), None),
+        (str(tmp_path / "dog/z.png"), "dog", str(tmp_path / "dog/z.png"), str(tmp_path / "dog/z.mask.png")),
+        (str(tmp_path / "root.png"), None, str(tmp_path / "root.png"), None),
+    ]
+
+
+def test_folder_follows_symlinked_folders_and_quarantines_loops(tmp_path):
+    src = tmp_path / "src"
+    (src / "cat").mkdir(parents=True)
+    (src / "cat" / "a.png").write_bytes(_png(_rgb()))
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "b.png").write_bytes(_png(_rgb(seed=1)))
+    (src / "dog").symlink_to(other)                    # followed
+    (src / "cat" / "loop").symlink_to(src)             # back to an ancestor: a loop
+    (src / "self.png").symlink_to(src / "self.png")    # a link to itself
+    items, problems = _items(src)
+    assert [(s.replace(str(src), ""), label) for s, label, *_ in items] == [("/cat/a.png", "cat"),
+                                                                           ("/dog/b.png", "dog")]
+    assert _reasons(problems) == [("loop", "symlink_loop"), ("self.png", "symlink_loop")]
+
+
+def test_folder_missing_source(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        _items(tmp_path / "missing")
+
+
+# archives ---------------------------------------------------------------------------------------
+
+def _archive_members():
+    return {"train/cat/a.png": _png(_rgb(seed=1)), "train/dog/b.png": _png(_rgb(seed=2)),
+            "train/top.png": _png(_rgb(seed=3)), "train/.hidden/x.png": b"x"}
+
+
+@pytest.mark.parametrize("suffix", ["tar", "tar.gz", "zip"])
+def test_archives_are_streamed_with_labels_and_unsafe_members_quarantined(tmp_path, suffix, monkeypatch):
+    members = _archive_members()
+    path = tmp_path / f"train.{suffix}"
+    evil = {"../evil.png": _png(_rgb(seed=9)), "/abs/evil.png": _png(_rgb(seed=9))}
+    if suffix == "zip":
+        with zipfile.ZipFile(path, "w") as zf:
+            for name, data in {**members, **evil}.items():
+                zf.writestr(name, data)
+    else:
+        with tarfile.open(path, "w:gz" if suffix == "tar.gz" else "w") as tf:
+            for name, data in {**members, **evil}.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+            link = tarfile.TarInfo("train/cat/link.png")
+            link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            tf.addfile(link)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    items, problems = _items(path)
+    assert source_kind(str(path)) == "archive"
+    assert [(s, label) for s, label, *_ in items] == [(f"{path}!/train/cat/a.png", "cat"),
+                                                      (f"{path}!/train/dog/b.png", "dog"),
+                                                      (f"{path}!/train/top.png", None)]
+    for item, name in zip(items, ("train/cat/a.png", "train/dog/b.png", "train/top.png")):
+        assert item[2] == members[name]  # member bytes, in memory
+    expected = [("evil.png", "unsafe_path"), ("evil.png", "unsafe_path")]
+    if suffix != "zip":
+        expected.append(("link.png", "unsafe_path"))
+    assert _reasons(problems) == sorted(expected)
+    assert list(work.iterdir()) == [] and not (tmp_path / "evil.png").exists()  # nothing extracted
+
+
+def test_archive_member_larger_than_limit_is_quarantined_unread(tmp_path):
+    path = tmp_path / "a.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("big.png", b"\0" * 100_000)
+        zf.writestr("ok.png", _png(_rgb()))
+    items, problems = _items(path, max_bytes=50_000)
+    assert [s for s, *_ in items] == [f"{path}!/ok.png"]
+    assert _reasons(problems) == [("big.png", "too_large")]
+
+
+# CIFAR ------------------------------------------------------------------------------------------
+
+def _cifar_images(n, seed):
+    return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+
+
+def _rows(images):
+    return images.transpose(0, 3, 1, 2).reshape(len(images), 3072)
+
+
+@pytest.mark.parametrize("variant", ["cifar10", "cifar100"])
+def test_cifar_python_batches(tmp_path, variant):
+    images = _cifar_images(5, seed=1)
+    labels = [0, 1, 2, 1, 0]
+    if variant == "cifar10":
+        meta, batches = ("batches.meta", {b"label_names": [b"plane", b"car", b"bird"]}), ["data_batch_1", "test_batch"]
+        label_key = b"labels"
+    else:
+        meta, batches = ("meta", {b"fine_label_names": [b"apple", b"bee", b"cup"],
+                                  b"coarse_label_names": [b"x"]}), ["train", "test"]
+        label_key = b"fine_labels"
+    (tmp_path / meta[0]).write_bytes(pickle.dumps(meta[1], protocol=2))
+    (tmp_path / batches[0]).write_bytes(pickle.dumps({b"data": _rows(images[:3]), label_key: labels[:3],
+                                                      b"filenames": [b"a", b"b", b"c"]}, protocol=2))
+    (tmp_path / batches[1]).write_bytes(pickle.dumps({"data": _rows(images[3:]), label_key.decode(): labels[3:]},
+                                                     protocol=4))
+    items, problems = _items(tmp_path)
+    assert problems == [] and source_kind(str(tmp_path)) == "cifar"
+    names = meta[1][b"label_names" if variant == "cifar10" else b"fine_label_names"]
+    by_source = {s: (label, p) for s, label, p, _ in items}
+    order = [f"{tmp_path / batches[0]}#{i}" for i in range(3)] + [f"{tmp_path / batches[1]}#{i}" for i in range(2)]
+    assert sorted(by_source) == sorted(order)
+    for k, source in enumerate(order):
+        label, pixels = by_source[source]
+        assert label == names[labels[k]].decode()
+        np.testing.assert_array_equal(pixels, images[k])
+
+
+@pytest.mark.parametrize("variant", ["cifar10", "cifar100"])
+def test_cifar_binary_batches(tmp_path, variant):
+    images = _cifar_images(4, seed=2)
+    fine = np.array([3, 0, 2, 1], dtype=np.uint8)
+    if variant == "cifar10":
+        (tmp_path / "batches.meta.txt").write_text("a\nb\nc\nd\n\n")
+        records = np.concatenate([fine[:, None], _rows(images)], axis=1)
+        name = "data_batch_1.bin"
+    else:
+        (tmp_path / "fine_label_names.txt").write_text("a\nb\nc\nd\n")
+        coarse = np.full((4, 1), 7, dtype=np.uint8)
+        records = np.concatenate([coarse, fine[:, None], _rows(images)], axis=1)
+        name = "train.bin"
+    (tmp_path / name).write_bytes(records.tobytes())
+    (tmp_path / "test_batch.bin" if variant == "cifar10" else tmp_path / "test.bin").write_bytes(b"\1" * 100)
+    items, problems = _items(tmp_path)
+    assert [label for _, label, _, _ in items] == ["d", "a", "c", "b"]
+    for item, img in zip(items, images):
+        np.testing.assert_array_equal(item[2], img)
+    assert [p["error_class"] for p in problems] == ["decode_error"]  # the short batch
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {EVIL_MARK}",))
+
+
+EVIL_MARK = "/tmp/fusion-test-evil-pickle-ran"
+
+
+def test_cifar_python_batch_with_arbitrary_classes_is_never_unpickled(tmp_path):
+    if os.path.exists(EVIL_MARK):
+        os.remove(EVIL_MARK)
+    (tmp_path / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"a"]}, protocol=2))
+    (tmp_path / "data_batch_1").write_bytes(pickle.dumps({b"data": Evil(), b"labels": [0]}))
+    (tmp_path / "data_batch_2").write_bytes(pickle.dumps({b"data": _rows(_cifar_images(1, 3)),
+                                                          b"labels": [0]}, protocol=2))
+    (tmp_path / "test_batch").write_bytes(pickle.dumps({b"data": np.array([object()] * 3072)[None],
+                                                        b"labels": [0]}, protocol=2))
+    items, problems = _items(tmp_path)
+    assert not os.path.exists(EVIL_MARK)
+    assert [s.rsplit("/", 1)[1] for s, *_ in items] == ["data_batch_2#0"]
+    assert _reasons(problems) == [("data_batch_1", "unsafe_pickle"), ("test_batch", "unsafe_pickle")]
+    assert all(len(p["content_hash"]) == 64 for p in problems)
+
+
+def test_load_pickle_accepts_plain_data_only():
+    plain = {b"a": [1, 2.5, "s", b"b", (3,)], "arr": np.arange(6, dtype=np.int32).reshape(2, 3)}
+    out = load_pickle(pickle.dumps(plain, protocol=2))
+    np.testing.assert_array_equal(out["arr"], plain["arr"])
+    assert out[b"a"] == plain[b"a"]
+    with pytest.raises(pickle.UnpicklingError):
+        load_pickle(pickle.dumps({"x": Evil()}))
+
+
+# manifests ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_manifest_with_labels_and_mask_column(tmp_path, fmt):
+    (tmp_path / "img").mkdir()
+    rgb = _rgb(3, 4, seed=5)
+    (tmp_path / "img" / "a.png").write_bytes(_png(rgb))
+    (tmp_path / "img" / "b.png").write_bytes(_png(_rgb(seed=6)))
+    mask = np.zeros((3, 4), dtype=np.uint8)
+    mask[1, 2] = 255
+    (tmp_path / "img" / "a-mask.png").write_bytes(_png(mask, "L"))
+    table = pa.table({"path": ["img/a.png", str(tmp_path / "img" / "b.png")], "label": ["x", None],
+                      "mask": ["img/a-mask.png", None]})
+    path = tmp_path / f"manifest.{fmt}"
+    if fmt == "csv":
+        path.write_text("path,label,mask\nimg/a.png,x,img/a-mask.png\n" + f"{tmp_path / 'img' / 'b.png'},,\n")
+    else:
+        pq.write_table(table, path)
+    items, problems = _items(path)
+    assert problems == [] and source_kind(str(path)) == "manifest"
+    a = str(tmp_path / "img" / "a.png")
+    assert items[0] == (a, "x", a, str(tmp_path / "img" / "a-mask.png"))
+    assert items[1][1] is None and items[1][3] is None
+    result = ingest_chunk(str(tmp_path / "store"), items, IngestConfig())
+    rows = pq.read_table(tmp_path / "store" / result["shards"][0]["path"]).to_pylist()
+    from fusion_core.ingest import unpack_mask
+
+    np.testing.assert_array_equal(unpack_mask(rows[0]["mask"], 3, 4), mask > 0)
+    assert rows[1]["mask"] is None
+
+
+def test_manifest_without_path_column_is_refused(tmp_path):
+    (tmp_path / "m.csv").write_text("file,label\na.png,x\n")
+    with pytest.raises(ValueError, match="no 'path' column"):
+        _items(tmp_path / "m.csv")
+
+
+# URIs -------------------------------------------------------------------------------------------
+
+def test_file_uri_folder_archive_and_manifest(tmp_path):
+    (tmp_path / "src" / "cat").mkdir(parents=True)
+    rgb = _rgb(seed=7)
+    (tmp_path / "src" / "cat" / "a.png").write_bytes(_png(rgb))
+    items, problems = _items(f"file://{tmp_path / 'src'}")
+    assert problems == [] and [(s, label) for s, label, *_ in items] == [(f"file://{tmp_path}/src/cat/a.png", "cat")]
+    np.testing.assert_array_equal(_payload_pixels(items[0]), rgb)
+
+    with zipfile.ZipFile(tmp_path / "src.zip", "w") as zf:
+        zf.writestr("src/cat/a.png", _png(rgb))
+    items, _ = _items(f"file://{tmp_path / 'src.zip'}")
+    assert [label for _, label, *_ in items] == ["cat"]
+    np.testing.assert_array_equal(_payload_pixels(items[0]), rgb)
+
+    (tmp_path / "m.csv").write_text("path,label\nsrc/cat/a.png,c\n")
+    items, _ = _items(f"file://{tmp_path / 'm.csv'}")
+    assert items[0][2] == f"file://{tmp_path}/src/cat/a.png"
+    np.testing.assert_array_equal(_payload_pixels(items[0]), rgb)
+
+
+def test_fsspec_only_protocol(tmp_path):
+    fs = fsspec.filesystem("memory")
+    rgb = _rgb(seed=8)
+    fs.pipe("/fusion-test/src/dog/b.png", _png(rgb))
+    try:
+        items, problems = _items("memory://fusion-test/src")
+        assert problems == [] and [label for _, label, *_ in items] == ["dog"]
+        np.testing.assert_array_equal(_payload_pixels(items[0]), rgb)
+    finally:
+        fs.rm("/fusion-test", recursive=True)
+
+
+# permissions ----------------------------------------------------------------------------------------
+
+def test_unreadable_file_is_quarantined(tmp_path):
+    """A file without read permission, read as an unprivileged user (root reads everything) in a forked child."""
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(_png(_rgb(seed=1)))
+    secret.chmod(0o000)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: drop root, read both files
+        code = 1
+        try:
+            if os.getuid() == 0:
+                os.setuid(65534)
+            out = ingest_chunk(str(tmp_path / "store"), [(str(secret), None, str(secret), None)], IngestConfig())
+            os.write(write_fd, json.dumps([[q["source"], q["error_class"]] for q in out["quarantine"]]).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(read_fd) as fh:
+        reported = json.loads(fh.read() or "null")
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert reported == [[str(secret), "unreadable"]]
