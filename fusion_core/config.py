@@ -60,20 +60,36 @@ class IngestConfig(_Section):
 class PreprocessConfig(_Section):
     size: int = Field(32, ge=4, le=1024)
     grayscale: bool = False
-    impute_method: Literal["mean", "nearest", "normalized_convolution", "harmonic"] = "harmonic"
+    impute_method: Literal["auto", "mean", "nearest", "normalized_convolution", "harmonic", "biharmonic",
+                           "telea", "navier_stokes"] = "auto"
+    resample: Literal["area", "bilinear"] = Field(
+        "area", description="area: box averaging when shrinking, bilinear when enlarging; bilinear: always")
+    fit: Literal["stretch", "pad", "crop"] = Field(
+        "stretch", description="non-square images: stretch, keep aspect and pad, or keep aspect and centre crop")
+    scale: Literal["unit", "standardize"] = Field(
+        "unit", description="model input: [0, 1], or (x - mean) / std with the dataset's per-channel stats")
 
 
 class TrainConfig(_Section):
-    model: Literal["seed_cnn"] = "seed_cnn"
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(64, ge=1)
-    learning_rate: float = Field(1e-3, gt=0)
+    recipe: Literal["seed", "best"] = Field("seed", description="see fusion_core/recipes.py")
+    model: Literal["seed_cnn", "resnet", "attention"] | None = Field(None, description="default: the recipe's")
+    epochs: int | None = Field(None, ge=1, description="default: the recipe's")
+    batch_size: int | None = Field(None, ge=1, description="default: the recipe's")
+    learning_rate: float | None = Field(None, gt=0, description="default: the recipe's")
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
     mixed_precision: bool = True
     retrain: Literal["on_new_data", "always"] = "on_new_data"
     promote_margin: float = Field(0.0, ge=0.0)
+    max_failures: int = Field(2, ge=0, description="worker failures a run recovers from (from its last checkpoint)")
     seed: int = 0
+
+    def resolved_recipe(self):
+        """The named recipe with this section's explicit model, epochs, batch size and learning rate."""
+        from fusion_core.recipes import resolve_recipe
+
+        return resolve_recipe(self.recipe, model=self.model, epochs=self.epochs, batch_size=self.batch_size,
+                              learning_rate=self.learning_rate)
 
 
 class InferConfig(_Section):

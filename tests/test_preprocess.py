@@ -10,9 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from fusion_core.config import IngestConfig, PreprocessConfig
 from fusion_core.datasets import pixels_to_array, shape_of
-from fusion_core.ingest import hash_files, ingest_chunk
-from fusion_core.preprocess import preprocess_batch, preprocess_shard, resize_images, set_channels
+from fusion_core.impute import CHOICES
+from fusion_core.ingest import ingest_chunk
+from fusion_core.preprocess import (channel_stats, pixel_sums, preprocess_batch, preprocess_shard, resize_images,
+                                    set_channels)
 
 
 def _blocky(n, h, w, c, block, seed=0):
@@ -105,7 +108,7 @@ def test_set_channels_noop_when_already_right():
 
 # preprocess_batch --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method", ["mean", "nearest", "normalized_convolution", "harmonic"])
+@pytest.mark.parametrize("method", CHOICES)
 def test_preprocess_batch_keeps_known_pixels_and_fills_holes(method):
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, size=(3, 8, 8, 3), dtype=np.uint8)
@@ -113,31 +116,32 @@ def test_preprocess_batch_keeps_known_pixels_and_fills_holes(method):
     mask[0, 2:5, 3:6] = True
     mask[2, 0, :] = True
     original = images.copy()
-    out = preprocess_batch(images, mask, size=8, grayscale=False, method=method)
+    out = preprocess_batch(images, mask, PreprocessConfig(size=8, impute_method=method))
     np.testing.assert_array_equal(images, original)  # input untouched
     assert out.shape == (3, 8, 8, 3) and out.dtype == np.uint8
     np.testing.assert_array_equal(out[~mask], original[~mask])
     np.testing.assert_array_equal(out[1], original[1])
 
 
-@pytest.mark.parametrize("method", ["mean", "nearest", "normalized_convolution", "harmonic"])
+@pytest.mark.parametrize("method", CHOICES)
 def test_preprocess_batch_constant_image_with_holes_stays_constant(method):
     images = np.full((2, 8, 8, 3), 123, dtype=np.uint8)
     mask = np.zeros((2, 8, 8), dtype=bool)
     mask[0, 1:4, 1:4] = True
     mask[1, ::2, ::3] = True
     images[mask] = 0  # garbage under the holes must not leak
-    out = preprocess_batch(images, mask, size=8, grayscale=False, method=method)
-    assert (out == 123).all()
-    out_small = preprocess_batch(images, mask, size=4, grayscale=True, method=method)
+    tol = 3 if method == "telea" else 0  # OpenCV's Telea drifts on flat images (see test_impute)
+    out = preprocess_batch(images, mask, PreprocessConfig(size=8, impute_method=method))
+    assert np.abs(out.astype(int) - 123).max() <= tol
+    out_small = preprocess_batch(images, mask, PreprocessConfig(size=4, grayscale=True, impute_method=method))
     assert out_small.shape == (2, 4, 4, 1)
-    assert (out_small == 123).all()
+    assert np.abs(out_small.astype(int) - 123).max() <= tol
 
 
 def test_preprocess_batch_without_holes_is_resize_and_channels():
     images, small = _blocky(2, 8, 8, 3, 2, seed=5)
     mask = np.zeros((2, 8, 8), dtype=bool)
-    out = preprocess_batch(images, mask, size=4, grayscale=True, method="harmonic")
+    out = preprocess_batch(images, mask, PreprocessConfig(size=4, grayscale=True))
     np.testing.assert_array_equal(out, set_channels(small, grayscale=True))
 
 
@@ -166,19 +170,21 @@ def images_shard(tmp_path):
     (src / "a_holes.png").write_bytes(_png(rgba, "RGBA"))
     (src / "b_big.png").write_bytes(_png(big[0]))
     (src / "c_gray.png").write_bytes(_png(gray, "L"))
-    items = hash_files([(str(src / n), "lbl" if n != "c_gray.png" else None)
-                        for n in ("a_holes.png", "b_big.png", "c_gray.png")])
+    paths = [str(src / n) for n in ("a_holes.png", "b_big.png", "c_gray.png")]
     root = str((tmp_path / "store").resolve())
-    entry, bad = ingest_chunk(root, items, 0.1, 0.2, 10_000_000)
-    assert bad == [] and entry["num_rows"] == 3
+    out = ingest_chunk(root, [(p, None if p.endswith("c_gray.png") else "lbl", p, None) for p in paths],
+                       IngestConfig(val_fraction=0.1, test_fraction=0.2))
+    assert out["quarantine"] == [] and len(out["shards"]) == 1
+    entry = out["shards"][0]
+    items = [{"image_id": i} for i in entry["image_ids"]]
     return {"root": root, "path": entry["path"], "items": items, "rgba": rgba, "hole": hole,
             "small": small[0], "gray": gray}
 
 
 def test_preprocess_shard_rgb(images_shard):
     s = images_shard
-    result = preprocess_shard(s["root"], s["path"], "datasets/pixels/out.parquet", size=8,
-                              grayscale=False, method="harmonic")
+    result = preprocess_shard(s["root"], s["path"], "datasets/pixels/out.parquet",
+                              PreprocessConfig(size=8, impute_method="harmonic"))
     n_hole = int(s["hole"].sum())
     assert result["path"] == "datasets/pixels/out.parquet"
     assert result["num_rows"] == 3
@@ -205,8 +211,8 @@ def test_preprocess_shard_rgb(images_shard):
 
 def test_preprocess_shard_grayscale(images_shard):
     s = images_shard
-    result = preprocess_shard(s["root"], s["path"], "datasets/pixels/gray.parquet", size=4,
-                              grayscale=True, method="mean")
+    result = preprocess_shard(s["root"], s["path"], "datasets/pixels/gray.parquet",
+                              PreprocessConfig(size=4, grayscale=True, impute_method="mean"))
     assert (result["num_rows"], result["imputed_images"]) == (3, 1)
     table = pq.read_table(f"{s['root']}/datasets/pixels/gray.parquet")
     assert table.schema.field("pixels").type == pa.binary(16)
@@ -214,3 +220,39 @@ def test_preprocess_shard_grayscale(images_shard):
     assert table.column("impute_method").to_pylist() == ["mean", None, None]
     px = pixels_to_array(table.column("pixels"), (4, 4, 1))
     assert (px[2] == 90).all()
+
+
+# fit, resample, stats ---------------------------------------------------------------------------
+
+def test_resize_pad_keeps_aspect_and_centres():
+    images = np.full((1, 8, 16, 3), 200, dtype=np.uint8)
+    out = resize_images(images, 8, fit="pad")
+    assert out.shape == (1, 8, 8, 3)
+    assert (out[0, 2:6] == 200).all() and (out[0, :2] == 0).all() and (out[0, 6:] == 0).all()
+
+
+def test_resize_crop_takes_the_centre():
+    images = np.zeros((1, 4, 8, 1), dtype=np.uint8)
+    images[0, :, 2:6] = 50
+    out = resize_images(images, 4, fit="crop")
+    assert out.shape == (1, 4, 4, 1) and (out == 50).all()
+
+
+def test_resize_bilinear_differs_from_area_when_shrinking():
+    images = np.random.default_rng(0).integers(0, 256, size=(1, 16, 16, 3), dtype=np.uint8)
+    area, bilinear = resize_images(images, 5), resize_images(images, 5, resample="bilinear")
+    assert area.shape == bilinear.shape == (1, 5, 5, 3) and not np.array_equal(area, bilinear)
+
+
+def test_pixel_sums_and_channel_stats(images_shard):
+    s = images_shard
+    preprocess_shard(s["root"], s["path"], "datasets/pixels/out.parquet", PreprocessConfig(size=8))
+    table = pq.read_table(f"{s['root']}/datasets/pixels/out.parquet")
+    train = np.array(table.column("split").to_pylist()) == "train"
+    px = pixels_to_array(table.column("pixels"), (8, 8, 3))[train].reshape(-1, 3).astype(np.float64)
+    sums = pixel_sums(table)
+    assert sums["count"] == px.shape[0]
+    stats = channel_stats([sums, {"count": 0, "sum": [0, 0, 0], "sumsq": [0, 0, 0]}])
+    if px.size:
+        np.testing.assert_allclose(stats["mean"], px.mean(axis=0), atol=1e-5)
+        np.testing.assert_allclose(stats["std"], np.maximum(px.std(axis=0), 1e-3), atol=1e-4)
