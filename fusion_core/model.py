@@ -14,36 +14,163 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tf_keras as keras  # noqa: E402
 from tf_keras import layers  # noqa: E402
 
+from fusion_core.recipes import Recipe  # noqa: E402
+
 EMBEDDING_LAYER = "embedding"
+MODELS = ("seed_cnn", "resnet", "attention")
 
 
 def build_model(name: str, input_shape: tuple[int, int, int], n_classes: int,
-                learning_rate: float = 1e-3) -> keras.Model:
-    """Build and compile a model by name; its penultimate layer is named ``embedding``.
+                learning_rate: float = 1e-3, norm: dict | None = None, recipe: Recipe | None = None,
+                steps_per_epoch: int = 1) -> keras.Model:
+    """Build a network by name and compile it for a recipe; its penultimate layer is named ``embedding``.
 
     Args:
-        name: ``seed_cnn``.
+        name: one of ``MODELS``.
         input_shape: (H, W, C) of the pixels dataset.
         n_classes: number of labels.
+        learning_rate: the optimiser's (peak) learning rate.
+        norm: ``{"mean": [...], "std": [...]}`` per channel in uint8 units to standardize the
+            input; None scales it to [0, 1].
+        recipe: optimiser, schedule and regularisation; default the seed recipe.
+        steps_per_epoch: optimiser steps per epoch, for the learning-rate schedule.
     """
-    if name != "seed_cnn":
-        raise ValueError(f"train.model: unknown model {name!r} (allowed: seed_cnn)")
-    model = keras.Sequential([
-        keras.Input(shape=input_shape),
-        layers.Rescaling(1.0 / 255),
-        layers.Conv2D(32, 3, activation="relu"),
-        layers.MaxPooling2D(2),
-        layers.Conv2D(64, 3, activation="relu"),
-        layers.MaxPooling2D(2),
-        layers.Conv2D(128, 3, activation="relu"),
-        layers.MaxPooling2D(2),
-        layers.Flatten(),
-        layers.Dense(512, activation="relu", name=EMBEDDING_LAYER),
-        layers.Dense(n_classes, activation="softmax", dtype="float32", name="probs"),
-    ], name=name)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    recipe = recipe or Recipe(learning_rate=learning_rate)
+    builders = {"seed_cnn": _seed_cnn, "resnet": _resnet, "attention": _attention}
+    if name not in builders:
+        raise ValueError(f"train.model: unknown model {name!r} (allowed: {', '.join(MODELS)})")
+    inputs = keras.Input(shape=input_shape)
+    x = _input_scaling(norm)(inputs)
+    if recipe.augment:
+        x = _augmentation(input_shape)(x)
+    features = builders[name](x)
+    embedding = layers.Dense(512 if name == "seed_cnn" else 256, activation="relu", name=EMBEDDING_LAYER)(features)
+    outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="probs")(embedding)
+    model = keras.Model(inputs, outputs, name=name)
+    model.compile(optimizer=_optimizer(recipe, learning_rate, steps_per_epoch),
+                  loss=SparseCrossEntropy(recipe.label_smoothing),
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
     return model
+
+
+def _seed_cnn(x):
+    """The seed network's feature extractor: three conv/pool stages, flattened."""
+    for filters in (32, 64, 128):
+        x = layers.Conv2D(filters, 3, activation="relu")(x)
+        x = layers.MaxPooling2D(2)(x)
+    return layers.Flatten()(x)
+
+
+def _conv_bn(x, filters: int, stride: int = 1, relu: bool = True):
+    x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    return layers.ReLU()(x) if relu else x
+
+
+def _resnet(x):
+    """A small residual network: stem, three stages of two basic blocks (32, 64, 128), global pooling."""
+    x = _conv_bn(x, 32)
+    for stage, filters in enumerate((32, 64, 128)):
+        for block in range(2):
+            stride = 2 if stage > 0 and block == 0 else 1
+            shortcut = x
+            y = _conv_bn(x, filters, stride)
+            y = _conv_bn(y, filters, relu=False)
+            if stride != 1 or shortcut.shape[-1] != filters:
+                shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False)(shortcut)
+                shortcut = layers.BatchNormalization()(shortcut)
+            x = layers.ReLU()(layers.Add()([y, shortcut]))
+    return layers.GlobalAveragePooling2D()(x)
+
+
+def _attention(x):
+    """A CNN whose 8x8 feature map goes through a multi-head self-attention block before pooling."""
+    x = _conv_bn(x, 64)
+    x = layers.MaxPooling2D(2)(_conv_bn(x, 64))
+    x = layers.MaxPooling2D(2)(_conv_bn(x, 128))
+    h, w, c = x.shape[1:]
+    tokens = AddPositions()(layers.Reshape((h * w, c))(x))
+    attended = layers.MultiHeadAttention(num_heads=4, key_dim=c // 4)(tokens, tokens)
+    tokens = layers.LayerNormalization()(layers.Add()([tokens, attended]))
+    mlp = layers.Dense(c, activation="relu")(layers.Dense(2 * c, activation="relu")(tokens))
+    tokens = layers.LayerNormalization()(layers.Add()([tokens, mlp]))
+    return layers.GlobalAveragePooling1D()(tokens)
+
+
+@keras.saving.register_keras_serializable("fusion")
+class AddPositions(layers.Layer):
+    """Adds a learned embedding per token position to a (batch, tokens, channels) sequence."""
+
+    def build(self, input_shape):
+        self.positions = self.add_weight(name="positions", shape=tuple(input_shape[1:]), initializer="zeros")
+
+    def call(self, tokens):
+        return tokens + self.positions
+
+
+@keras.saving.register_keras_serializable("fusion")
+class SparseCrossEntropy(keras.losses.Loss):
+    """Cross-entropy on integer labels with optional label smoothing (tf-keras' sparse loss has none)."""
+
+    def __init__(self, label_smoothing: float = 0.0, name: str = "sparse_cross_entropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = label_smoothing
+
+    def call(self, y_true, y_pred):
+        import tensorflow as tf
+
+        onehot = tf.one_hot(tf.cast(tf.reshape(y_true, [-1]), tf.int32), tf.shape(y_pred)[-1])
+        return keras.losses.categorical_crossentropy(onehot, y_pred, label_smoothing=self.label_smoothing)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+@keras.saving.register_keras_serializable("fusion")
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup to ``peak`` over ``warmup_steps``, then cosine decay to zero at ``total_steps``."""
+
+    def __init__(self, peak: float, warmup_steps: int, total_steps: int):
+        self.peak, self.warmup_steps, self.total_steps = peak, warmup_steps, max(total_steps, 1)
+
+    def __call__(self, step):
+        import math
+
+        import tensorflow as tf
+
+        step = tf.cast(step, tf.float32)
+        warm = self.peak * step / max(self.warmup_steps, 1)
+        progress = tf.clip_by_value((step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1), 0, 1)
+        cosine = 0.5 * self.peak * (1 + tf.cos(math.pi * progress))
+        return tf.where(step < self.warmup_steps, warm, cosine)
+
+    def get_config(self):
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps, "total_steps": self.total_steps}
+
+
+def _optimizer(recipe: Recipe, learning_rate: float, steps_per_epoch: int):
+    rate = learning_rate
+    if recipe.schedule == "cosine":
+        rate = WarmupCosine(learning_rate, int(recipe.warmup_epochs * steps_per_epoch),
+                            recipe.epochs * steps_per_epoch)
+    decay = recipe.weight_decay or None
+    if recipe.optimizer == "sgd":
+        return keras.optimizers.SGD(rate, momentum=0.9, nesterov=True, weight_decay=decay)
+    return keras.optimizers.Adam(rate, weight_decay=decay)
+
+
+def _augmentation(input_shape: tuple[int, int, int]) -> keras.Sequential:
+    """Random crop after 4-pixel zero padding, and horizontal flips; active only in training."""
+    h, w, _ = input_shape
+    return keras.Sequential([layers.ZeroPadding2D(4), layers.RandomCrop(h, w), layers.RandomFlip("horizontal")],
+                            name="augment")
+
+
+def _input_scaling(norm: dict | None) -> layers.Layer:
+    """The first layer: uint8 pixels to [0, 1], or standardized with the dataset's stats."""
+    if norm is None:
+        return layers.Rescaling(1.0 / 255)
+    return layers.Normalization(mean=norm["mean"], variance=[s * s for s in norm["std"]])
 
 
 def load_model(path: str) -> keras.Model:

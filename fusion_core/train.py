@@ -8,8 +8,10 @@ loads the training data.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -22,6 +24,7 @@ import pyarrow.fs as pafs
 from fusion_core.config import Settings
 from fusion_core.datasets import pixels_to_array, read_shards, shard_uris
 from fusion_core.evaluate import classification_metrics
+from fusion_core.recipes import Recipe
 from fusion_core.runs import StageResult
 from fusion_core.store import Store
 
@@ -29,6 +32,7 @@ log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.keras"
 CLASSES_FILE = "classes.json"
+STATE_FILE = "state.json"  # {"history": [per-epoch metrics]}, beside each checkpoint's model
 
 
 def to_xy(batch: pa.Table, classes: list[str], shape: tuple[int, int, int], split: str) -> dict:
@@ -47,39 +51,64 @@ def train_loop_per_worker(config: dict) -> None:
     from fusion_core.model import build_model, load_model
 
     ctx = ray.train.get_context()
+    recipe = Recipe(**config["recipe"])
     if config["mixed_precision"] and tf.config.list_physical_devices("GPU"):
         import tf_keras
 
         tf_keras.mixed_precision.set_global_policy("mixed_float16")
     tf.keras.utils.set_random_seed(config["seed"] + ctx.get_world_rank())
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    start_epoch = 0
+    start_epoch, history = 0, []
     with strategy.scope():
         checkpoint = ray.train.get_checkpoint()
         if checkpoint:
             with checkpoint.as_directory() as path:
                 model = load_model(os.path.join(path, MODEL_FILE))
-                start_epoch = json.load(open(os.path.join(path, "state.json")))["epoch"] + 1
+                with open(os.path.join(path, STATE_FILE)) as fh:
+                    history = json.load(fh)["history"]
+                start_epoch = history[-1]["epoch"] + 1
         else:
-            model = build_model(config["model"], tuple(config["shape"]), len(config["classes"]),
-                                config["learning_rate"])
+            model = build_model(recipe.model, tuple(config["shape"]), len(config["classes"]),
+                                config["learning_rate"], norm=config["norm"], recipe=recipe,
+                                steps_per_epoch=config["steps_per_epoch"])
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     batch = config["batch_size_per_worker"]
-    for epoch in range(start_epoch, config["epochs"]):
-        history = model.fit(train_shard.to_tf("x", "y", batch_size=batch), epochs=1, verbose=0)
+    for epoch in range(start_epoch, recipe.epochs):
+        if _should_stop_early(history, recipe.early_stopping_patience):
+            break
+        fit = model.fit(train_shard.to_tf("x", "y", batch_size=batch), epochs=1, verbose=0)
         val_loss, val_acc = model.evaluate(val_shard.to_tf("x", "y", batch_size=256), verbose=0)
-        metrics = {"epoch": epoch, "loss": float(history.history["loss"][-1]),
-                   "accuracy": float(history.history["accuracy"][-1]),
-                   "val_loss": float(val_loss), "val_accuracy": float(val_acc)}
+        metrics = {"epoch": epoch, "loss": float(fit.history["loss"][-1]),
+                   "accuracy": float(fit.history["accuracy"][-1]),
+                   "val_loss": float(val_loss), "val_accuracy": float(val_acc),
+                   "resumed_at": start_epoch}  # > 0 when this attempt resumed from a checkpoint
+        history.append(metrics)
         with tempfile.TemporaryDirectory() as tmp:
             # Every rank saves (the strategy may need all of them); keras_v3 because Ray Train runs this
             # function in a thread where tf-keras would otherwise fall back to HDF5.
             model.save(os.path.join(tmp, MODEL_FILE), save_format="keras_v3")
-            with open(os.path.join(tmp, "state.json"), "w") as fh:
-                json.dump(metrics, fh)
+            with open(os.path.join(tmp, STATE_FILE), "w") as fh:
+                json.dump({"history": history}, fh)
             report_checkpoint = ray.train.Checkpoint.from_directory(tmp) if ctx.get_world_rank() == 0 else None
             ray.train.report(metrics, checkpoint=report_checkpoint)
+
+
+def _train_run_name(key: str, run_id: str, retrain: str) -> str:
+    """Ray Train's run name: per data and settings, so a stopped run is resumed by the next one with the
+    same inputs (Ray Train restores a run of the same name from its latest checkpoint); per run when
+    retraining is forced."""
+    if retrain == "always":
+        return f"train-{run_id}"
+    return f"train-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def _should_stop_early(history: list[dict], patience: int | None) -> bool:
+    """True when validation accuracy has not improved for ``patience`` epochs (same on every rank)."""
+    if not patience or len(history) <= patience:
+        return False
+    best = max(range(len(history)), key=lambda i: history[i]["val_accuracy"])
+    return len(history) - 1 - best >= patience
 
 
 def class_names(store: Store, shards: list[str]) -> list[str]:
@@ -117,32 +146,43 @@ def train_model(settings: Settings, run_id: str) -> StageResult:
     paths = [s["path"] for s in pixels["shards"]]
     classes = class_names(store, paths)
     shape = tuple(pixels["info"]["shape"])
+    norm = pixels["info"]["stats"] if pixels["info"].get("scale") == "standardize" else None
     source = ray.data.read_parquet(shard_uris(store.root, paths), columns=["pixels", "label", "split"])
     datasets = {split: source.map_batches(to_xy, batch_format="pyarrow", batch_size=4096,
                                           fn_kwargs={"classes": classes, "shape": shape, "split": split}
                                           ).materialize()
                 for split in ("train", "val")}
+    recipe = cfg.resolved_recipe()
+    workers = cfg.num_workers
+    # Linear scaling: N workers train with N x the batch at N x the rate, or split one global batch.
+    batch = recipe.batch_size if recipe.scale_with_workers else max(1, recipe.batch_size // workers)
+    rate = recipe.learning_rate * (workers if recipe.scale_with_workers else 1)
+    steps_per_epoch = max(1, math.ceil(datasets["train"].count() // workers / batch))
     trainer = TensorflowTrainer(
         train_loop_per_worker,
-        train_loop_config={"model": cfg.model, "shape": list(shape), "classes": classes, "epochs": cfg.epochs,
-                           "learning_rate": cfg.learning_rate, "seed": cfg.seed,
-                           "mixed_precision": cfg.mixed_precision,
-                           "batch_size_per_worker": max(1, cfg.batch_size // cfg.num_workers)},
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
-        run_config=RunConfig(name=f"train-{run_id}", storage_path=store.path("checkpoints"),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             failure_config=FailureConfig(max_failures=2)),
+        train_loop_config={"recipe": recipe.as_dict(), "shape": list(shape), "classes": classes,
+                           "learning_rate": rate, "seed": cfg.seed, "mixed_precision": cfg.mixed_precision,
+                           "norm": norm, "batch_size_per_worker": batch, "steps_per_epoch": steps_per_epoch},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=cfg.use_gpu),
+        run_config=RunConfig(name=_train_run_name(key, run_id, cfg.retrain), storage_path=store.path("checkpoints"),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_accuracy",
+                                                                checkpoint_score_order="max"),
+                             failure_config=FailureConfig(max_failures=cfg.max_failures)),
         datasets=datasets,
     )
+    log.info("train: %s on %d worker(s), %d epochs max, batch %d per worker, learning rate %g",
+             recipe.model, workers, recipe.epochs, batch, rate)
     result = trainer.fit()
-    model_dir = f"models/{run_id}"
-    with result.checkpoint.as_directory() as ckpt:
-        history = json.load(open(os.path.join(ckpt, "state.json")))
-        model_path = _publish(store, ckpt, model_dir, classes)
+    with result.checkpoint.as_directory() as last:
+        with open(os.path.join(last, STATE_FILE)) as fh:
+            history = json.load(fh)["history"]
+    best = result.get_best_checkpoint(metric="val_accuracy", mode="max") or result.checkpoint
+    with best.as_directory() as ckpt:
+        model_path = _publish(store, ckpt, f"models/{run_id}", classes)
     metrics = evaluate_model(store, model_path, paths, classes, shape)
-    metrics["last_epoch"] = history
-    version = store.register_model(run_id, cfg.model, model_path, key, pixels["version"], metrics,
-                                   settings.train.model_dump())
+    metrics["history"] = history
+    version = store.register_model(run_id, recipe.model, model_path, key, pixels["version"], metrics,
+                                   {**settings.train.model_dump(), "resolved_recipe": recipe.as_dict()})
     reason = promote_if_better(store, version, cfg.promote_margin)
     log.info("train: model v%d %s", version, reason)
     return _result(store, store.get_model(version), trained=True, promotion=reason)
