@@ -11,14 +11,15 @@ from flows.cluster import cluster_flow
 from flows.infer import infer_flow
 from flows.ingest import ingest_flow
 from flows.preprocess import preprocess_flow
+from flows.report import report_flow
 from flows.train import train_flow
 
-STAGES = ("ingest", "preprocess", "train", "infer", "cluster")
+STAGES = ("ingest", "preprocess", "train", "infer", "cluster", "report")
 
 
 @flow(name="nightly")
 def nightly_flow(source: str, config: str | None = None, overrides: dict[str, Any] | None = None) -> dict:
-    """Ingest what is new under ``source``, then preprocess, train, infer and cluster.
+    """Ingest what is new under ``source``, then preprocess, train, infer, cluster and write the report.
 
     Returns:
         ``{"run_id": ..., "<stage>": stage result, ...}``.
@@ -29,6 +30,7 @@ def nightly_flow(source: str, config: str | None = None, overrides: dict[str, An
                    "preprocess": preprocess_flow(config, overrides, run_id=rid),
                    "train": train_flow(config, overrides, run_id=rid),
                    "infer": infer_flow(config, overrides, run_id=rid),
-                   "cluster": cluster_flow(config, overrides, run_id=rid)}
+                   "cluster": cluster_flow(config, overrides, run_id=rid),
+                   "report": report_flow(config, overrides, run_id=rid)}
         run["summary"] = {stage: {k: v for k, v in r.items() if k != "run_id"} for stage, r in results.items()}
         return {"run_id": rid, **run["summary"]}

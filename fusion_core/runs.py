@@ -87,5 +87,6 @@ def describe_run(run: dict, store: Store) -> str:
               f"  catalog      {store.engine.url.render_as_string(hide_password=True)}"
               " (tables: runs, run_stages, models, quarantine, predictions, cluster_assignments, cluster_summaries)",
               f"  datasets     {store.path('datasets')}/<images|pixels|predictions|clusters>/*.parquet",
-              f"  details      fusion show {run['run_id']} --store {store.root}"]
+              f"  details      fusion show {run['run_id']} --store {store.root}",
+              *(f"  report       {s['outputs']['report']}" for s in run["stages"] if (s["outputs"] or {}).get("report"))]
     return "\n".join(lines)

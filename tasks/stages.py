@@ -49,3 +49,10 @@ def infer_task(config: str | None, overrides: Overrides, run_id: str) -> dict:
 @task(name="cluster", retries=1, retry_delay_seconds=5, cache_policy=NONE)
 def cluster_task(config: str | None, overrides: Overrides, run_id: str) -> dict:
     return _run("cluster", config, overrides, run_id, lambda s: cluster_predictions(s, run_id))
+
+
+@task(name="report", retries=1, retry_delay_seconds=5, cache_policy=NONE)
+def report_task(config: str | None, overrides: Overrides, run_id: str) -> dict:
+    from fusion_core.report import write_report
+
+    return _run("report", config, overrides, run_id, lambda s: write_report(s, run_id))

@@ -1,0 +1,254 @@
+"""The run report: plotting and HTML helpers on synthetic data, the report of a hand-built store,
+and the nightly flow's report rendered in headless Chromium."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from fusion_core import report
+from fusion_core.datasets import IMAGES_SCHEMA, array_to_fixed_list, array_to_pixels, pixels_schema, write_shard
+from fusion_core.store import Store
+
+PNG = b"\x89PNG\r\n\x1a\n"
+CLASSES = ["circle", "square", "stripes"]
+
+
+def _image_size(png: bytes) -> tuple[int, int]:
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
+def test_pca_2d_finds_the_direction_of_largest_spread():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 5)) * [10.0, 0.1, 0.1, 0.1, 3.0]
+    xy = report.pca_2d(x)
+    assert xy.shape == (400, 2)
+    assert abs(np.corrcoef(xy[:, 0], x[:, 0])[0, 1]) > 0.99
+    assert abs(np.corrcoef(xy[:, 1], x[:, 4])[0, 1]) > 0.99
+    assert np.allclose(xy.mean(axis=0), 0.0, atol=1e-9)
+    assert np.array_equal(report.pca_2d(x), xy)
+
+
+def test_pca_2d_of_one_dimensional_or_single_row_input():
+    assert report.pca_2d(np.arange(6.0).reshape(6, 1)).shape == (6, 2)
+    assert report.pca_2d(np.ones((1, 4))).shape == (1, 2)
+
+
+def test_show_holes_paints_missing_pixels_magenta_and_keeps_the_rest():
+    gray = np.full((4, 4, 1), 7, np.uint8)
+    mask = np.zeros((4, 4), bool)
+    mask[1, 2] = True
+    out = report.show_holes(gray, mask)
+    assert out.shape == (4, 4, 3) and out.dtype == np.uint8
+    assert tuple(out[1, 2]) == report.HOLE_COLOUR
+    assert (out[~mask] == 7).all()
+    assert (gray == 7).all()  # the input is untouched
+
+
+def test_training_curves_plot_is_a_png():
+    history = [{"epoch": e, "loss": 2.0 / (e + 1), "accuracy": 0.3 + 0.2 * e,
+                "val_loss": 2.2 / (e + 1), "val_accuracy": 0.25 + 0.2 * e} for e in range(3)]
+    png = report.plot_training_curves(history)
+    assert png.startswith(PNG) and _image_size(png) == (1000, 360)
+
+
+def test_training_curves_without_validation_figures():
+    png = report.plot_training_curves([{"epoch": 0, "loss": 1.0, "accuracy": 0.5}])
+    assert png.startswith(PNG)
+
+
+def test_confusion_matrix_plot_is_a_png():
+    png = report.plot_confusion_matrix([[5, 1, 0], [0, 6, 0], [2, 0, 4]], CLASSES)
+    assert png.startswith(PNG)
+
+
+def test_imputation_examples_plot_has_a_row_per_example():
+    rng = np.random.default_rng(1)
+    examples = [{"raw": rng.integers(0, 256, (20, 24, c), dtype=np.uint8), "mask": rng.random((20, 24)) < 0.2,
+                 "imputed": rng.integers(0, 256, (8, 8, c), dtype=np.uint8), "title": f"example {c}"}
+                for c in (1, 3)]
+    one = report.plot_imputation_examples(examples[:1])
+    two = report.plot_imputation_examples(examples)
+    assert one.startswith(PNG) and two.startswith(PNG)
+    assert _image_size(two)[1] > _image_size(one)[1]
+
+
+def test_embedding_map_has_one_or_two_panels():
+    rng = np.random.default_rng(2)
+    xy = rng.normal(size=(60, 2))
+    labels = [CLASSES[i % 3] for i in range(60)]
+    clusters = np.array([i % 4 - 1 for i in range(60)])  # includes noise (-1)
+    by_label = report.plot_embedding_map(xy, labels)
+    both = report.plot_embedding_map(xy, labels, clusters)
+    assert _image_size(both)[0] > _image_size(by_label)[0]
+
+
+def test_cluster_montage_allows_clusters_without_images():
+    rng = np.random.default_rng(3)
+    rows = [("cluster 0 · 3 images\ncircle (100%)", [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)] * 3),
+            ("cluster 1 · 1 images\nno labels", [rng.integers(0, 256, (8, 8, 1), dtype=np.uint8)]),
+            ("cluster 2 · 0 images", [])]
+    assert report.plot_cluster_montage(rows).startswith(PNG)
+
+
+def test_html_table_escapes_and_formats_cells():
+    table = report.html_table(["name", "value"], [("<b>", 0.123456), ("none", None), ("reasons", {"a": 2})])
+    assert "&lt;b&gt;" in table and "<b>" not in table
+    assert '<td class="num">0.1235</td>' in table
+    assert "<td>—</td>" in table and "<td>a: 2</td>" in table
+
+
+def test_render_report_marks_missing_sections_and_counts_images_on_load():
+    page = report.render_report("Fusion run r1", "ingest flow", [
+        ("Run summary", "<p>ok</p>"), ("Training curves", None),
+        ("Embedding map", report.html_image("embeddings.png", "map"))])
+    assert page.startswith("<!DOCTYPE html>")
+    assert page.count("Not in this run.") == 1
+    assert '<img src="embeddings.png" alt="map">' in page
+    assert "imagesLoaded" in page and "naturalWidth" in page
+    assert "http" not in page  # no external assets
+
+
+def _build_store(root: Path) -> tuple[Store, str]:
+    """A store holding one run of every stage but report, written directly (no Ray, no TensorFlow)."""
+    store = Store(str(root))
+    rng = np.random.default_rng(4)
+    n, ids = 30, [f"{i:064x}" for i in range(30)]
+    labels = [CLASSES[i % 3] for i in range(n)]
+    raw = rng.integers(0, 256, (n, 12, 12, 3), dtype=np.uint8)
+    masks = [None if i % 4 else np.packbits(rng.random((12, 12)) < 0.3).tobytes() for i in range(n)]
+    images = pa.table({"image_id": ids, "source": [f"/src/{i}.png" for i in range(n)], "label": labels,
+                       "split": ["test" if i % 3 == 0 else "train" for i in range(n)], "height": [12] * n,
+                       "width": [12] * n, "channels": pa.array([3] * n, pa.int8()),
+                       "pixels": [r.tobytes() for r in raw], "mask": masks}, schema=IMAGES_SCHEMA)
+    run_id = store.start_run("nightly", {"source": "/src"})
+    images_v = store.commit_version("images", [write_shard(store.root, "datasets/images/a.parquet", images)], run_id)
+    pixels = pa.table({"image_id": ids, "label": labels, "split": images.column("split"),
+                       "pixels": array_to_pixels(raw[:, ::2, ::2]),
+                       "imputed_fraction": pa.array([0.0] * n, pa.float32()),
+                       "impute_method": ["harmonic"] * n}, schema=pixels_schema(6, 6, 3))
+    pixels_v = store.commit_version("pixels", [write_shard(store.root, "datasets/pixels/a.parquet", pixels)], run_id,
+                                    info={"images_version": images_v, "shape": [6, 6, 3]})
+    cm = [[3, 1, 0], [0, 4, 0], [1, 0, 1]]
+    metrics = {"accuracy": 0.8, "macro_precision": 0.8, "macro_recall": 0.75, "macro_f1": 0.76, "n": 10,
+               "per_class_f1": {"circle": 0.75, "square": 0.9, "stripes": 0.6}, "confusion_matrix": cm,
+               "history": [{"epoch": e, "loss": 1.0 - 0.3 * e, "accuracy": 0.5 + 0.1 * e,
+                            "val_loss": 1.1 - 0.3 * e, "val_accuracy": 0.45 + 0.1 * e} for e in range(2)]}
+    model_v = store.register_model(run_id, "cnn", str(root / "models/m.keras"), "k", pixels_v, metrics, {})
+    store.set_champion(model_v)
+    probs = rng.random((n, 3)).astype(np.float32)
+    preds = pa.table({"image_id": ids, "label": labels, "split": pixels.column("split"),
+                      "predicted": [CLASSES[i] for i in probs.argmax(axis=1)], "confidence": probs.max(axis=1),
+                      "probs": array_to_fixed_list(probs),
+                      "embedding": array_to_fixed_list(rng.normal(size=(n, 16)))})
+    preds_v = store.commit_version("predictions", [write_shard(store.root, "datasets/predictions/a.parquet", preds)],
+                                   run_id, info={"pixels_version": pixels_v, "model_version": model_v})
+    assigned = [i % 3 for i in range(n)]
+    clusters = pa.table({"image_id": ids, "cluster": pa.array(assigned, pa.int32()),
+                         "distance": pa.array(rng.random(n), pa.float32())})
+    clusters_v = store.commit_version("clusters", [write_shard(store.root, "datasets/clusters/a.parquet", clusters)],
+                                      run_id, info={"predictions_version": preds_v})
+    store.replace_results("cluster_summaries", run_id, [
+        {"cluster": c, "size": 10, "top_label": CLASSES[c], "purity": 1.0, "top_labels": {CLASSES[c]: 10},
+         "exemplars": ids[c::3][:5], "outliers": ids[c::3][-5:]} for c in range(3)])
+    store.add_quarantine(run_id, [{"source": "/src/bad.png", "content_hash": "0" * 64, "stage": "ingest",
+                                   "error_class": "not_an_image", "message": "cannot identify image file"}])
+    outputs = {
+        "ingest": ({"files": 31, "new_images": n, "already_stored": 0, "quarantined": 1,
+                    "quarantine_reasons": {"not_an_image": 1}, "total_images": n}, {"version": images_v}),
+        "preprocess": ({"images": n}, {"version": pixels_v}),
+        "train": ({"trained": 1, "holdout_images": 10},
+                  {"model_version": model_v, "stage": "champion", "promotion": "first model: promoted"}),
+        "infer": ({"predictions": n, "reused": 0}, {"version": preds_v, "table_run_id": run_id}),
+        "cluster": ({"images": n, "clusters": 3}, {"version": clusters_v, "table_run_id": run_id}),
+    }
+    for stage, (counts, out) in outputs.items():
+        store.start_stage(run_id, stage)
+        store.finish_stage(run_id, stage, "completed", counts=counts, metrics={"seconds": 1.0}, outputs=out)
+    return store, run_id
+
+
+def test_write_report_has_every_section_with_its_images(settings):
+    store, run_id = _build_store(Path(settings.store.root))
+    result = report.write_report(settings, run_id)
+    folder = Path(store.root) / "reports" / run_id
+    assert result.stage == "report" and result.outputs["report"] == str(folder / "index.html")
+    assert result.outputs["images"] == ["confusion.png", "embeddings.png", "exemplars.png", "imputation.png",
+                                        "training.png"]
+    page = (folder / "index.html").read_text()
+    assert "Not in this run." not in page
+    for name in result.outputs["images"]:
+        assert (folder / name).read_bytes().startswith(PNG)
+        assert f'src="{name}"' in page
+    assert "not_an_image" in page and "/src/bad.png" in page
+    assert result.counts == {"sections": 7, "images": 5}
+
+
+def test_write_report_of_an_ingest_only_run_says_what_is_missing(settings):
+    store = Store.from_settings(settings)
+    run_id = store.start_run("ingest", {"source": "/src"})
+    store.start_stage(run_id, "ingest")
+    store.finish_stage(run_id, "ingest", "completed", outputs={"version": None},
+                       counts={"files": 2, "new_images": 0, "already_stored": 0, "quarantined": 2,
+                               "quarantine_reasons": {"empty_file": 2}, "total_images": 0})
+    store.finish_run(run_id, "completed")
+    result = report.write_report(settings, run_id)
+    page = Path(result.outputs["report"]).read_text()
+    assert page.count("Not in this run.") == 5
+    assert "empty_file" in page and result.outputs["images"] == []
+
+
+def test_write_report_of_an_unknown_run(settings):
+    with pytest.raises(LookupError, match="no run"):
+        report.write_report(settings, "nope")
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium")
+    if path is None:
+        pytest.skip("chromium is not installed (scripts/test.sh installs Debian's chromium package)")
+    return path
+
+
+def _chromium_run(page: Path, *args: str) -> subprocess.CompletedProcess:
+    with tempfile.TemporaryDirectory(prefix="fusion-chromium-") as profile:
+        return subprocess.run(
+            [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--virtual-time-budget=10000", *args, page.as_uri()],
+            capture_output=True, text=True, timeout=180)
+
+
+@pytest.mark.ray
+@pytest.mark.tf
+@pytest.mark.prefect
+def test_nightly_report_renders_with_its_images_in_chromium(demo_source, tmp_path, prefect_harness, ray_local):
+    from flows.nightly import nightly_flow
+
+    chromium = _chromium()
+    root = tmp_path / "store"
+    result = nightly_flow(str(demo_source), "smoke", {"store.root": str(root)})
+    page = Path(result["report"]["outputs"]["report"])
+    assert page == root / "reports" / result["run_id"] / "index.html"
+    assert Store(str(root)).get_run(result["run_id"])["stages"][-1]["stage"] == "report"
+    assert len(result["report"]["outputs"]["images"]) == 5
+
+    dom = _chromium_run(page, "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    images = re.findall(r"<img\b", dom.stdout)
+    loaded = re.search(r'data-images-loaded="(\d+)"', dom.stdout)
+    assert loaded, f"the page's load script did not run ({chromium})"
+    assert len(images) == 5 and int(loaded.group(1)) == len(images)
+    assert "Not in this run." not in dom.stdout
+
+    shot = tmp_path / "report.png"
+    taken = _chromium_run(page, f"--screenshot={shot}", "--window-size=1280,4000", "--hide-scrollbars")
+    assert taken.returncode == 0, taken.stderr[-2000:]
+    assert shot.read_bytes().startswith(PNG) and _image_size(shot.read_bytes()) == (1280, 4000)
