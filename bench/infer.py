@@ -16,22 +16,14 @@ import json
 import os
 import shutil
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DATASETS = HERE.parent.parent / "shared" / "datasets" / "cifar10-jpg"
+sys.path.insert(0, str(HERE))
 
-
-def cifar_folder(path: Path, split: str) -> Path:
-    """The unpacked CIFAR-10 JPEG folder, unpacked from ../shared if missing."""
-    if not path.is_dir():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(DATASETS / f"{split}.tar.gz") as tar:
-            tar.extractall(path.parent, filter="data")
-    return path
+from cifar import cifar_folder  # noqa: E402
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 FLOWS = ("ingest", "preprocess", "train", "infer", "cluster", "nightly")
 NIGHTLY_CRON = "0 2 * * *"
+SOURCE_HELP = "folder, tar/zip archive, CIFAR batch folder, CSV/Parquet manifest, or a URI of one"
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="profile name (smoke, local, cluster) or YAML file")
 StoreOpt = typer.Option(None, "--store", help="store root (folder or object-store URI)")
@@ -57,13 +58,20 @@ def _run_flow(name: str, source: str | None, config: str | None, overrides: dict
     if name in ("ingest", "nightly"):
         if not source:
             _fail(f"fusion run {name}: --source is required")
-        if not Path(source).is_dir():
-            _fail(f"fusion run {name}: source {source!r} is not a folder")
         fn = {"ingest": ingest.ingest_flow, "nightly": nightly.nightly_flow}[name]
-        return fn(source=str(Path(source).resolve()), config=config, overrides=overrides)
+        return fn(source=_source(source), config=config, overrides=overrides)
     fn = {"preprocess": preprocess.preprocess_flow, "train": train.train_flow,
           "infer": infer.infer_flow, "cluster": cluster.cluster_flow}[name]
     return fn(config=config, overrides=overrides)
+
+
+def _source(source: str) -> str:
+    """A URI as given, or an existing local path made absolute; anything else is refused."""
+    if "://" in source:
+        return source
+    if not Path(source).exists():
+        _fail(f"source {source!r} does not exist")
+    return str(Path(source).resolve())
 
 
 def _print_run(run_id: str, config: str | None, overrides: dict) -> None:
@@ -92,7 +100,7 @@ def demo(config: Optional[str] = ConfigOpt, store: Optional[str] = StoreOpt,
 
 @app.command()
 def run(flow: str = typer.Argument(..., help=f"one of: {', '.join(FLOWS)}"),
-        source: Optional[str] = typer.Option(None, "--source", help="folder of images (ingest, nightly)"),
+        source: Optional[str] = typer.Option(None, "--source", help=SOURCE_HELP + " (ingest, nightly)"),
         config: Optional[str] = ConfigOpt, store: Optional[str] = StoreOpt,
         sets: list[str] = SetOpt) -> None:
     """Run one flow now, locally or on the Ray cluster at RAY_ADDRESS / ray.address."""
@@ -108,7 +116,7 @@ def run(flow: str = typer.Argument(..., help=f"one of: {', '.join(FLOWS)}"),
 
 
 @app.command()
-def serve(source: str = typer.Option(..., "--source", help="folder the nightly run ingests"),
+def serve(source: str = typer.Option(..., "--source", help=SOURCE_HELP),
           config: Optional[str] = ConfigOpt, store: Optional[str] = StoreOpt,
           sets: list[str] = SetOpt, cron: str = typer.Option(NIGHTLY_CRON, help="cron schedule (UTC)"),
           port: int = typer.Option(4200, help="port of the local Prefect server started when PREFECT_API_URL is unset")
@@ -128,7 +136,7 @@ def serve(source: str = typer.Option(..., "--source", help="folder the nightly r
         from flows.nightly import nightly_flow
 
         nightly_flow.serve(name="nightly", cron=cron,
-                           parameters={"source": str(Path(source).resolve()), "config": config,
+                           parameters={"source": _source(source), "config": config,
                                        "overrides": overrides})
     finally:
         if server is not None:
@@ -196,11 +204,31 @@ def show(run_id: str, store: Optional[str] = StoreOpt, config: Optional[str] = C
 
 
 @app.command()
-def models(store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt) -> None:
-    """List model versions with their stage and holdout metrics."""
+def models(action: str = typer.Argument("list", help="list, promote or rollback"),
+           version: Optional[int] = typer.Argument(None, help="model version (promote; rollback: default the "
+                                                                "previous champion)"),
+           store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt) -> None:
+    """List model versions with their stage and holdout metrics; promote or roll back the champion."""
     catalog = Store.from_settings(load_settings(config, _overrides(store, [])))
+    rows = catalog.list_models()
+    if action in ("promote", "rollback"):
+        champion = catalog.champion()
+        if version is None and action == "rollback":
+            earlier = [m["version"] for m in rows if m["stage"] == "archived"
+                       and (champion is None or m["version"] < champion["version"])]
+            version = max(earlier) if earlier else None
+        if version is None:
+            _fail(f"fusion models {action}: no earlier champion to roll back to; name a version")
+        if catalog.get_model(version) is None:
+            _fail(f"fusion models {action}: no model version {version}; see `fusion models`")
+        catalog.set_champion(version)
+        typer.echo(f"model v{version} is now champion"
+                   + (f" (was v{champion['version']})" if champion and champion["version"] != version else ""))
+        rows = catalog.list_models()
+    elif action != "list":
+        _fail(f"fusion models: unknown action {action!r}; choose list, promote or rollback")
     typer.echo(f"{'version':<8} {'stage':<11} {'name':<10} {'accuracy':<9} {'macro_f1':<9} run")
-    for m in catalog.list_models():
+    for m in rows:
         typer.echo(f"{m['version']:<8} {m['stage']:<11} {m['name']:<10} {m['metrics']['accuracy']:<9.4f} "
                    f"{m['metrics']['macro_f1']:<9.4f} {m['run_id']}")
 
@@ -268,6 +296,19 @@ def clusters(run: str = typer.Option(..., "--run", help="run id (see `fusion run
         assignments = sorted(catalog.query("cluster_assignments", source_run), key=lambda r: r["image_id"])
         _export(assignments, ["image_id", "cluster", "distance"], out)
         typer.echo(f"exported {len(assignments)} assignments to {out}")
+
+
+@app.command()
+def report(run_id: str, store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt) -> None:
+    """Write the HTML report of an existing run under the store and print its path."""
+    from fusion_core.report import write_report
+
+    _setup_logging()
+    try:
+        result = write_report(load_settings(config, _overrides(store, [])), run_id)
+    except LookupError as err:
+        _fail(str(err))
+    typer.echo(result.outputs["report"])
 
 
 def main() -> None:  # pragma: no cover - console entry point

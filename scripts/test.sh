@@ -13,4 +13,9 @@ if [ -z "${FUSION_TEST_POSTGRES_URL:-}" ]; then
     echo "PostgreSQL could not be started: the PostgreSQL store tests will be skipped" >&2
   fi
 fi
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "installing chromium (for the report rendering test)" >&2
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >&2 \
+    || echo "chromium could not be installed: the report rendering test will be skipped" >&2
+fi
 .venv/bin/python -m pytest "$@"

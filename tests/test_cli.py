@@ -29,7 +29,7 @@ def test_nightly_needs_a_source_folder(tmp_path):
     result = CliRunner().invoke(app, ["run", "nightly", "--store", str(tmp_path)])
     assert result.exit_code == 2 and "--source" in result.output
     result = CliRunner().invoke(app, ["run", "ingest", "--source", str(tmp_path / "nope"), "--store", str(tmp_path)])
-    assert result.exit_code == 2 and "not a folder" in result.output
+    assert result.exit_code == 2 and "does not exist" in result.output
 
 
 def test_show_unknown_run(tmp_path):
@@ -47,9 +47,10 @@ def test_demo_then_runs_show_and_models(tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert demo.returncode == 0, demo.stderr[-3000:]
     assert "(nightly): completed" in demo.stdout
-    for stage in ("ingest", "preprocess", "train", "infer", "cluster"):
+    for stage in ("ingest", "preprocess", "train", "infer", "cluster", "report"):
         assert f"  {stage}" in demo.stdout
     assert "new_images=120" in demo.stdout and "accuracy=" in demo.stdout
+    assert "  report       " in demo.stdout and "index.html" in demo.stdout
 
     runs = CliRunner().invoke(app, ["runs", "--store", store])
     assert runs.exit_code == 0
@@ -113,3 +114,20 @@ def test_serve_registers_the_nightly_cron_deployment(tmp_path, demo_source):
     finally:
         serve.terminate()
         serve.wait(timeout=60)
+
+
+def test_models_promote_and_rollback(tmp_path):
+    from fusion_core.store import Store
+
+    store = Store(str(tmp_path / "store"))
+    for accuracy in (0.5, 0.7, 0.6):
+        v = store.register_model("r", "seed_cnn", "m.keras", "k", 1, {"accuracy": accuracy, "macro_f1": accuracy}, {})
+    store.set_champion(1)
+    store.set_champion(2)
+    root = ["--store", str(tmp_path / "store")]
+    assert CliRunner().invoke(app, ["models", "promote", str(v)] + root).output.startswith("model v3 is now champion")
+    assert store.champion()["version"] == 3
+    rolled = CliRunner().invoke(app, ["models", "rollback"] + root)
+    assert rolled.exit_code == 0 and store.champion()["version"] == 2
+    assert CliRunner().invoke(app, ["models", "promote", "9"] + root).exit_code == 2
+    assert CliRunner().invoke(app, ["models", "bake"] + root).exit_code == 2

@@ -8,15 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-LIGHT_MODULES = ["config", "store", "datasets", "ingest", "preprocess", "impute", "evaluate", "cluster",
-                 "runs", "demo_data"]
+LIGHT_MODULES = ["config", "store", "datasets", "ingest", "sources", "decode", "progress", "preprocess", "impute",
+                 "corrupt", "evaluate", "cluster", "runs", "demo_data", "report", "recipes"]
 
 SCRIPT = """
 import importlib, json, sys
 for name in {modules!r}:
     importlib.import_module("fusion_core." + name)
 heavy = sorted(m for m in sys.modules
-               if m.split(".")[0] in ("tensorflow", "ray", "keras", "tf_keras"))
+               if m.split(".")[0] in ("tensorflow", "ray", "keras", "tf_keras", "cv2", "skimage"))
 print(json.dumps(heavy))
 """
 
