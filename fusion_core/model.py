@@ -47,9 +47,9 @@ def build_model(name: str, input_shape: tuple[int, int, int], n_classes: int,
     embedding = layers.Dense(512 if name == "seed_cnn" else 256, activation="relu", name=EMBEDDING_LAYER)(features)
     outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="probs")(embedding)
     model = keras.Model(inputs, outputs, name=name)
-    model.compile(optimizer=_optimizer(recipe, learning_rate, steps_per_epoch),
-                  loss=SparseCrossEntropy(recipe.label_smoothing),
-                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    # tf-keras' own sparse loss unless smoothing is asked for (it has no label_smoothing argument).
+    loss = SparseCrossEntropy(recipe.label_smoothing) if recipe.label_smoothing else "sparse_categorical_crossentropy"
+    model.compile(optimizer=_optimizer(recipe, learning_rate, steps_per_epoch), loss=loss, metrics=["accuracy"])
     return model
 
 

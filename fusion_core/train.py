@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.keras"
 CLASSES_FILE = "classes.json"
+SHUFFLE_ROWS = 10_000  # rows in each worker's shuffle buffer
 STATE_FILE = "state.json"  # {"history": [per-epoch metrics]}, beside each checkpoint's model
 
 
@@ -77,7 +78,9 @@ def train_loop_per_worker(config: dict) -> None:
     for epoch in range(start_epoch, recipe.epochs):
         if _should_stop_early(history, recipe.early_stopping_patience):
             break
-        fit = model.fit(train_shard.to_tf("x", "y", batch_size=batch), epochs=1, verbose=0)
+        # Shards follow the source's order (often class by class): shuffle within each worker every epoch.
+        fit = model.fit(train_shard.to_tf("x", "y", batch_size=batch, local_shuffle_buffer_size=SHUFFLE_ROWS,
+                                          local_shuffle_seed=config["seed"] + epoch), epochs=1, verbose=0)
         val_loss, val_acc = model.evaluate(val_shard.to_tf("x", "y", batch_size=256), verbose=0)
         metrics = {"epoch": epoch, "loss": float(fit.history["loss"][-1]),
                    "accuracy": float(fit.history["accuracy"][-1]),
@@ -149,9 +152,11 @@ def train_model(settings: Settings, run_id: str) -> StageResult:
     norm = pixels["info"]["stats"] if pixels["info"].get("scale") == "standardize" else None
     source = ray.data.read_parquet(shard_uris(store.root, paths), columns=["pixels", "label", "split"])
     datasets = {split: source.map_batches(to_xy, batch_format="pyarrow", batch_size=4096,
-                                          fn_kwargs={"classes": classes, "shape": shape, "split": split}
-                                          ).materialize()
+                                          fn_kwargs={"classes": classes, "shape": shape, "split": split})
                 for split in ("train", "val")}
+    # One global shuffle, so that every worker's share covers every class; then each epoch shuffles locally.
+    datasets = {"train": datasets["train"].random_shuffle(seed=cfg.seed).materialize(),
+                "val": datasets["val"].materialize()}
     recipe = cfg.resolved_recipe()
     workers = cfg.num_workers
     # Linear scaling: N workers train with N x the batch at N x the rate, or split one global batch.
