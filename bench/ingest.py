@@ -233,12 +233,12 @@ def main() -> None:
             ("Ray Data read_images -> write_parquet (baseline)", baseline, mb / ray_s),
             (f"decode limit (fastest loop, in memory) x {args.cores} cores", limit, None),
             ("Fusion ingest, straight from train.tar.gz", tgz, mb / targz_s)]
-    print(f"\n| run | images/s | MB/s |\n|---|---:|---:|")
+    print("\n| run | images/s | MB/s |\n|---|---:|---:|")
     for name, rate, mbs in rows:
         print(f"| {name} | {rate:,.0f} | {'' if mbs is None else f'{mbs:.1f}'} |")
     print(f"\npeak RSS (driver + Ray's processes) during Fusion's folder ingest: {results['peak_rss_mb']} MB "
           f"({results['idle_rss_mb']} MB with Ray idle)")
-    print(f"decode loops (1 core): " + ", ".join(f"{k} {v:,.0f}/s" for k, v in loops.items()))
+    print("decode loops (1 core): " + ", ".join(f"{k} {v:,.0f}/s" for k, v in loops.items()))
     print(f"speed-up over Ray Data: {fusion / baseline:.1f}x (goal 10x: "
           f"{'met' if results['goal_10x_ray_data_met'] else 'not met'}); "
           f"share of the decode limit: {fusion / limit:.0%} (goal 50%: "

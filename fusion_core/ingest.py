@@ -180,7 +180,8 @@ def ingest_source(settings: Settings, source: str, run_id: str) -> StageResult:
     store = Store.from_settings(settings)
     cfg = settings.ingest
     ray = ensure_ray(settings)
-    known, known_sources = store.known_image_ids(), store.known_sources()
+    known_sources = store.known_sources()
+    known = {image_id for image_id, _ in known_sources}  # one catalog read for both
     problems: list[dict] = []
     results = _run_tasks(ray, cfg, store.root, str(source), frozenset(known), problems)
 
