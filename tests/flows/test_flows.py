@@ -146,7 +146,7 @@ def test_training_survives_a_killed_worker(stage_store):
     import threading
     import time
 
-    epochs = 8
+    epochs = 20  # enough that the kill always lands mid-run, even when epochs are quick
     overrides = {**_overrides(stage_store), "train.epochs": epochs, "train.retrain": "always"}
     outcome = {}
     thread = threading.Thread(target=lambda: outcome.update(train_flow("smoke", overrides)))
