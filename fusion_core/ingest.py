@@ -31,9 +31,17 @@ from fusion_core.store import Store
 
 log = logging.getLogger(__name__)
 
-def split_for(image_id: str, val_fraction: float, test_fraction: float) -> str:
-    """The split an image belongs to forever, derived from its content hash."""
+def split_for(image_id: str, val_fraction: float, test_fraction: float, given: str | None = None) -> str:
+    """The split an image belongs to forever, derived from its content hash.
+
+    A split the source gives is kept, except that ``train`` images go to ``val`` with
+    probability ``val_fraction / (1 - test_fraction)``, so there is a validation split.
+    """
     u = int(image_id[:8], 16) / 16**8
+    if given == "train":
+        return "val" if u < val_fraction / (1 - test_fraction) else "train"
+    if given:
+        return given
     if u < test_fraction:
         return "test"
     return "val" if u < test_fraction + val_fraction else "train"
@@ -52,7 +60,7 @@ def ingest_chunk(root: str, items: list[Item], cfg: IngestConfig, known: frozens
 
     Args:
         root: store root; shards go to ``datasets/images/<hash of their ids>.parquet``.
-        items: ``(source, label, payload, mask)`` tuples (see ``fusion_core.sources``).
+        items: ``(source, label, payload, mask, split)`` tuples (see ``fusion_core.sources``).
         cfg: limits, split fractions and shard sizes.
         known: image ids already stored; their items are only recorded as sources.
 
@@ -63,7 +71,7 @@ def ingest_chunk(root: str, items: list[Item], cfg: IngestConfig, known: frozens
     max_bytes = int(cfg.max_file_mb * 2**20)
     rows: dict[str, list] = {name: [] for name in IMAGES_SCHEMA.names}
     shards, sources, bad, seen, size = [], [], [], set(), 0
-    for source, label, payload, mask_ref in items:
+    for source, label, payload, mask_ref, split in items:
         image_id = ""
         try:
             if isinstance(payload, np.ndarray):
@@ -89,8 +97,8 @@ def ingest_chunk(root: str, items: list[Item], cfg: IngestConfig, known: frozens
         sources.append((image_id, source))
         h, w, c = pixels.shape
         for name, value in zip(IMAGES_SCHEMA.names, (
-                image_id, source, label, split_for(image_id, cfg.val_fraction, cfg.test_fraction), h, w, c,
-                pixels.tobytes(), None if mask is None else np.packbits(mask).tobytes())):
+                image_id, source, label, split_for(image_id, cfg.val_fraction, cfg.test_fraction, split),
+                h, w, c, pixels.tobytes(), None if mask is None else np.packbits(mask).tobytes())):
             rows[name].append(value)
         size += h * w * c
         if len(rows["image_id"]) >= cfg.shard_rows or size >= cfg.shard_mb * 2**20:

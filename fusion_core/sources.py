@@ -5,9 +5,11 @@ CIFAR-100 batch directory (python-pickle or binary format), or a CSV / Parquet
 manifest, given as a local path or a URI that ``pyarrow.fs`` or ``fsspec``
 understands (``file://``, ``s3://``, ``gs://``, ...).
 
-An item is ``(source, label, payload, mask)``: ``payload`` is a path or URI to
-read, the encoded bytes of an archive member, or the uint8 (H, W, C) pixels of
-a CIFAR record; ``mask`` is None or the path, URI or bytes of a mask image.
+An item is ``(source, label, payload, mask, split)``: ``payload`` is a path or
+URI to read, the encoded bytes of an archive member, or the uint8 (H, W, C)
+pixels of a CIFAR record; ``mask`` is None or the path, URI or bytes of a mask
+image; ``split`` is the ``train`` / ``val`` / ``test`` split the source gives
+(split folders, CIFAR batch names, a manifest ``split`` column), else None.
 Problems found while listing (symlink loops, unsafe archive members, unsafe
 pickles, unreadable folders) are appended to a list as quarantine rows.
 """
@@ -34,18 +36,25 @@ from fusion_core.decode import QuarantineError
 
 log = logging.getLogger(__name__)
 
-Item = tuple  # (source: str, label: str | None, payload: str | bytes | np.ndarray, mask: str | bytes | None)
+Item = tuple  # (source: str, label: str | None, payload: str | bytes | np.ndarray, mask: str | bytes | None,
+              #  split: str | None)
 
 MASK_SUFFIX = ".mask"  # sibling mask of a.png: a.mask.png (any image format)
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
 _CIFAR_PY = {"batches.meta": ("label_names", "labels"), "meta": ("fine_label_names", "fine_labels")}
 _CIFAR_BIN = {"batches.meta.txt": 1, "fine_label_names.txt": 2}  # label bytes per record
+_SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 
 def quarantine_row(source: str, reason: str, message: str, content_hash: str = "") -> dict:
     """A quarantine row of the ingest stage (the run id is added when stored)."""
     return {"source": source, "content_hash": content_hash, "stage": "ingest",
             "error_class": reason, "message": message[:2000]}
+
+
+def _split_name(name) -> str | None:
+    """``train``, ``val`` or ``test`` for a split name in any case (``valid``, ``validation``: val), else None."""
+    return _SPLITS.get(str(name).lower())
 
 
 def is_uri(source: str) -> bool:
@@ -169,7 +178,9 @@ def iter_items(source: str, problems: list[dict], max_bytes: int = 2**31) -> Ite
 def _folder_items(root: str, problems: list[dict]) -> Iterator[Item]:
     """Files under a folder, recursively; labels from the first-level subfolder.
 
-    Hidden entries are skipped; ``x.mask.png`` is the mask of its sibling ``x.*``.
+    When every first-level entry is a split folder (``train/cat/1.jpg``, ``test/cat/9.jpg``),
+    the split comes from it and the label from the level below. Hidden entries are
+    skipped; ``x.mask.png`` is the mask of its sibling ``x.*``.
     """
     files = _walk_uri(root) if is_uri(root) else _walk_local(root, problems)
     by_stem = {}
@@ -178,14 +189,17 @@ def _folder_items(root: str, problems: list[dict]) -> Iterator[Item]:
         if stem.endswith(MASK_SUFFIX):
             by_stem[stem[:-len(MASK_SUFFIX)]] = rel
     masked = set(by_stem.values())
+    split_dirs = files and all("/" in rel and _split_name(rel.partition("/")[0]) for rel in files)
     prefix = root.rstrip("/") + "/"  # URIs and local paths both join with "/" here (no Windows paths)
     for rel in files:
         if rel in masked:
             continue
-        label, sep, _ = rel.partition("/")
+        top, _, below = rel.partition("/")
+        split = _split_name(top) if split_dirs else None
+        label, sep, _ = (below if split else rel).partition("/")
         path = prefix + rel
         mask = by_stem.get(posixpath.splitext(rel)[0]) if by_stem else None
-        yield path, label if sep else None, path, None if mask is None else prefix + mask
+        yield path, label if sep else None, path, None if mask is None else prefix + mask, split
 
 
 def _walk_local(root: str, problems: list[dict]) -> list[str]:
@@ -246,8 +260,10 @@ def _archive_items(path: str, problems: list[dict], max_bytes: int) -> Iterator[
 
     Labels come from the first folder inside the archive, below a top folder
     named like the archive itself (``train.tar.gz`` holding ``train/cat/1.jpg``
-    gives ``cat``). Members with absolute or ``..`` paths, and links, are
-    quarantined and never read.
+    gives ``cat``). A member under a split folder there (``data.tar`` holding
+    ``data/test/cat/9.jpg``) takes its split from it and its label from the level
+    below; decided member by member, as the archive is streamed. Members with
+    absolute or ``..`` paths, and links, are quarantined and never read.
     """
     stem = os.path.basename(path.rstrip("/")).split(".")[0]
     with _open_input(path) as fh:
@@ -267,8 +283,8 @@ def _archive_items(path: str, problems: list[dict], max_bytes: int) -> Iterator[
                     item = _member_item(path, member.name, stem, member.issym() or member.islnk(),
                                         not member.isfile(), member.size, max_bytes, problems)
                     if item is not None:
-                        data = archive.extractfile(member).read()
-                        yield item[0], item[1], data, None
+                        source, label, split = item
+                        yield source, label, archive.extractfile(member).read(), None, split
 
 
 def _zip_items(path: str, fh, stem: str, problems: list[dict], max_bytes: int) -> Iterator[Item]:
@@ -280,17 +296,18 @@ def _zip_items(path: str, fh, stem: str, problems: list[dict], max_bytes: int) -
             item = _member_item(path, info.filename, stem, link, False, info.file_size, max_bytes, problems)
             if item is None:
                 continue
+            source, label, split = item
             try:
                 data = archive.read(info)
             except (zipfile.BadZipFile, OSError, NotImplementedError) as err:
-                problems.append(quarantine_row(item[0], "decode_error", f"{type(err).__name__}: {err}"))
+                problems.append(quarantine_row(source, "decode_error", f"{type(err).__name__}: {err}"))
                 continue
-            yield item[0], item[1], data, None
+            yield source, label, data, None, split
 
 
 def _member_item(archive: str, name: str, stem: str, link: bool, special: bool, size: int, max_bytes: int,
-                 problems: list[dict]) -> tuple[str, str | None] | None:
-    """``(source, label)`` of a safe, visible archive member, else None (unsafe ones are quarantined)."""
+                 problems: list[dict]) -> tuple[str, str | None, str | None] | None:
+    """``(source, label, split)`` of a safe, visible archive member, else None (unsafe ones are quarantined)."""
     source = f"{archive}!/{name}"
     parts = PurePosixPath(name.replace("\\", "/")).parts
     if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or ".." in parts:
@@ -307,7 +324,10 @@ def _member_item(archive: str, name: str, stem: str, link: bool, special: bool, 
         return None
     if len(parts) > 1 and parts[0] == stem:
         parts = parts[1:]
-    return source, parts[0] if len(parts) > 1 else None
+    split = _split_name(parts[0]) if len(parts) > 1 else None
+    if split:
+        parts = parts[1:]
+    return source, parts[0] if len(parts) > 1 else None, split
 
 
 # CIFAR --------------------------------------------------------------------------------------
@@ -370,7 +390,7 @@ def _cifar_items(root: str, problems: list[dict]) -> Iterator[Item]:
 def _cifar_python(root, meta, names_key, labels_key, names, problems) -> Iterator[Item]:
     classes = None
     for name in [meta] + [n for n in names if n.startswith(("data_batch", "test_batch")) or n in ("train", "test")]:
-        path = _join(root, name)
+        path, split = _join(root, name), _cifar_split(name)
         data = read_bytes(path)
         try:
             batch = load_pickle(data)
@@ -389,14 +409,14 @@ def _cifar_python(root, meta, names_key, labels_key, names, problems) -> Iterato
                                            hashlib.sha256(data).hexdigest()))
             continue
         for i, (img, label) in enumerate(zip(pixels, labels)):
-            yield f"{path}#{i}", _class_name(classes, label), np.ascontiguousarray(img), None
+            yield f"{path}#{i}", _class_name(classes, label), np.ascontiguousarray(img), None, split
 
 
 def _cifar_binary(root, meta, label_bytes, names, problems) -> Iterator[Item]:
     classes = [line.strip() for line in read_bytes(_join(root, meta)).decode().splitlines() if line.strip()]
     record = label_bytes + 3072
     for name in [n for n in names if n.endswith(".bin")]:
-        path = _join(root, name)
+        path, split = _join(root, name), _cifar_split(name)
         data = read_bytes(path)
         if not data or len(data) % record:
             problems.append(quarantine_row(path, "decode_error",
@@ -407,24 +427,36 @@ def _cifar_binary(root, meta, label_bytes, names, problems) -> Iterator[Item]:
         labels = rows[:, label_bytes - 1]  # CIFAR-100: coarse then fine label; the fine one is kept
         pixels = rows[:, label_bytes:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         for i, (img, label) in enumerate(zip(pixels, labels)):
-            yield f"{path}#{i}", _class_name(classes, int(label)), np.ascontiguousarray(img), None
+            yield f"{path}#{i}", _class_name(classes, int(label)), np.ascontiguousarray(img), None, split
 
 
 def _class_name(classes: list[str] | None, label) -> str:
     return classes[label] if classes and 0 <= label < len(classes) else str(label)
 
 
+def _cifar_split(name: str) -> str | None:
+    """``train`` for a ``data_batch_*`` / ``train`` batch, ``test`` for a ``test_batch`` / ``test`` one."""
+    stem = name.removesuffix(".bin")
+    if stem.startswith("data_batch") or stem == "train":
+        return "train"
+    return "test" if stem.startswith("test_batch") or stem == "test" else None
+
+
 # manifests ----------------------------------------------------------------------------------
 
 def _manifest_items(path: str, problems: list[dict]) -> Iterator[Item]:
-    """Rows of a CSV or Parquet manifest: ``path`` (relative to the manifest), optional ``label`` and ``mask``."""
+    """Rows of a CSV or Parquet manifest: ``path`` (relative to the manifest), optional ``label``, ``mask``, ``split``.
+
+    A row whose ``split`` is not a split name (train, val, test; valid, validation) is quarantined.
+    """
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
     with _open_input(path) as fh:
         if path.lower().endswith(".csv"):
             table = pacsv.read_csv(fh, convert_options=pacsv.ConvertOptions(
-                column_types={"path": "string", "label": "string", "mask": "string"}, strings_can_be_null=True))
+                column_types={"path": "string", "label": "string", "mask": "string", "split": "string"},
+                strings_can_be_null=True))
         else:
             table = pq.read_table(fh)
     if "path" not in table.column_names:
@@ -433,12 +465,18 @@ def _manifest_items(path: str, problems: list[dict]) -> Iterator[Item]:
     cols = table.to_pydict()
     labels = cols.get("label") or [None] * table.num_rows
     masks = cols.get("mask") or [None] * table.num_rows
-    for i, (rel, label, mask) in enumerate(zip(cols["path"], labels, masks)):
+    splits = cols.get("split") or [None] * table.num_rows
+    for i, (rel, label, mask, given) in enumerate(zip(cols["path"], labels, masks, splits)):
         if not rel:
             problems.append(quarantine_row(f"{path}#{i}", "unreadable", "manifest row has no path"))
             continue
+        split = _split_name(given) if given else None
+        if given and split is None:
+            problems.append(quarantine_row(f"{path}#{i}", "bad_split",
+                                           f"split {given!r} of {rel} is not train, val (valid, validation) or test"))
+            continue
         full = _resolve(base, rel)
-        yield full, None if label is None else str(label), full, _resolve(base, mask) if mask else None
+        yield full, None if label is None else str(label), full, _resolve(base, mask) if mask else None, split
 
 
 def _resolve(base: str, rel: str) -> str:

@@ -215,6 +215,20 @@ def test_split_for_boundaries():
     assert split_for("12345678" + "0" * 56, 0.3, 0.3) == split_for("12345678" + "f" * 56, 0.3, 0.3)
 
 
+def test_split_for_keeps_a_given_split_and_carves_val_from_train():
+    rng = random.Random(1)
+    ids = [f"{rng.getrandbits(256):064x}" for _ in range(20_000)]
+    for given in ("val", "test"):
+        assert {split_for(i, 0.1, 0.2, given) for i in ids} == {given}
+    from_train = [split_for(i, 0.1, 0.2, "train") for i in ids]
+    assert set(from_train) == {"train", "val"}
+    assert abs(from_train.count("val") / len(ids) - 0.1 / 0.8) < 0.01  # val_fraction of what is not test
+    assert split_for("1fffffff", 0.1, 0.2, "train") == "val"    # u just below 0.125
+    assert split_for("20000000", 0.1, 0.2, "train") == "train"  # u = 0.125
+    assert {split_for(i, 0.0, 0.2, "train") for i in ids} == {"train"}
+    assert [split_for(i, 0.1, 0.2, None) for i in ids[:50]] == [split_for(i, 0.1, 0.2) for i in ids[:50]]
+
+
 # more formats, metadata, missing pixels ---------------------------------------------------------
 
 def _gradient(h=24, w=16) -> np.ndarray:
@@ -426,6 +440,23 @@ def test_ingest_chunk_is_deterministic_and_skips_known_ids(chunk_files):
     assert [s["num_rows"] for s in third["shards"]] == [1] and len(third["sources"]) == 4
 
 
+def test_ingest_chunk_takes_splits_from_split_folders(tmp_path):
+    src = tmp_path / "src"
+    for k, split in enumerate(("train", "test", "val")):
+        (src / split / "cat").mkdir(parents=True)
+        for i in range(40):
+            (src / split / "cat" / f"{i}.png").write_bytes(_encode(Image.fromarray(_rgb(2, 2, seed=100 * k + i))))
+    out = ingest_chunk(str(tmp_path / "store"), list(iter_items(str(src), [])),
+                       IngestConfig(val_fraction=0.3, test_fraction=0.2))
+    rows = [r for shard in out["shards"] for r in pq.read_table(tmp_path / "store" / shard["path"]).to_pylist()]
+    assert len(rows) == 120 and {r["label"] for r in rows} == {"cat"}
+    by_folder = {split: [r for r in rows if f"/src/{split}/" in r["source"]] for split in ("train", "test", "val")}
+    assert {r["split"] for r in by_folder["test"]} == {"test"} and {r["split"] for r in by_folder["val"]} == {"val"}
+    for r in by_folder["train"]:  # val with probability 0.3 / (1 - 0.2), by content hash
+        assert r["split"] == ("val" if int(r["image_id"][:8], 16) / 16**8 < 0.375 else "train")
+    assert {r["split"] for r in by_folder["train"]} == {"train", "val"}
+
+
 def test_ingest_chunk_bad_inputs_one_quarantine_row_each(tmp_path):
     png = _encode(Image.fromarray(_gradient()))
     files = {"empty.png": b"", "text.png": b"not an image at all", "head.png": png[:30],
@@ -433,8 +464,8 @@ def test_ingest_chunk_bad_inputs_one_quarantine_row_each(tmp_path):
              "ok.jpg": png}
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
-    items = [(str(tmp_path / n), None, str(tmp_path / n), None) for n in sorted(files)]
-    items.append((str(tmp_path / "gone.png"), None, str(tmp_path / "gone.png"), None))
+    items = [(str(tmp_path / n), None, str(tmp_path / n), None, None) for n in sorted(files)]
+    items.append((str(tmp_path / "gone.png"), None, str(tmp_path / "gone.png"), None, None))
     out = ingest_chunk(str(tmp_path / "store"), items, IngestConfig(max_pixels=1_000_000, max_file_mb=0.05))
     reasons = {q["source"].rsplit("/", 1)[1]: q["error_class"] for q in out["quarantine"]}
     assert reasons == {"empty.png": "empty_file", "text.png": "not_an_image", "head.png": "truncated",

@@ -134,6 +134,7 @@ def test_archive_cifar_and_manifest_sources(tmp_path):
     assert result.counts["new_images"] == 4
     rows = _rows(tmp_path / "s3")
     assert sorted(r[1] for r in rows) == ["car", "car", "plane", "plane"]
+    assert all(split == split_for(i, 0.15, 0.2, "train") for i, _, split, *_ in rows)  # data_batch_*: train
     stored = sorted(r[6] for r in rows)
     assert stored == sorted(img.tobytes() for img in images)
 

@@ -172,7 +172,7 @@ def images_shard(tmp_path):
     (src / "c_gray.png").write_bytes(_png(gray, "L"))
     paths = [str(src / n) for n in ("a_holes.png", "b_big.png", "c_gray.png")]
     root = str((tmp_path / "store").resolve())
-    out = ingest_chunk(root, [(p, None if p.endswith("c_gray.png") else "lbl", p, None) for p in paths],
+    out = ingest_chunk(root, [(p, None if p.endswith("c_gray.png") else "lbl", p, None, None) for p in paths],
                        IngestConfig(val_fraction=0.1, test_fraction=0.2))
     assert out["quarantine"] == [] and len(out["shards"]) == 1
     entry = out["shards"][0]

@@ -62,12 +62,40 @@ def test_folder_labels_nesting_hidden_and_sibling_masks(tmp_path):
     items, problems = _items(tmp_path)
     assert problems == []
     assert source_kind(str(tmp_path)) == "folder"
-    assert [(s, label, p, m) for s, label, p, m in items] == [
-        (str(tmp_path / "cat/a.png"), "cat", str(tmp_path / "cat/a.png"), None),
-        (str(tmp_path / "cat/deep/er/c.png"), "cat", str(tmp_path / "cat/deep/er/c.png"), None),
-        (str(tmp_path / "dog/z.png"), "dog", str(tmp_path / "dog/z.png"), str(tmp_path / "dog/z.mask.png")),
-        (str(tmp_path / "root.png"), None, str(tmp_path / "root.png"), None),
+    assert items == [
+        (str(tmp_path / "cat/a.png"), "cat", str(tmp_path / "cat/a.png"), None, None),
+        (str(tmp_path / "cat/deep/er/c.png"), "cat", str(tmp_path / "cat/deep/er/c.png"), None, None),
+        (str(tmp_path / "dog/z.png"), "dog", str(tmp_path / "dog/z.png"), str(tmp_path / "dog/z.mask.png"), None),
+        (str(tmp_path / "root.png"), None, str(tmp_path / "root.png"), None, None),
     ]
+
+
+@pytest.mark.parametrize("uri", [False, True])
+def test_folder_of_split_folders_gives_split_and_label_below(tmp_path, uri):
+    for rel in ("train/cat/a.png", "train/cat/a.mask.png", "train/dog/deep/b.png", "Validation/cat/c.png",
+                "valid/top.png", "TEST/dog/d.png", "val/.hidden.png", ".DS_Store"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(_png(_rgb()))
+    root = f"file://{tmp_path}" if uri else str(tmp_path)
+    items, problems = _items(root)
+    assert problems == []
+    assert [(s.replace(root, ""), label, split) for s, label, _, _, split in items] == [
+        ("/TEST/dog/d.png", "dog", "test"), ("/Validation/cat/c.png", "cat", "val"),
+        ("/train/cat/a.png", "cat", "train"), ("/train/dog/deep/b.png", "dog", "train"),
+        ("/valid/top.png", None, "val")]
+    assert items[2][3] == f"{root}/train/cat/a.mask.png"
+
+
+@pytest.mark.parametrize("other", ["cats/a.png", "top.png"])
+def test_folder_with_split_and_other_entries_keeps_first_level_labels(tmp_path, other):
+    for rel in ("train/cat/a.png", "test/cat/b.png", other):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(_png(_rgb()))
+    items, problems = _items(tmp_path)
+    assert problems == []
+    assert {(s.replace(str(tmp_path), ""), label, split) for s, label, _, _, split in items} == {
+        ("/train/cat/a.png", "train", None), ("/test/cat/b.png", "test", None),
+        (f"/{other}", "cats" if "/" in other else None, None)}
 
 
 def test_folder_follows_symlinked_folders_and_quarantines_loops(tmp_path):
@@ -121,9 +149,9 @@ def test_archives_are_streamed_with_labels_and_unsafe_members_quarantined(tmp_pa
     monkeypatch.chdir(work)
     items, problems = _items(path)
     assert source_kind(str(path)) == "archive"
-    assert [(s, label) for s, label, *_ in items] == [(f"{path}!/train/cat/a.png", "cat"),
-                                                      (f"{path}!/train/dog/b.png", "dog"),
-                                                      (f"{path}!/train/top.png", None)]
+    assert [(s, label, split) for s, label, _, _, split in items] == [(f"{path}!/train/cat/a.png", "cat", None),
+                                                                      (f"{path}!/train/dog/b.png", "dog", None),
+                                                                      (f"{path}!/train/top.png", None, None)]
     for item, name in zip(items, ("train/cat/a.png", "train/dog/b.png", "train/top.png")):
         assert item[2] == members[name]  # member bytes, in memory
     expected = [("evil.png", "unsafe_path"), ("evil.png", "unsafe_path")]
@@ -141,6 +169,30 @@ def test_archive_member_larger_than_limit_is_quarantined_unread(tmp_path):
     items, problems = _items(path, max_bytes=50_000)
     assert [s for s, *_ in items] == [f"{path}!/ok.png"]
     assert _reasons(problems) == [("big.png", "too_large")]
+
+
+@pytest.mark.parametrize("suffix", ["tar.gz", "zip"])
+@pytest.mark.parametrize("top", ["data/", ""])
+def test_archive_split_folders_below_the_top_folder(tmp_path, suffix, top):
+    members = {f"{top}{rel}": _png(_rgb(seed=i)) for i, rel in enumerate(
+        ("train/cat/a.png", "Valid/dog/b.png", "test/cat/c.png", "test/d.png", "train"))}
+    path = tmp_path / f"data.{suffix}"
+    if suffix == "zip":
+        with zipfile.ZipFile(path, "w") as zf:
+            for name, data in members.items():
+                zf.writestr(name, data)
+    else:
+        with tarfile.open(path, "w:gz") as tf:
+            for name, data in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    items, problems = _items(path)
+    assert problems == []
+    assert [(s, label, split) for s, label, _, _, split in items] == [
+        (f"{path}!/{top}train/cat/a.png", "cat", "train"), (f"{path}!/{top}Valid/dog/b.png", "dog", "val"),
+        (f"{path}!/{top}test/cat/c.png", "cat", "test"), (f"{path}!/{top}test/d.png", None, "test"),
+        (f"{path}!/{top}train", None, None)]  # a file named like a split is no split folder
 
 
 # CIFAR ------------------------------------------------------------------------------------------
@@ -172,13 +224,14 @@ def test_cifar_python_batches(tmp_path, variant):
     items, problems = _items(tmp_path)
     assert problems == [] and source_kind(str(tmp_path)) == "cifar"
     names = meta[1][b"label_names" if variant == "cifar10" else b"fine_label_names"]
-    by_source = {s: (label, p) for s, label, p, _ in items}
+    by_source = {s: (label, p, split) for s, label, p, _, split in items}
     order = [f"{tmp_path / batches[0]}#{i}" for i in range(3)] + [f"{tmp_path / batches[1]}#{i}" for i in range(2)]
     assert sorted(by_source) == sorted(order)
     for k, source in enumerate(order):
-        label, pixels = by_source[source]
+        label, pixels, split = by_source[source]
         assert label == names[labels[k]].decode()
         np.testing.assert_array_equal(pixels, images[k])
+        assert split == ("train" if k < 3 else "test")
 
 
 @pytest.mark.parametrize("variant", ["cifar10", "cifar100"])
@@ -195,11 +248,17 @@ def test_cifar_binary_batches(tmp_path, variant):
         records = np.concatenate([coarse, fine[:, None], _rows(images)], axis=1)
         name = "train.bin"
     (tmp_path / name).write_bytes(records.tobytes())
-    (tmp_path / "test_batch.bin" if variant == "cifar10" else tmp_path / "test.bin").write_bytes(b"\1" * 100)
+    test_name = "test_batch.bin" if variant == "cifar10" else "test.bin"
+    (tmp_path / test_name).write_bytes(records[:1].tobytes())
+    (tmp_path / "short.bin").write_bytes(b"\1" * 100)
     items, problems = _items(tmp_path)
-    assert [label for _, label, _, _ in items] == ["d", "a", "c", "b"]
-    for item, img in zip(items, images):
-        np.testing.assert_array_equal(item[2], img)
+    by_source = {os.path.basename(s): (label, p, split) for s, label, p, _, split in items}
+    assert sorted(by_source) == sorted([f"{name}#{i}" for i in range(4)] + [f"{test_name}#0"])
+    for i, img in enumerate(images):
+        label, pixels, split = by_source[f"{name}#{i}"]
+        assert (label, split) == ("dacb"[i], "train")
+        np.testing.assert_array_equal(pixels, img)
+    assert by_source[f"{test_name}#0"][::2] == ("d", "test")
     assert [p["error_class"] for p in problems] == ["decode_error"]  # the short batch
 
 
@@ -257,7 +316,7 @@ def test_manifest_with_labels_and_mask_column(tmp_path, fmt):
     items, problems = _items(path)
     assert problems == [] and source_kind(str(path)) == "manifest"
     a = str(tmp_path / "img" / "a.png")
-    assert items[0] == (a, "x", a, str(tmp_path / "img" / "a-mask.png"))
+    assert items[0] == (a, "x", a, str(tmp_path / "img" / "a-mask.png"), None)
     assert items[1][1] is None and items[1][3] is None
     result = ingest_chunk(str(tmp_path / "store"), items, IngestConfig())
     rows = pq.read_table(tmp_path / "store" / result["shards"][0]["path"]).to_pylist()
@@ -265,6 +324,25 @@ def test_manifest_with_labels_and_mask_column(tmp_path, fmt):
 
     np.testing.assert_array_equal(unpack_mask(rows[0]["mask"], 3, 4), mask > 0)
     assert rows[1]["mask"] is None
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_manifest_split_column_and_invalid_split_quarantined(tmp_path, fmt):
+    names = ["a", "b", "c", "d", "e"]
+    for n in names:
+        (tmp_path / f"{n}.png").write_bytes(_png(_rgb(seed=ord(n))))
+    splits = ["train", "Validation", "TEST", None, "holdout"]
+    path = tmp_path / f"m.{fmt}"
+    if fmt == "csv":
+        path.write_text("path,split\n" + "".join(f"{n}.png,{s or ''}\n" for n, s in zip(names, splits)))
+    else:
+        pq.write_table(pa.table({"path": [f"{n}.png" for n in names], "split": splits}), path)
+    items, problems = _items(path)
+    assert [(os.path.basename(s), split) for s, _, _, _, split in items] == [
+        ("a.png", "train"), ("b.png", "val"), ("c.png", "test"), ("d.png", None)]
+    (row,) = problems
+    assert (row["source"], row["error_class"]) == (f"{path}#4", "bad_split")
+    assert "'holdout'" in row["message"] and all(s in row["message"] for s in ("train", "val", "test"))
 
 
 def test_manifest_without_path_column_is_refused(tmp_path):
@@ -321,7 +399,7 @@ def test_unreadable_file_is_quarantined(tmp_path):
         try:
             if os.getuid() == 0:
                 os.setuid(65534)
-            out = ingest_chunk(str(tmp_path / "store"), [(str(secret), None, str(secret), None)], IngestConfig())
+            out = ingest_chunk(str(tmp_path / "store"), [(str(secret), None, str(secret), None, None)], IngestConfig())
             os.write(write_fd, json.dumps([[q["source"], q["error_class"]] for q in out["quarantine"]]).encode())
             code = 0
         finally:
