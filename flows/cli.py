@@ -102,13 +102,20 @@ def demo(config: Optional[str] = ConfigOpt, store: Optional[str] = StoreOpt,
 def run(flow: str = typer.Argument(..., help=f"one of: {', '.join(FLOWS)}"),
         source: Optional[str] = typer.Option(None, "--source", help=SOURCE_HELP + " (ingest, nightly)"),
         config: Optional[str] = ConfigOpt, store: Optional[str] = StoreOpt,
-        sets: list[str] = SetOpt) -> None:
+        sets: list[str] = SetOpt,
+        workers: Optional[int] = typer.Option(None, "--workers", help="Ray Train workers (train.num_workers)"),
+        gpu: Optional[bool] = typer.Option(None, "--gpu/--no-gpu", help="train and infer on GPUs (train.use_gpu)"),
+        ) -> None:
     """Run one flow now, locally or on the Ray cluster at RAY_ADDRESS / ray.address."""
     if flow not in FLOWS:
         _fail(f"unknown flow {flow!r}; choose one of: {', '.join(FLOWS)}")
     _setup_logging()
     try:
         overrides = _overrides(store, sets)
+        if workers is not None:
+            overrides["train.num_workers"] = workers
+        if gpu is not None:
+            overrides["train.use_gpu"] = gpu
         result = _run_flow(flow, source, config, overrides)
     except ConfigError as err:
         _fail(str(err))
@@ -227,10 +234,13 @@ def models(action: str = typer.Argument("list", help="list, promote or rollback"
         rows = catalog.list_models()
     elif action != "list":
         _fail(f"fusion models: unknown action {action!r}; choose list, promote or rollback")
-    typer.echo(f"{'version':<8} {'stage':<11} {'name':<10} {'accuracy':<9} {'macro_f1':<9} run")
+    typer.echo(f"{'version':<8} {'stage':<11} {'name':<10} {'accuracy':<9} {'macro_f1':<9} {'ece':<7} "
+               f"{'data':<5} {'code':<24} run")
     for m in rows:
+        ece = m["metrics"].get("ece")
         typer.echo(f"{m['version']:<8} {m['stage']:<11} {m['name']:<10} {m['metrics']['accuracy']:<9.4f} "
-                   f"{m['metrics']['macro_f1']:<9.4f} {m['run_id']}")
+                   f"{m['metrics']['macro_f1']:<9.4f} {'-' if ece is None else f'{ece:.4f}':<7} "
+                   f"v{m['dataset_version']:<4} {m['config'].get('code_version', '-'):<24} {m['run_id']}")
 
 
 OutOpt = typer.Option(None, "--out", help="also export all matching rows to a .csv or .parquet file")

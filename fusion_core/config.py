@@ -78,7 +78,10 @@ class TrainConfig(_Section):
     learning_rate: float | None = Field(None, gt=0, description="default: the recipe's")
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
-    mixed_precision: bool = True
+    resources_per_worker: dict[str, float] | None = Field(
+        None, description="e.g. {CPU: 8, GPU: 1}; default 1 CPU per worker, or 1 GPU with use_gpu")
+    mixed_precision: bool = Field(True, description="float16 on GPUs, bfloat16 on CPUs with bf16 instructions")
+    jit_compile: bool = Field(False, description="XLA; measure first: 20x slower than without on a 2-core CPU")
     retrain: Literal["on_new_data", "always"] = "on_new_data"
     promote_margin: float = Field(0.0, ge=0.0)
     max_failures: int = Field(2, ge=0, description="worker failures a run recovers from (from its last checkpoint)")

@@ -33,3 +33,14 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
         "confusion_matrix": cm.astype(int).tolist(),
         "n": int(cm.sum()),
     }
+
+
+def calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
+    """Expected calibration error: the mean gap between confidence and accuracy over equal-width
+    confidence bins, weighted by the share of images in each bin."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == np.asarray(y_true)
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    gaps = [abs(correct[which == b].mean() - confidence[which == b].mean()) * (which == b).mean()
+            for b in range(bins) if (which == b).any()]
+    return float(sum(gaps))

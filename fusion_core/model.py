@@ -160,10 +160,11 @@ def _optimizer(recipe: Recipe, learning_rate: float, steps_per_epoch: int):
 
 
 def _augmentation(input_shape: tuple[int, int, int]) -> keras.Sequential:
-    """Random crop after 4-pixel zero padding, and horizontal flips; active only in training."""
+    """Shifts of up to 4 pixels with zero fill (pad-and-crop, per image) and horizontal flips; identity
+    outside training. (Keras' RandomCrop would resize the padded image at inference.)"""
     h, w, _ = input_shape
-    return keras.Sequential([layers.ZeroPadding2D(4), layers.RandomCrop(h, w), layers.RandomFlip("horizontal")],
-                            name="augment")
+    return keras.Sequential([layers.RandomTranslation(4 / h, 4 / w, fill_mode="constant", interpolation="nearest"),
+                             layers.RandomFlip("horizontal")], name="augment")
 
 
 def _input_scaling(norm: dict | None) -> layers.Layer:
@@ -173,8 +174,9 @@ def _input_scaling(norm: dict | None) -> layers.Layer:
     return layers.Normalization(mean=norm["mean"], variance=[s * s for s in norm["std"]])
 
 
-def load_model(path: str) -> keras.Model:
-    return keras.models.load_model(path)
+def load_model(path: str, compile: bool = True) -> keras.Model:
+    """A saved model; ``compile=False`` skips the optimizer (enough for predicting or copying weights)."""
+    return keras.models.load_model(path, compile=compile)
 
 
 def embedding_model(model: keras.Model) -> keras.Model:

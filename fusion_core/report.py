@@ -375,9 +375,10 @@ def _evaluation_html(model: dict | None, figures: dict[str, bytes]) -> str | Non
     if model is None:
         return None
     m = model["metrics"] or {}
-    summary = html_table(["holdout images", "accuracy", "macro precision", "macro recall", "macro F1"],
+    summary = html_table(["holdout images", "accuracy", "macro precision", "macro recall", "macro F1",
+                          "calibration error (ECE)"],
                          [(m.get("n"), m.get("accuracy"), m.get("macro_precision"), m.get("macro_recall"),
-                           m.get("macro_f1"))])
+                           m.get("macro_f1"), m.get("ece"))])
     classes, cm = list(m.get("per_class_f1") or {}), m.get("confusion_matrix")
     if not cm or len(cm) != len(classes):
         return summary

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import subprocess
 import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -23,6 +27,25 @@ class StageResult:
 
     def as_dict(self) -> dict:
         return to_json(asdict(self))
+
+
+@functools.cache
+def code_version() -> str:
+    """Fusion's package version, plus the git commit (``+dirty`` with uncommitted changes) when run from
+    a git checkout."""
+    try:
+        release = version("fusion")
+    except PackageNotFoundError:
+        release = "unknown"
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return release
+    return f"{release}+{sha}{'.dirty' if dirty else ''}"
 
 
 def record_stage(store: Store, run_id: str, stage: str, fn: Callable[[], StageResult]) -> dict:

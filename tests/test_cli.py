@@ -20,6 +20,12 @@ def test_bad_config_names_the_field(tmp_path):
     assert "train.use_gpu" in result.output
 
 
+def test_workers_flag_sets_train_num_workers(tmp_path):
+    result = CliRunner().invoke(app, ["run", "train", "--store", str(tmp_path), "--workers", "0", "--gpu"])
+    assert result.exit_code == 2
+    assert "train.num_workers" in result.output and "greater than or equal to 1" in result.output
+
+
 def test_unknown_flow_lists_the_flows():
     result = CliRunner().invoke(app, ["run", "bake"])
     assert result.exit_code == 2 and "nightly" in result.output

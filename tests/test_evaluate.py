@@ -67,3 +67,19 @@ def test_empty_input():
     m = classification_metrics(empty, empty, ["a", "b"])
     assert (m["accuracy"], m["macro_precision"], m["macro_recall"], m["macro_f1"], m["n"]) == (0.0, 0.0, 0.0, 0.0, 0)
     assert m["confusion_matrix"] == [[0, 0], [0, 0]]
+
+
+def test_calibration_error_hand_example():
+    from fusion_core.evaluate import calibration_error
+
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.8, 0.2]])
+    # bins of confidence 0.9 (right), 0.6 (wrong), 0.8 (right): gaps 0.1, 0.6, 0.2, a third each
+    assert calibration_error(np.array([0, 1, 0]), probs) == pytest.approx(0.3)
+
+
+def test_calibration_error_is_zero_when_confidence_matches_accuracy():
+    from fusion_core.evaluate import calibration_error
+
+    probs = np.tile([0.75, 0.25], (4, 1))
+    assert calibration_error(np.array([0, 0, 0, 1]), probs) == pytest.approx(0.0)
+    assert calibration_error(np.array([1, 1, 1, 1]), probs) == pytest.approx(0.75)

@@ -51,3 +51,52 @@ def test_label_smoothing_loss():
     smoothed = float(SparseCrossEntropy(0.3)(np.array([0]), probs))
     assert plain == pytest.approx(-np.log(0.7), rel=1e-5)
     assert smoothed == pytest.approx(-(0.8 * np.log(0.7) + 0.1 * np.log(0.2) + 0.1 * np.log(0.1)), rel=1e-5)
+
+
+def test_precision_policy_follows_the_hardware(monkeypatch):
+    import builtins
+    import io
+
+    from fusion_core.train import precision_policy
+
+    real_open = builtins.open
+
+    def cpuinfo(flags):
+        return lambda path, *a, **k: io.StringIO(f"flags\t: fpu {flags}\n") if path == "/proc/cpuinfo" else real_open(path, *a, **k)
+
+    assert precision_policy(False) == "float32"
+    monkeypatch.setattr(builtins, "open", cpuinfo("avx2 avx512f avx512_bf16"))
+    assert precision_policy(True) == "mixed_bfloat16"
+    monkeypatch.setattr(builtins, "open", cpuinfo("avx2 fma"))
+    assert precision_policy(True) == "float32"
+
+
+def test_a_bfloat16_checkpoint_is_published_as_float32(tmp_path):
+    import tf_keras
+
+    from fusion_core.model import build_model, load_model
+    from fusion_core.recipes import RECIPES
+    from fusion_core.train import _float32_copy
+
+    tf_keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        trained = build_model("resnet", (16, 16, 3), 3, recipe=RECIPES["best"])
+    finally:
+        tf_keras.mixed_precision.set_global_policy("float32")
+    trained.save(tmp_path / "ckpt.keras", save_format="keras_v3")
+    copy = _float32_copy(str(tmp_path / "ckpt.keras"), RECIPES["best"], (16, 16, 3), ["a", "b", "c"], None)
+    assert {layer.compute_dtype for layer in copy.layers if layer.weights} == {"float32"}
+    x = np.random.default_rng(0).integers(0, 255, (4, 16, 16, 3)).astype(np.float32)
+    np.testing.assert_allclose(copy.predict(x, verbose=0), trained.predict(x, verbose=0), atol=0.05)
+    assert load_model(str(tmp_path / "ckpt.keras")).get_layer("embedding").compute_dtype == "bfloat16"
+
+
+def test_augmentation_shifts_and_flips_in_training_only():
+    from fusion_core.model import _augmentation
+
+    x = np.random.default_rng(0).integers(1, 255, (16, 32, 32, 3)).astype(np.float32)
+    augment = _augmentation((32, 32, 3))
+    np.testing.assert_array_equal(augment(x, training=False).numpy(), x)  # no resize or padding at inference
+    out = augment(x, training=True).numpy()
+    assert out.shape == x.shape and (out != x).any(axis=(1, 2, 3)).mean() > 0.5
+    assert ((out == 0).mean(axis=(1, 2, 3)) <= 0.25).all()  # zero fill from shifts of at most 4 pixels
