@@ -35,8 +35,9 @@ class Recipe:
 RECIPES = {
     # The seed's own recipe: Adam, batch 64, 10 epochs, no augmentation.
     "seed": Recipe(),
-    # A small ResNet with augmentation (pad-4 random crop, flip), SGD + Nesterov with a warmup-cosine
-    # schedule, label smoothing and decoupled weight decay; early stopping on the validation split.
+    # A small ResNet with augmentation (random shifts of up to 4 pixels, i.e. pad-and-crop; flips), SGD +
+    # Nesterov with a warmup-cosine schedule, label smoothing and decoupled weight decay; early stopping on
+    # the validation split.
     "best": Recipe(model="resnet", optimizer="sgd", learning_rate=0.05, schedule="cosine", warmup_epochs=1.0,
                    weight_decay=5e-4, label_smoothing=0.1, augment=True, epochs=30, batch_size=128,
                    early_stopping_patience=6, scale_with_workers=True),
