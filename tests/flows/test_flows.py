@@ -134,10 +134,28 @@ def test_train_flow_best_recipe_and_promotion_rule(stage_store):
 
 
 def _train_worker_pids() -> list[int]:
+    """Ray Train workers of this test session's Ray (descendants of this process), not of other Ray instances
+    on the machine."""
+    import os
+
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+
+    def ours(pid: int) -> bool:
+        while pid > 1:
+            pid = parents.get(pid, 0)
+            if pid == os.getpid():
+                return True
+        return False
+
     pids = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            if b"RayTrainWorker" in cmdline.read_bytes():
+            if b"RayTrainWorker" in cmdline.read_bytes() and ours(int(cmdline.parent.name)):
                 pids.append(int(cmdline.parent.name))
         except OSError:
             continue
