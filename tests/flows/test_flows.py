@@ -262,13 +262,14 @@ def test_a_stopped_train_flow_resumes_from_its_last_checkpoint(demo_source, tmp_
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
     proc = subprocess.Popen(args, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    seen, deadline = set(), time.monotonic() + 300
-    while len(seen) < 3 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-        seen |= {p for p in store.glob("checkpoints/train-*/checkpoint_*") if (p / "state.json").exists()}
+    earlier_runs = set(store.glob("checkpoints/train-*"))
+    registered, deadline = 0, time.monotonic() + 300
+    while registered < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)  # kill once Ray Train has registered checkpoints (a folder on disk is not enough)
+        registered = _registered_checkpoints(set(store.glob("checkpoints/train-*")) - earlier_runs)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert len(seen) >= 3, "training never checkpointed"
+    assert registered >= 2, "training never checkpointed"
     time.sleep(5)  # let the killed driver's local Ray notice and exit
 
     rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
