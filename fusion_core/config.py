@@ -72,7 +72,7 @@ class PreprocessConfig(_Section):
 
 class TrainConfig(_Section):
     recipe: Literal["seed", "best"] = Field("seed", description="see fusion_core/recipes.py")
-    model: Literal["seed_cnn", "resnet", "attention"] | None = Field(None, description="default: the recipe's")
+    model: Literal["seed_cnn", "resnet", "attention", "fast_cnn"] | None = Field(None, description="default: the recipe's")
     epochs: int | None = Field(None, ge=1, description="default: the recipe's")
     batch_size: int | None = Field(None, ge=1, description="default: the recipe's")
     learning_rate: float | None = Field(None, gt=0, description="default: the recipe's")
@@ -82,6 +82,8 @@ class TrainConfig(_Section):
         None, description="e.g. {CPU: 8, GPU: 1}; default 1 CPU per worker, or 1 GPU with use_gpu")
     mixed_precision: bool = Field(True, description="float16 on GPUs, bfloat16 on CPUs with bf16 instructions")
     jit_compile: bool = Field(False, description="XLA; measure first: 20x slower than without on a 2-core CPU")
+    cache_data: bool = Field(True, description="keep each worker's shard in its memory after the first epoch "
+                                               "(needs that much RAM per worker); off: stream every epoch")
     retrain: Literal["on_new_data", "always"] = "on_new_data"
     promote_margin: float = Field(0.0, ge=0.0)
     max_failures: int = Field(2, ge=0, description="worker failures a run recovers from (from its last checkpoint)")

@@ -17,7 +17,7 @@ from tf_keras import layers  # noqa: E402
 from fusion_core.recipes import Recipe  # noqa: E402
 
 EMBEDDING_LAYER = "embedding"
-MODELS = ("seed_cnn", "resnet", "attention")
+MODELS = ("seed_cnn", "resnet", "attention", "fast_cnn")
 
 
 def build_model(name: str, input_shape: tuple[int, int, int], n_classes: int,
@@ -36,7 +36,7 @@ def build_model(name: str, input_shape: tuple[int, int, int], n_classes: int,
         steps_per_epoch: optimiser steps per epoch, for the learning-rate schedule.
     """
     recipe = recipe or Recipe(learning_rate=learning_rate)
-    builders = {"seed_cnn": _seed_cnn, "resnet": _resnet, "attention": _attention}
+    builders = {"seed_cnn": _seed_cnn, "resnet": _resnet, "attention": _attention, "fast_cnn": _fast_cnn}
     if name not in builders:
         raise ValueError(f"train.model: unknown model {name!r} (allowed: {', '.join(MODELS)})")
     inputs = keras.Input(shape=input_shape)
@@ -81,6 +81,20 @@ def _resnet(x):
                 shortcut = layers.BatchNormalization()(shortcut)
             x = layers.ReLU()(layers.Add()([y, shortcut]))
     return layers.GlobalAveragePooling2D()(x)
+
+
+def _fast_cnn(x):
+    """Few FLOPs per accuracy point, after Keller Jordan's airbench: a 2x2 stem conv, then three stages
+    (64, 128, 256 channels) of conv, 2x2 max pooling, batch norm and ReLU, then a second conv; global max
+    pooling. Wide convs at low resolution keep CPUs and GPUs busy: on a 2-core CPU it trains about twice
+    as many images per second as ``resnet`` and learns more per epoch (measured; see README)."""
+    x = layers.ReLU()(layers.Conv2D(24, 2, padding="same")(x))
+    for filters in (64, 128, 256):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = layers.MaxPooling2D(2, padding="same")(x)
+        x = layers.ReLU()(layers.BatchNormalization()(x))
+        x = _conv_bn(x, filters)
+    return layers.GlobalMaxPooling2D()(x)
 
 
 def _attention(x):

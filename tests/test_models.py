@@ -6,7 +6,7 @@ import pytest
 pytestmark = pytest.mark.tf
 
 
-@pytest.mark.parametrize("name", ["seed_cnn", "resnet", "attention"])
+@pytest.mark.parametrize("name", ["seed_cnn", "resnet", "attention", "fast_cnn"])
 @pytest.mark.parametrize("recipe", ["seed", "best"])
 def test_model_builds_trains_and_round_trips(name, recipe, tmp_path):
     from fusion_core.model import build_model, embedding_model, load_model
@@ -80,7 +80,7 @@ def test_a_bfloat16_checkpoint_is_published_as_float32(tmp_path):
 
     tf_keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
-        trained = build_model("resnet", (16, 16, 3), 3, recipe=RECIPES["best"])
+        trained = build_model(RECIPES["best"].model, (16, 16, 3), 3, recipe=RECIPES["best"])
     finally:
         tf_keras.mixed_precision.set_global_policy("float32")
     trained.save(tmp_path / "ckpt.keras", save_format="keras_v3")
