@@ -76,17 +76,13 @@ def train_loop_per_worker(config: dict) -> None:
                                 config["learning_rate"], norm=config["norm"], recipe=recipe,
                                 steps_per_epoch=config["steps_per_epoch"])
     model.jit_compile = config["jit_compile"]
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
-    batch = config["batch_size_per_worker"]
+    train_data, val_data = _feeds(config["batch_size_per_worker"], config["seed"], config["cache_data"])
     for epoch in range(start_epoch, recipe.epochs):
         if _should_stop_early(history, recipe.early_stopping_patience):
             break
         started = time.perf_counter()
-        # Shards follow the source's order (often class by class): shuffle within each worker every epoch.
-        fit = model.fit(train_shard.to_tf("x", "y", batch_size=batch, local_shuffle_buffer_size=SHUFFLE_ROWS,
-                                          local_shuffle_seed=config["seed"] + epoch), epochs=1, verbose=0)
-        val_loss, val_acc = model.evaluate(val_shard.to_tf("x", "y", batch_size=256), verbose=0)
+        fit = model.fit(train_data(epoch), epochs=1, verbose=0)
+        val_loss, val_acc = model.evaluate(val_data(), verbose=0)
         metrics = {"epoch": epoch, "loss": float(fit.history["loss"][-1]),
                    "accuracy": float(fit.history["accuracy"][-1]),
                    "val_loss": float(val_loss), "val_accuracy": float(val_acc),
@@ -101,6 +97,27 @@ def train_loop_per_worker(config: dict) -> None:
                 json.dump({"history": history}, fh)
             report_checkpoint = ray.train.Checkpoint.from_directory(tmp) if ctx.get_world_rank() == 0 else None
             ray.train.report(metrics, checkpoint=report_checkpoint)
+
+
+def _feeds(batch: int, seed: int, cache: bool):
+    """Per-epoch input pipelines over this worker's shards: ``train(epoch)`` and ``val()``.
+
+    Shards follow the source's order (often class by class), so training shuffles within each worker
+    every epoch. With ``cache`` the first epoch streams the shards from Ray Data and keeps them in this
+    worker's memory (tf.data), so later epochs spend no CPU on the feed; without, every epoch streams.
+    """
+    import ray.train
+    import tensorflow as tf
+
+    train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
+    if not cache:
+        return (lambda epoch: train_shard.to_tf("x", "y", batch_size=batch, local_shuffle_buffer_size=SHUFFLE_ROWS,
+                                                local_shuffle_seed=seed + epoch),
+                lambda: val_shard.to_tf("x", "y", batch_size=256))
+    rows = train_shard.to_tf("x", "y", batch_size=1024).unbatch().cache()
+    train = rows.shuffle(SHUFFLE_ROWS, seed=seed).batch(batch).prefetch(tf.data.AUTOTUNE)  # reshuffled per pass
+    val = val_shard.to_tf("x", "y", batch_size=256).cache()
+    return (lambda epoch: train), (lambda: val)
 
 
 def precision_policy(mixed: bool) -> str:
@@ -191,7 +208,7 @@ def train_model(settings: Settings, run_id: str) -> StageResult:
         train_loop_config={"recipe": recipe.as_dict(), "shape": list(shape), "classes": classes,
                            "learning_rate": rate, "seed": cfg.seed, "mixed_precision": cfg.mixed_precision,
                            "norm": norm, "batch_size_per_worker": batch, "steps_per_epoch": steps_per_epoch,
-                           "jit_compile": cfg.jit_compile},
+                           "jit_compile": cfg.jit_compile, "cache_data": cfg.cache_data},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=cfg.resources_per_worker),
         run_config=RunConfig(name=_train_run_name(key, run_id, cfg.retrain), storage_path=store.path("checkpoints"),
