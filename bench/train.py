@@ -93,8 +93,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=HERE / "data", help="holds train/<class>/*.jpg and test/...")
     parser.add_argument("--parts", default="plain,ray1,best", help=f"comma-separated, of {', '.join(PARTS)}")
-    parser.add_argument("--best-epochs", type=int, default=12, help="the best recipe's epochs (its schedule "
-                                                                    "spans them); 12 fit 30 min here")
+    parser.add_argument("--best-epochs", type=int, default=14, help="the best recipe's epochs (its schedule "
+                                                                    "spans them); 14 fit 30 min here")
     args = parser.parse_args()
     parts = [p for p in args.parts.split(",") if p]
     if unknown := set(parts) - set(PARTS):
