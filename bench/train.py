@@ -16,7 +16,7 @@ one run on this machine:
 Both sides use the same dtype policy (bfloat16 compute on CPUs with bf16
 instructions; see ``fusion_core.train.precision_policy``).
 
-    python bench/train.py [--parts plain,ray1,best] [--best-epochs 12]
+    python bench/train.py [--parts plain,ray1,best] [--best-epochs 14]
 
 Writes bench/results/train.json (parts measured before are kept) and prints a table.
 """
