@@ -14,20 +14,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from fusion_core.config import IngestConfig
 from fusion_core.decode import decode_image
 from fusion_core.ingest import ingest_chunk
-from fusion_core.sources import iter_items, load_pickle, read_bytes, source_kind
+from fusion_core.sources import iter_items, read_bytes, source_kind
+from fusion_core.sources.safe_pickle import load_pickle
 
 MAX = 10_000_000
-
-
-def _png(arr, mode=None) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr, mode).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def _rgb(h=4, w=5, seed=0) -> np.ndarray:
@@ -54,11 +48,11 @@ def _payload_pixels(item):
 
 # folders -----------------------------------------------------------------------------------
 
-def test_folder_labels_nesting_hidden_and_sibling_masks(tmp_path):
+def test_folder_labels_nesting_hidden_and_sibling_masks(tmp_path, png):
     for rel in ("cat/a.png", "cat/deep/er/c.png", "dog/z.png", "root.png", ".hidden.png", "cat/.DS_Store",
                 ".git/x.png", "dog/z.mask.png"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_bytes(_png(_rgb()))
+        (tmp_path / rel).write_bytes(png(_rgb()))
     items, problems = _items(tmp_path)
     assert problems == []
     assert source_kind(str(tmp_path)) == "folder"
@@ -71,11 +65,11 @@ def test_folder_labels_nesting_hidden_and_sibling_masks(tmp_path):
 
 
 @pytest.mark.parametrize("uri", [False, True])
-def test_folder_of_split_folders_gives_split_and_label_below(tmp_path, uri):
+def test_folder_of_split_folders_gives_split_and_label_below(tmp_path, uri, png):
     for rel in ("train/cat/a.png", "train/cat/a.mask.png", "train/dog/deep/b.png", "Validation/cat/c.png",
                 "valid/top.png", "TEST/dog/d.png", "val/.hidden.png", ".DS_Store"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_bytes(_png(_rgb()))
+        (tmp_path / rel).write_bytes(png(_rgb()))
     root = f"file://{tmp_path}" if uri else str(tmp_path)
     items, problems = _items(root)
     assert problems == []
@@ -87,10 +81,10 @@ def test_folder_of_split_folders_gives_split_and_label_below(tmp_path, uri):
 
 
 @pytest.mark.parametrize("other", ["cats/a.png", "top.png"])
-def test_folder_with_split_and_other_entries_keeps_first_level_labels(tmp_path, other):
+def test_folder_with_split_and_other_entries_keeps_first_level_labels(tmp_path, other, png):
     for rel in ("train/cat/a.png", "test/cat/b.png", other):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_bytes(_png(_rgb()))
+        (tmp_path / rel).write_bytes(png(_rgb()))
     items, problems = _items(tmp_path)
     assert problems == []
     assert {(s.replace(str(tmp_path), ""), label, split) for s, label, _, _, split in items} == {
@@ -98,13 +92,13 @@ def test_folder_with_split_and_other_entries_keeps_first_level_labels(tmp_path, 
         (f"/{other}", "cats" if "/" in other else None, None)}
 
 
-def test_folder_follows_symlinked_folders_and_quarantines_loops(tmp_path):
+def test_folder_follows_symlinked_folders_and_quarantines_loops(tmp_path, png):
     src = tmp_path / "src"
     (src / "cat").mkdir(parents=True)
-    (src / "cat" / "a.png").write_bytes(_png(_rgb()))
+    (src / "cat" / "a.png").write_bytes(png(_rgb()))
     other = tmp_path / "elsewhere"
     other.mkdir()
-    (other / "b.png").write_bytes(_png(_rgb(seed=1)))
+    (other / "b.png").write_bytes(png(_rgb(seed=1)))
     (src / "dog").symlink_to(other)                    # followed
     (src / "cat" / "loop").symlink_to(src)             # back to an ancestor: a loop
     (src / "self.png").symlink_to(src / "self.png")    # a link to itself
@@ -121,16 +115,16 @@ def test_folder_missing_source(tmp_path):
 
 # archives ---------------------------------------------------------------------------------------
 
-def _archive_members():
-    return {"train/cat/a.png": _png(_rgb(seed=1)), "train/dog/b.png": _png(_rgb(seed=2)),
-            "train/top.png": _png(_rgb(seed=3)), "train/.hidden/x.png": b"x"}
+def _archive_members(png):
+    return {"train/cat/a.png": png(_rgb(seed=1)), "train/dog/b.png": png(_rgb(seed=2)),
+            "train/top.png": png(_rgb(seed=3)), "train/.hidden/x.png": b"x"}
 
 
 @pytest.mark.parametrize("suffix", ["tar", "tar.gz", "zip"])
-def test_archives_are_streamed_with_labels_and_unsafe_members_quarantined(tmp_path, suffix, monkeypatch):
-    members = _archive_members()
+def test_archives_are_streamed_with_labels_and_unsafe_members_quarantined(tmp_path, suffix, monkeypatch, png):
+    members = _archive_members(png)
     path = tmp_path / f"train.{suffix}"
-    evil = {"../evil.png": _png(_rgb(seed=9)), "/abs/evil.png": _png(_rgb(seed=9))}
+    evil = {"../evil.png": png(_rgb(seed=9)), "/abs/evil.png": png(_rgb(seed=9))}
     if suffix == "zip":
         with zipfile.ZipFile(path, "w") as zf:
             for name, data in {**members, **evil}.items():
@@ -161,11 +155,11 @@ def test_archives_are_streamed_with_labels_and_unsafe_members_quarantined(tmp_pa
     assert list(work.iterdir()) == [] and not (tmp_path / "evil.png").exists()  # nothing extracted
 
 
-def test_archive_member_larger_than_limit_is_quarantined_unread(tmp_path):
+def test_archive_member_larger_than_limit_is_quarantined_unread(tmp_path, png):
     path = tmp_path / "a.zip"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("big.png", b"\0" * 100_000)
-        zf.writestr("ok.png", _png(_rgb()))
+        zf.writestr("ok.png", png(_rgb()))
     items, problems = _items(path, max_bytes=50_000)
     assert [s for s, *_ in items] == [f"{path}!/ok.png"]
     assert _reasons(problems) == [("big.png", "too_large")]
@@ -173,8 +167,8 @@ def test_archive_member_larger_than_limit_is_quarantined_unread(tmp_path):
 
 @pytest.mark.parametrize("suffix", ["tar.gz", "zip"])
 @pytest.mark.parametrize("top", ["data/", ""])
-def test_archive_split_folders_below_the_top_folder(tmp_path, suffix, top):
-    members = {f"{top}{rel}": _png(_rgb(seed=i)) for i, rel in enumerate(
+def test_archive_split_folders_below_the_top_folder(tmp_path, suffix, top, png):
+    members = {f"{top}{rel}": png(_rgb(seed=i)) for i, rel in enumerate(
         ("train/cat/a.png", "Valid/dog/b.png", "test/cat/c.png", "test/d.png", "train"))}
     path = tmp_path / f"data.{suffix}"
     if suffix == "zip":
@@ -298,14 +292,14 @@ def test_load_pickle_accepts_plain_data_only():
 # manifests ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
-def test_manifest_with_labels_and_mask_column(tmp_path, fmt):
+def test_manifest_with_labels_and_mask_column(tmp_path, fmt, png):
     (tmp_path / "img").mkdir()
     rgb = _rgb(3, 4, seed=5)
-    (tmp_path / "img" / "a.png").write_bytes(_png(rgb))
-    (tmp_path / "img" / "b.png").write_bytes(_png(_rgb(seed=6)))
+    (tmp_path / "img" / "a.png").write_bytes(png(rgb))
+    (tmp_path / "img" / "b.png").write_bytes(png(_rgb(seed=6)))
     mask = np.zeros((3, 4), dtype=np.uint8)
     mask[1, 2] = 255
-    (tmp_path / "img" / "a-mask.png").write_bytes(_png(mask, "L"))
+    (tmp_path / "img" / "a-mask.png").write_bytes(png(mask, "L"))
     table = pa.table({"path": ["img/a.png", str(tmp_path / "img" / "b.png")], "label": ["x", None],
                       "mask": ["img/a-mask.png", None]})
     path = tmp_path / f"manifest.{fmt}"
@@ -320,17 +314,17 @@ def test_manifest_with_labels_and_mask_column(tmp_path, fmt):
     assert items[1][1] is None and items[1][3] is None
     result = ingest_chunk(str(tmp_path / "store"), items, IngestConfig())
     rows = pq.read_table(tmp_path / "store" / result["shards"][0]["path"]).to_pylist()
-    from fusion_core.ingest import unpack_mask
+    from fusion_core.datasets import unpack_mask
 
     np.testing.assert_array_equal(unpack_mask(rows[0]["mask"], 3, 4), mask > 0)
     assert rows[1]["mask"] is None
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
-def test_manifest_split_column_and_invalid_split_quarantined(tmp_path, fmt):
+def test_manifest_split_column_and_invalid_split_quarantined(tmp_path, fmt, png):
     names = ["a", "b", "c", "d", "e"]
     for n in names:
-        (tmp_path / f"{n}.png").write_bytes(_png(_rgb(seed=ord(n))))
+        (tmp_path / f"{n}.png").write_bytes(png(_rgb(seed=ord(n))))
     splits = ["train", "Validation", "TEST", None, "holdout"]
     path = tmp_path / f"m.{fmt}"
     if fmt == "csv":
@@ -353,16 +347,16 @@ def test_manifest_without_path_column_is_refused(tmp_path):
 
 # URIs -------------------------------------------------------------------------------------------
 
-def test_file_uri_folder_archive_and_manifest(tmp_path):
+def test_file_uri_folder_archive_and_manifest(tmp_path, png):
     (tmp_path / "src" / "cat").mkdir(parents=True)
     rgb = _rgb(seed=7)
-    (tmp_path / "src" / "cat" / "a.png").write_bytes(_png(rgb))
+    (tmp_path / "src" / "cat" / "a.png").write_bytes(png(rgb))
     items, problems = _items(f"file://{tmp_path / 'src'}")
     assert problems == [] and [(s, label) for s, label, *_ in items] == [(f"file://{tmp_path}/src/cat/a.png", "cat")]
     np.testing.assert_array_equal(_payload_pixels(items[0]), rgb)
 
     with zipfile.ZipFile(tmp_path / "src.zip", "w") as zf:
-        zf.writestr("src/cat/a.png", _png(rgb))
+        zf.writestr("src/cat/a.png", png(rgb))
     items, _ = _items(f"file://{tmp_path / 'src.zip'}")
     assert [label for _, label, *_ in items] == ["cat"]
     np.testing.assert_array_equal(_payload_pixels(items[0]), rgb)
@@ -373,10 +367,10 @@ def test_file_uri_folder_archive_and_manifest(tmp_path):
     np.testing.assert_array_equal(_payload_pixels(items[0]), rgb)
 
 
-def test_fsspec_only_protocol(tmp_path):
+def test_fsspec_only_protocol(tmp_path, png):
     fs = fsspec.filesystem("memory")
     rgb = _rgb(seed=8)
-    fs.pipe("/fusion-test/src/dog/b.png", _png(rgb))
+    fs.pipe("/fusion-test/src/dog/b.png", png(rgb))
     try:
         items, problems = _items("memory://fusion-test/src")
         assert problems == [] and [label for _, label, *_ in items] == ["dog"]
@@ -387,10 +381,10 @@ def test_fsspec_only_protocol(tmp_path):
 
 # permissions ----------------------------------------------------------------------------------------
 
-def test_unreadable_file_is_quarantined(tmp_path):
+def test_unreadable_file_is_quarantined(tmp_path, png):
     """A file without read permission, read as an unprivileged user (root reads everything) in a forked child."""
     secret = tmp_path / "secret.png"
-    secret.write_bytes(_png(_rgb(seed=1)))
+    secret.write_bytes(png(_rgb(seed=1)))
     secret.chmod(0o000)
     read_fd, write_fd = os.pipe()
     pid = os.fork()
