@@ -10,8 +10,9 @@ import uuid
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from fusion_core import uri
 
 SCHEMA_VERSION = "1"
 
@@ -54,8 +55,17 @@ def predictions_schema(n_classes: int, embedding_dim: int) -> pa.Schema:
     ], metadata={"fusion.dataset": "predictions", "fusion.schema_version": SCHEMA_VERSION})
 
 
-def _filesystem(root: str) -> tuple[pafs.FileSystem, str]:
-    return pafs.FileSystem.from_uri(root)
+def pack_mask(mask: np.ndarray | None) -> bytes | None:
+    """The stored form of an (H, W) missing-pixel mask (None: no mask)."""
+    return None if mask is None else np.packbits(mask).tobytes()
+
+
+def unpack_mask(packed: bytes | None, height: int, width: int) -> np.ndarray:
+    """The (H, W) bool mask stored by ingest (all False when none was stored)."""
+    if packed is None:
+        return np.zeros((height, width), dtype=bool)
+    bits = np.unpackbits(np.frombuffer(packed, dtype=np.uint8), count=height * width)
+    return bits.reshape(height, width).astype(bool)
 
 
 def write_shard(root: str, rel_path: str, table: pa.Table, row_group_size: int = 4096) -> dict:
@@ -66,8 +76,7 @@ def write_shard(root: str, rel_path: str, table: pa.Table, row_group_size: int =
     Returns:
         The manifest entry ``{"path": rel_path, "num_rows": n}``.
     """
-    fs, base = _filesystem(root)
-    final = f"{base.rstrip('/')}/{rel_path}"
+    fs, final = uri.filesystem(uri.join(root, rel_path))
     fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
     tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
     pq.write_table(table, tmp, filesystem=fs, compression="zstd", row_group_size=row_group_size)
@@ -77,20 +86,30 @@ def write_shard(root: str, rel_path: str, table: pa.Table, row_group_size: int =
 
 def delete_shard(root: str, rel_path: str) -> None:
     """Remove a shard that no committed version lists."""
-    fs, base = _filesystem(root)
-    fs.delete_file(f"{base.rstrip('/')}/{rel_path}")
+    uri.delete_file(uri.join(root, rel_path))
 
 
-def read_shards(root: str, rel_paths: list[str], columns: list[str] | None = None) -> pa.Table:
+def read_shard(root: str, rel_path: str, columns: list[str] | None = None, filters=None) -> pa.Table:
+    """Read one shard, optionally only some columns and the rows matching ``filters`` (pushed down)."""
+    fs, path = uri.filesystem(uri.join(root, rel_path))
+    return pq.read_table(path, columns=columns, filters=filters, filesystem=fs)
+
+
+def read_shards(root: str, rel_paths: list[str], columns: list[str] | None = None, filters=None) -> pa.Table:
     """Read shards of one dataset version into a single table."""
-    fs, base = _filesystem(root)
-    tables = [pq.read_table(f"{base.rstrip('/')}/{p}", columns=columns, filesystem=fs) for p in rel_paths]
+    tables = [read_shard(root, p, columns, filters) for p in rel_paths]
     return pa.concat_tables(tables) if tables else pa.table({})
+
+
+def shard_rows(root: str, rel_path: str) -> int:
+    """Rows of a written shard, from its footer."""
+    fs, path = uri.filesystem(uri.join(root, rel_path))
+    return pq.ParquetFile(path, filesystem=fs).metadata.num_rows
 
 
 def shard_uris(root: str, rel_paths: list[str]) -> list[str]:
     """Full paths or URIs of shards, for readers such as Ray Data."""
-    return [f"{root.rstrip('/')}/{p}" for p in rel_paths]
+    return [uri.join(root, p) for p in rel_paths]
 
 
 def shape_of(schema: pa.Schema) -> tuple[int, int, int]:

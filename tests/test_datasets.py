@@ -13,12 +13,14 @@ from fusion_core.datasets import (
     array_to_fixed_list,
     array_to_pixels,
     fixed_list_to_array,
+    pack_mask,
     pixels_schema,
     pixels_to_array,
     predictions_schema,
     read_shards,
     shape_of,
     shard_uris,
+    unpack_mask,
     write_shard,
 )
 
@@ -175,3 +177,35 @@ def test_fixed_list_from_float64_is_float32():
     column = array_to_fixed_list(values)
     assert column.type.value_type == pa.float32()
     np.testing.assert_array_equal(fixed_list_to_array(column), values.astype(np.float32))
+
+
+# pack_mask / unpack_mask ----------------------------------------------------------------
+
+def test_unpack_mask_none_is_all_false():
+    mask = unpack_mask(None, 3, 5)
+    assert mask.shape == (3, 5) and mask.dtype == bool
+    assert not mask.any()
+
+
+def test_unpack_mask_round_trip_odd_size():
+    mask = np.random.default_rng(0).random((3, 5)) < 0.5
+    packed = np.packbits(mask).tobytes()
+    assert len(packed) == 2
+    np.testing.assert_array_equal(unpack_mask(packed, 3, 5), mask)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (4, 4), (7, 9)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_pack_mask_round_trip(shape):
+    mask = np.random.default_rng(sum(shape)).random(shape) < 0.5
+    mask[0, 0], mask[-1, -1] = True, False  # not all one value
+    packed = pack_mask(mask)
+    assert isinstance(packed, bytes) and len(packed) == -(-mask.size // 8)
+    assert packed == np.packbits(mask).tobytes()  # the stored form ingest has always written
+    back = unpack_mask(packed, *shape)
+    assert back.dtype == bool
+    np.testing.assert_array_equal(back, mask)
+
+
+def test_pack_mask_none_is_none_and_reads_back_as_no_holes():
+    assert pack_mask(None) is None
+    assert not unpack_mask(pack_mask(None), 2, 3).any()

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 
-from fusion_core import store as store_mod
-from fusion_core.runs import StageResult, describe_run, record_stage
-from fusion_core.store import Store, new_run_id, to_json
+from flows.terminal import describe_run
+from fusion_core.runs import StageResult, record_stage
+from fusion_core.store import Store, new_run_id, tables, to_json
+from fusion_core.store.migrations import migrate
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -38,8 +41,22 @@ def test_store_reopens_existing_catalog(tmp_path):
     again = Store(root)
     assert again.get_run(run_id)["params"] == {"x": 1}
     with again.engine.connect() as conn:
-        rows = conn.execute(store_mod.sa.select(store_mod.meta)).all()
-    assert [tuple(r) for r in rows] == [("schema_version", str(store_mod.SCHEMA_VERSION))]
+        rows = conn.execute(sa.select(tables.meta)).all()
+    assert [tuple(r) for r in rows] == [("schema_version", str(tables.SCHEMA_VERSION))]
+
+
+def test_a_process_migrates_a_catalog_once(tmp_path, monkeypatch):
+    from fusion_core.store import catalog
+
+    calls = []
+    monkeypatch.setattr(catalog, "migrate", lambda engine: calls.append(engine.url) or migrate(engine))
+    root = tmp_path / "store"
+    Store(str(root))
+    Store(str(root)).start_run("ingest", {})
+    assert len(calls) == 1  # the second opening found the catalog already migrated by this process
+    shutil.rmtree(root)
+    Store(str(root)).start_run("ingest", {})  # a new file at the same place is created again
+    assert len(calls) == 2
 
 
 def test_store_uri_root_requires_db():
@@ -175,12 +192,10 @@ def test_find_version_by_key(store):
 
 
 def test_commit_version_records_sources(store):
-    assert store.known_image_ids() == set()
     assert store.known_sources() == set()
     sources = [{"image_id": "aa", "source": "/x/1.png"}, {"image_id": "bb", "source": "/x/2.png"},
                {"image_id": "aa", "source": "/x/copy-of-1.png"}]
     store.commit_version("images", [{"path": "s.parquet", "num_rows": 2}], "r1", sources=sources)
-    assert store.known_image_ids() == {"aa", "bb"}
     assert store.known_sources() == {("aa", "/x/1.png"), ("bb", "/x/2.png"), ("aa", "/x/copy-of-1.png")}
 
 
@@ -375,14 +390,14 @@ def test_catalog_from_schema_version_1_is_migrated(tmp_path):
     root = tmp_path / "old"
     root.mkdir()
     engine = sa.create_engine(f"sqlite:///{root / 'catalog.db'}")
-    store_mod.metadata.create_all(engine)
+    tables.metadata.create_all(engine)
     with engine.begin() as conn:
         conn.execute(sa.text("DROP INDEX ix_predictions_image_id"))
-        conn.execute(store_mod.meta.insert().values(key="schema_version", value="1"))
-    assert store_mod.migrate(engine) == 1
+        conn.execute(tables.meta.insert().values(key="schema_version", value="1"))
+    assert migrate(engine) == 1
     names = {ix["name"] for ix in sa.inspect(engine).get_indexes("predictions")}
     assert "ix_predictions_image_id" in names
-    assert store_mod.migrate(engine) == store_mod.SCHEMA_VERSION  # idempotent
+    assert migrate(engine) == tables.SCHEMA_VERSION  # idempotent
 
 
 def test_concurrent_writers_never_collide(store):

@@ -1,4 +1,4 @@
-"""The catalog and the result tables, in SQL through SQLAlchemy.
+"""``Store``: the catalog and the result tables of one store, in SQL through SQLAlchemy.
 
 The catalog records runs and their stages, dataset versions with their shard
 manifests, image sources, models and quarantine. Result tables (predictions,
@@ -18,116 +18,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from fusion_core import uri
 from fusion_core.config import Settings
+from fusion_core.store.migrations import migrate
+from fusion_core.store.tables import (dataset_shards, dataset_versions, image_sources, metadata, models, quarantine,
+                                      run_stages, runs)
 
-SCHEMA_VERSION = 3  # see MIGRATIONS
-
-metadata = sa.MetaData()
-
-runs = sa.Table(
-    "runs", metadata,
-    sa.Column("run_id", sa.String(40), primary_key=True),
-    sa.Column("flow", sa.String(40), nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("started_at", sa.DateTime, nullable=False),
-    sa.Column("finished_at", sa.DateTime),
-    sa.Column("params", sa.JSON),
-    sa.Column("summary", sa.JSON),
-)
-run_stages = sa.Table(
-    "run_stages", metadata,
-    sa.Column("run_id", sa.String(40), sa.ForeignKey("runs.run_id"), primary_key=True),
-    sa.Column("stage", sa.String(20), primary_key=True),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("started_at", sa.DateTime, nullable=False),
-    sa.Column("finished_at", sa.DateTime),
-    sa.Column("counts", sa.JSON),
-    sa.Column("metrics", sa.JSON),
-    sa.Column("outputs", sa.JSON),
-    sa.Column("error", sa.Text),
-)
-dataset_versions = sa.Table(
-    "dataset_versions", metadata,
-    sa.Column("dataset", sa.String(20), primary_key=True),
-    sa.Column("version", sa.Integer, primary_key=True),
-    sa.Column("run_id", sa.String(40)),
-    sa.Column("created_at", sa.DateTime, nullable=False),
-    sa.Column("num_rows", sa.BigInteger, nullable=False),
-    sa.Column("key", sa.String(120), index=True),
-    sa.Column("info", sa.JSON),
-)
-dataset_shards = sa.Table(
-    "dataset_shards", metadata,
-    sa.Column("dataset", sa.String(20), primary_key=True),
-    sa.Column("version", sa.Integer, primary_key=True),
-    sa.Column("path", sa.String(300), primary_key=True),
-    sa.Column("num_rows", sa.BigInteger, nullable=False),
-)
-image_sources = sa.Table(
-    "image_sources", metadata,
-    sa.Column("image_id", sa.String(64), primary_key=True),
-    sa.Column("source", sa.String(1000), primary_key=True),
-    sa.Column("run_id", sa.String(40)),
-)
-quarantine = sa.Table(
-    "quarantine", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("run_id", sa.String(40), index=True),
-    sa.Column("source", sa.String(1000), nullable=False),
-    sa.Column("content_hash", sa.String(64), nullable=False),
-    sa.Column("stage", sa.String(20), nullable=False),
-    sa.Column("error_class", sa.String(40), nullable=False),
-    sa.Column("message", sa.Text),
-    sa.Column("created_at", sa.DateTime, nullable=False),
-    sa.UniqueConstraint("source", "content_hash", "stage"),
-)
-models = sa.Table(
-    "models", metadata,
-    sa.Column("version", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("run_id", sa.String(40), index=True),
-    sa.Column("name", sa.String(40), nullable=False),
-    sa.Column("path", sa.String(500), nullable=False),
-    sa.Column("stage", sa.String(16), nullable=False),
-    sa.Column("key", sa.String(120), index=True),
-    sa.Column("dataset_version", sa.Integer),
-    sa.Column("metrics", sa.JSON),
-    sa.Column("config", sa.JSON),
-    sa.Column("created_at", sa.DateTime, nullable=False),
-)
-predictions = sa.Table(
-    "predictions", metadata,
-    sa.Column("run_id", sa.String(40), primary_key=True),
-    sa.Column("image_id", sa.String(64), primary_key=True, index=True),
-    sa.Column("model_version", sa.Integer, nullable=False, index=True),
-    sa.Column("label", sa.String(100)),
-    sa.Column("predicted", sa.String(100), nullable=False),
-    sa.Column("confidence", sa.Float, nullable=False),
-    sa.Column("split", sa.String(8)),
-    sa.Column("top_k", sa.JSON),
-)
-cluster_assignments = sa.Table(
-    "cluster_assignments", metadata,
-    sa.Column("run_id", sa.String(40), primary_key=True),
-    sa.Column("image_id", sa.String(64), primary_key=True, index=True),
-    sa.Column("cluster", sa.Integer, nullable=False),
-    sa.Column("distance", sa.Float, nullable=False),
-)
-cluster_summaries = sa.Table(
-    "cluster_summaries", metadata,
-    sa.Column("run_id", sa.String(40), primary_key=True),
-    sa.Column("cluster", sa.Integer, primary_key=True),
-    sa.Column("size", sa.Integer, nullable=False),
-    sa.Column("top_label", sa.String(100)),
-    sa.Column("purity", sa.Float),
-    sa.Column("top_labels", sa.JSON),
-    sa.Column("exemplars", sa.JSON),
-    sa.Column("outliers", sa.JSON),
-)
-meta = sa.Table(
-    "fusion_meta", metadata,
-    sa.Column("key", sa.String(40), primary_key=True),
-    sa.Column("value", sa.String(200)),
-)
+_migrated: set[str] = set()  # catalogs this process has brought to the current schema
 
 
 def _now() -> dt.datetime:
@@ -152,7 +49,16 @@ class Store:
         self.engine = sa.create_engine(db_url, pool_pre_ping=True)
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._migrate_once(db_url)
+
+    def _migrate_once(self, db_url: str) -> None:
+        """Create or migrate the catalog the first time this process opens it (a new SQLite file: again)."""
+        url = sa.engine.make_url(db_url)
+        fresh_file = url.get_backend_name() == "sqlite" and not (url.database and Path(url.database).exists())
+        if db_url in _migrated and not fresh_file:
+            return
         _retrying(lambda: migrate(self.engine))
+        _migrated.add(db_url)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Store":
@@ -160,7 +66,7 @@ class Store:
 
     def path(self, *parts: str) -> str:
         """An artifact location under the store root."""
-        return "/".join([self.root.rstrip("/"), *parts])
+        return uri.join(self.root, *parts)
 
     # runs -----------------------------------------------------------------
     def start_run(self, flow: str, params: dict[str, Any], run_id: str | None = None) -> str:
@@ -213,6 +119,22 @@ class Store:
                                .order_by(dataset_versions.c.version.desc()).limit(1)).first()
             return self._with_shards(conn, row)
 
+    def get_version(self, dataset: str, version: int | None) -> dict | None:
+        """A committed version of a dataset with its shard paths (``info`` at least ``{}``), or None."""
+        if version is None:
+            return None
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(dataset_versions).where(dataset_versions.c.dataset == dataset,
+                                                                 dataset_versions.c.version == version)).first()
+            return self._with_shards(conn, row)
+
+    def require_version(self, dataset: str, version: int | None) -> dict:
+        """``get_version``, raising ``LookupError`` with a clear message when the version does not exist."""
+        found = self.get_version(dataset, version)
+        if found is None:
+            raise LookupError(f"no {dataset} dataset version {version} in the store at {self.root}")
+        return found
+
     def find_version(self, dataset: str, key: str) -> dict | None:
         """The newest committed version of a dataset derived under ``key``."""
         with self.engine.connect() as conn:
@@ -229,7 +151,7 @@ class Store:
                               .where(dataset_shards.c.dataset == row.dataset,
                                      dataset_shards.c.version == row.version)
                               .order_by(dataset_shards.c.path))
-        return {**row._mapping, "shards": [dict(s._mapping) for s in shards]}
+        return {**row._mapping, "info": row._mapping["info"] or {}, "shards": [dict(s._mapping) for s in shards]}
 
     def commit_version(self, dataset: str, shards: Sequence[dict], run_id: str | None,
                        key: str | None = None, info: dict | None = None,
@@ -266,10 +188,6 @@ class Store:
         with self.engine.begin() as conn:
             return self._insert_new(conn, image_sources, [{**s, "run_id": run_id} for s in sources],
                                     ("image_id", "source"))
-
-    def known_image_ids(self) -> set[str]:
-        with self.engine.connect() as conn:
-            return set(conn.execute(sa.select(image_sources.c.image_id).distinct()).scalars())
 
     def known_sources(self) -> set[tuple[str, str]]:
         with self.engine.connect() as conn:
@@ -363,50 +281,6 @@ class Store:
             outputs = conn.execute(sa.select(run_stages.c.outputs).where(
                 run_stages.c.run_id == run_id, run_stages.c.stage == stage)).scalar()
         return (outputs or {}).get("table_run_id", run_id)
-
-
-def _add_lookup_indexes(conn) -> None:
-    """Version 2: indexes on image, run and model ids for catalogs created at version 1."""
-    for table in (predictions, cluster_assignments, models, quarantine):
-        for index in table.indexes:
-            index.create(conn, checkfirst=True)
-
-
-def _add_result_detail_columns(conn) -> None:
-    """Version 3: top-k labels per prediction; top labels, exemplars and outliers per cluster."""
-    for table, names in ((predictions, ("top_k",)), (cluster_summaries, ("top_labels", "exemplars", "outliers"))):
-        present = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
-        for name in names:
-            if name not in present:
-                kind = table.c[name].type.compile(conn.dialect)
-                conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}"))
-
-
-# schema version -> step that brings a catalog from the previous version to it
-MIGRATIONS = {2: _add_lookup_indexes, 3: _add_result_detail_columns}
-
-
-def migrate(engine: sa.Engine) -> int:
-    """Create missing tables and apply pending migrations, recording the schema version.
-
-    Returns:
-        The schema version the catalog had before (0 for a new catalog).
-    """
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7406)"))  # one migrator at a time
-        existed = sa.inspect(conn).has_table(meta.name)
-        metadata.create_all(conn)
-        row = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).first()
-        if row is None:
-            conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
-            return 1 if existed else 0
-        before = int(row.value)
-        for version in range(before + 1, SCHEMA_VERSION + 1):
-            MIGRATIONS[version](conn)
-        if before < SCHEMA_VERSION:
-            conn.execute(meta.update().where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
-        return before
 
 
 def _retrying(fn, attempts: int = 6):

@@ -1,0 +1,79 @@
+"""The model registry: published model files, their class names, and which version is champion.
+
+A published model is ``<store root>/models/<folder>/model.keras`` with ``classes.json`` beside it,
+registered in the catalog's ``models`` table as a version with a stage: ``challenger`` when
+registered, ``champion`` when promoted (one at a time), ``archived`` when replaced. TensorFlow is
+imported only by the functions that load a model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+from fusion_core import uri
+from fusion_core.store import Store
+
+MODEL_FILE = "model.keras"
+CLASSES_FILE = "classes.json"
+
+
+def publish_model(store: Store, model_file: str, classes: list[str], folder: str) -> str:
+    """Copy a saved model file and its class names to ``<root>/models/<folder>/``; returns the model's path."""
+    path = store.path("models", folder, MODEL_FILE)
+    uri.upload(model_file, path)
+    uri.write_bytes(store.path("models", folder, CLASSES_FILE), json.dumps(classes).encode())
+    return path
+
+
+def register_model(store: Store, model_file: str, classes: list[str], *, run_id: str, name: str, key: str,
+                   dataset_version: int, metrics: dict, config: dict) -> dict:
+    """Publish a saved model under ``models/<run_id>/`` and register it as a challenger; returns its row."""
+    path = publish_model(store, model_file, classes, run_id)
+    version = store.register_model(run_id, name, path, key, dataset_version, metrics, config)
+    return store.get_model(version)
+
+
+def read_classes(model_path: str) -> list[str]:
+    """Class names published beside a model file."""
+    return json.loads(uri.read_bytes(uri.join(model_path.rsplit("/", 1)[0], CLASSES_FILE)))
+
+
+def load_published(model_path: str, compile: bool = True):
+    """A published model, loaded into this process (copied locally first when it is on an object store)."""
+    from fusion_core.model import load_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return load_model(uri.local_file(model_path, tmp), compile=compile)
+
+
+def save_model_file(model, folder: str) -> str:
+    """Save a Keras model as ``folder/model.keras`` (the Keras v3 format); returns its path."""
+    path = os.path.join(folder, MODEL_FILE)
+    model.save(path, save_format="keras_v3")
+    return path
+
+
+def promotion_decision(challenger: dict, champion: dict | None, margin: float) -> tuple[bool, str]:
+    """Whether a challenger's holdout accuracy beats the champion's by ``margin``, and why."""
+    if champion is None:
+        return True, "first model: promoted"
+    if challenger["metrics"]["accuracy"] >= champion["metrics"]["accuracy"] + margin:
+        return True, f"beats champion v{champion['version']}: promoted"
+    return False, f"does not beat champion v{champion['version']} by {margin}: kept as challenger"
+
+
+def promote_if_better(store: Store, version: int, margin: float) -> str:
+    """Make ``version`` champion if it beats the champion (see ``promotion_decision``); returns why."""
+    promote, reason = promotion_decision(store.get_model(version), store.champion(), margin)
+    if promote:
+        store.set_champion(version)
+    return reason
+
+
+def rollback_version(models: list[dict], champion: dict | None) -> int | None:
+    """The champion before the current one: the newest archived version older than it, if any."""
+    earlier = [m["version"] for m in models if m["stage"] == "archived"
+               and (champion is None or m["version"] < champion["version"])]
+    return max(earlier) if earlier else None

@@ -1,0 +1,52 @@
+"""Schema migrations of the catalog: each step brings a catalog from the version before to its own."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from fusion_core.store.tables import (SCHEMA_VERSION, cluster_assignments, cluster_summaries, meta, metadata, models,
+                                      predictions, quarantine)
+
+
+def _add_lookup_indexes(conn) -> None:
+    """Version 2: indexes on image, run and model ids for catalogs created at version 1."""
+    for table in (predictions, cluster_assignments, models, quarantine):
+        for index in table.indexes:
+            index.create(conn, checkfirst=True)
+
+
+def _add_result_detail_columns(conn) -> None:
+    """Version 3: top-k labels per prediction; top labels, exemplars and outliers per cluster."""
+    for table, names in ((predictions, ("top_k",)), (cluster_summaries, ("top_labels", "exemplars", "outliers"))):
+        present = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
+        for name in names:
+            if name not in present:
+                kind = table.c[name].type.compile(conn.dialect)
+                conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}"))
+
+
+# schema version -> step that brings a catalog from the previous version to it
+MIGRATIONS = {2: _add_lookup_indexes, 3: _add_result_detail_columns}
+
+
+def migrate(engine: sa.Engine) -> int:
+    """Create missing tables and apply pending migrations, recording the schema version.
+
+    Returns:
+        The schema version the catalog had before (0 for a new catalog).
+    """
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7406)"))  # one migrator at a time
+        existed = sa.inspect(conn).has_table(meta.name)
+        metadata.create_all(conn)
+        row = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).first()
+        if row is None:
+            conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+            return 1 if existed else 0
+        before = int(row.value)
+        for version in range(before + 1, SCHEMA_VERSION + 1):
+            MIGRATIONS[version](conn)
+        if before < SCHEMA_VERSION:
+            conn.execute(meta.update().where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
+        return before
