@@ -44,6 +44,7 @@ def main() -> None:
     import numpy as np
     from sklearn.cluster import KMeans
 
+    from fusion_core import registry
     from fusion_core.cluster import cluster_embeddings, cluster_predictions, cluster_quality, kmeans, normalize_rows
     from fusion_core.config import load_settings
     from fusion_core.datasets import fixed_list_to_array, pixels_to_array, read_shards, shape_of
@@ -57,21 +58,19 @@ def main() -> None:
                                     "cluster.reduce": args.reduce})
     store = Store.from_settings(settings)
     source = cifar_folder(args.data, "test")
-    ingest_source(settings, str(source), "bench-ingest")
-    preprocess_dataset(settings, "bench-preprocess")
-    pixels = store.latest_version("pixels")
+    images_version = ingest_source(settings, store, str(source), "bench-ingest").outputs["version"]
+    pixels_version = preprocess_dataset(settings, store, images_version, "bench-preprocess").outputs["version"]
+    pixels = store.require_version("pixels", pixels_version)
     classes = sorted(p.name for p in source.iterdir() if p.is_dir())
-    model_dir = workdir / "store" / "models" / "bench"
-    model_dir.mkdir(parents=True)
-    shutil.copy(args.model, model_dir / "model.keras")
-    (model_dir / "classes.json").write_text(json.dumps(classes))
-    version = store.register_model("bench", args.model.stem, str(model_dir / "model.keras"), "bench",
-                                   pixels["version"], {"accuracy": 0.0, "macro_f1": 0.0, "n": 0}, {})
-    store.set_champion(version)
-    infer_dataset(settings, "bench-infer")
-    result = cluster_predictions(settings, "bench-cluster")
+    model = registry.register_model(store, str(args.model), classes, run_id="bench", name=args.model.stem, key="bench",
+                                    dataset_version=pixels_version, metrics={"accuracy": 0.0, "macro_f1": 0.0, "n": 0},
+                                    config={})
+    store.set_champion(model["version"])
+    predictions_version = infer_dataset(settings, store, pixels_version, model["version"],
+                                        "bench-infer").outputs["version"]
+    result = cluster_predictions(settings, store, predictions_version, "bench-cluster")
 
-    preds = store.latest_version("predictions")
+    preds = store.require_version("predictions", predictions_version)
     table = read_shards(store.root, [s["path"] for s in preds["shards"]], columns=["label", "embedding"])
     labels = table.column("label").to_pylist()
     embeddings = normalize_rows(fixed_list_to_array(table.column("embedding"))).astype(np.float32)

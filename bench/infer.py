@@ -35,11 +35,12 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("FUSION_RAY__NODE_IP_ADDRESS", "127.0.0.2")
 
+    from fusion_core import registry
     from fusion_core.config import load_settings
     from fusion_core.datasets import pixels_to_array, read_shards, shape_of
     from fusion_core.infer import infer_dataset
     from fusion_core.ingest import ingest_source
-    from fusion_core.model import build_model, load_model
+    from fusion_core.model import build_model
     from fusion_core.preprocess import preprocess_dataset
     from fusion_core.store import Store
 
@@ -47,32 +48,28 @@ def main() -> None:
     settings = load_settings(None, {"store.root": str(workdir / "store"), "infer.batch_size": args.batch_size})
     store = Store.from_settings(settings)
     source = cifar_folder(args.data, "test")
-    ingest_source(settings, str(source), "bench-ingest")
-    preprocess_dataset(settings, "bench-preprocess")
-    pixels = store.latest_version("pixels")
+    images_version = ingest_source(settings, store, str(source), "bench-ingest").outputs["version"]
+    pixels_version = preprocess_dataset(settings, store, images_version, "bench-preprocess").outputs["version"]
+    pixels = store.require_version("pixels", pixels_version)
     shape = tuple(pixels["info"]["shape"])
     classes = sorted(p.name for p in source.iterdir() if p.is_dir())
 
-    model_dir = workdir / "store" / "models" / "bench"
-    model_dir.mkdir(parents=True)
-    model_path = model_dir / "model.keras"
-    if args.model:
-        shutil.copy(args.model, model_path)
-    else:
-        build_model("seed_cnn", shape, len(classes)).save(model_path)
-    (model_dir / "classes.json").write_text(json.dumps(classes))
     metrics = {"accuracy": 0.0, "macro_f1": 0.0, "n": 0}
-    version = store.register_model("bench", "seed_cnn", str(model_path), "bench", pixels["version"], metrics, {})
-    store.set_champion(version)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        model_file = (str(args.model) if args.model
+                      else registry.save_model_file(build_model("seed_cnn", shape, len(classes)), tmp))
+        registered = registry.register_model(store, model_file, classes, run_id="bench", name="seed_cnn", key="bench",
+                                             dataset_version=pixels_version, metrics=metrics, config={})
+    store.set_champion(registered["version"])
 
     started = time.perf_counter()
-    result = infer_dataset(settings, "bench-infer")
+    result = infer_dataset(settings, store, pixels_version, registered["version"], "bench-infer")
     fusion_s = time.perf_counter() - started
     n = result.counts["predictions"]
 
     table = read_shards(store.root, [s["path"] for s in pixels["shards"]], columns=["pixels"])
     x = pixels_to_array(table.column("pixels"), shape_of(table.schema))
-    model = load_model(str(model_path))
+    model = registry.load_published(registered["path"])
     model.predict(x[: args.batch_size], batch_size=args.batch_size, verbose=0)  # warm-up, not timed
     started = time.perf_counter()
     model.predict(x, batch_size=args.batch_size, verbose=0)

@@ -68,16 +68,16 @@ def plain_fit(store, pixels: dict, epochs: int, batch_size: int, policy: str) ->
             "val_images": len(val["y"]), "test_images": len(test["y"])}
 
 
-def fusion_train(settings, overrides: dict, run_id: str) -> tuple[dict, float]:
-    """Fusion's train stage with ``overrides`` on top of ``settings``; returns the registered model and seconds."""
-    from fusion_core.store import Store
+def fusion_train(settings, store, pixels_version: int, overrides: dict, run_id: str) -> tuple[dict, float]:
+    """Fusion's train stage on ``pixels_version`` with ``overrides`` on top of ``settings``; returns the
+    registered model and seconds."""
     from fusion_core.train import train_model
 
     settings = settings.model_copy(update={"train": settings.train.model_copy(update=overrides)})
     started = time.perf_counter()
-    result = train_model(settings, run_id)
+    result = train_model(settings, store, pixels_version, run_id)
     seconds = time.perf_counter() - started
-    return Store.from_settings(settings).get_model(result.outputs["model_version"]), seconds
+    return store.get_model(result.outputs["model_version"]), seconds
 
 
 def curve(model: dict) -> list[list[float]]:
@@ -115,10 +115,10 @@ def main() -> None:
                                     "ingest.val_fraction": 0.1})
     store = Store.from_settings(settings)
     started = time.perf_counter()
-    ingest_source(settings, str(args.data), "bench-ingest")
-    preprocess_dataset(settings, "bench-preprocess")
+    images_version = ingest_source(settings, store, str(args.data), "bench-ingest").outputs["version"]
+    pixels_version = preprocess_dataset(settings, store, images_version, "bench-preprocess").outputs["version"]
     print(f"ingest + preprocess: {time.perf_counter() - started:.0f} s", flush=True)
-    pixels = store.latest_version("pixels")
+    pixels = store.require_version("pixels", pixels_version)
     policy = precision_policy(settings.train.mixed_precision)
     seed = RECIPES["seed"]
 
@@ -129,12 +129,14 @@ def main() -> None:
         if part == "plain":
             row.update(plain_fit(store, pixels, seed.epochs, seed.batch_size, policy))
         elif part in ("ray1", "ray2"):
-            model, seconds = fusion_train(settings, {"recipe": "seed", "num_workers": int(part[-1])}, f"bench-{part}")
+            model, seconds = fusion_train(settings, store, pixels_version,
+                                          {"recipe": "seed", "num_workers": int(part[-1])}, f"bench-{part}")
             row.update({f"{part}_s": round(seconds, 1), f"{part}_acc": round(model["metrics"]["accuracy"], 4)})
             if part == "ray1":
                 row.update({"seed_acc": row["ray1_acc"], "seed_s": row["ray1_s"]})
         else:
-            model, seconds = fusion_train(settings, {"recipe": "best", "num_workers": 1, "epochs": args.best_epochs},
+            model, seconds = fusion_train(settings, store, pixels_version,
+                                          {"recipe": "best", "num_workers": 1, "epochs": args.best_epochs},
                                           "bench-best")
             points = curve(model)
             row.update({"best_acc": round(model["metrics"]["accuracy"], 4), "best_s": round(seconds, 1),

@@ -5,8 +5,6 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any
 
-from prefect import flow
-
 from fusion_core.config import load_settings
 from fusion_core.store import Store
 
@@ -31,16 +29,15 @@ def tracked_run(flow: str, config: str | None, overrides: dict[str, Any] | None,
     store.finish_run(run["run_id"], "completed", run.get("summary"))
 
 
-def stage_flow(stage: str, stage_task):
-    """A Prefect flow running one stage task that takes ``(config, overrides, run_id)``."""
+def run_stage(stage: str, stage_task, config: str | None, overrides: dict[str, Any] | None, run_id: str | None,
+              params: dict[str, Any], *task_args) -> dict:
+    """Run one stage task as (or within) a run; returns ``{"run_id": ..., **the stage's result}``.
 
-    @flow(name=stage, description=f"Run the {stage} stage of Fusion.")
-    def run_stage(config: str | None = None, overrides: dict[str, Any] | None = None,
-                  run_id: str | None = None) -> dict:
-        with tracked_run(stage, config, overrides, run_id, {}) as run:
-            result = stage_task(config, overrides, run["run_id"])
-            run["summary"] = {stage: result}
-            return {"run_id": run["run_id"], **result}
-
-    run_stage.__name__ = f"{stage}_flow"
-    return run_stage
+    Args:
+        params: the flow's inputs, recorded with a run opened here.
+        task_args: what the task takes after ``(config, overrides, run_id)``.
+    """
+    with tracked_run(stage, config, overrides, run_id, params) as run:
+        result = stage_task(config, overrides, run["run_id"], *task_args)
+        run["summary"] = {stage: result}
+        return {"run_id": run["run_id"], **result}

@@ -10,8 +10,8 @@ from typing import Optional
 
 import typer
 
+from flows.terminal import describe_run, export_rows, table_lines
 from fusion_core.config import ConfigError, load_settings, parse_overrides
-from fusion_core.runs import describe_run
 from fusion_core.store import Store
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -31,6 +31,14 @@ def _overrides(store: str | None, sets: list[str]) -> dict:
     if store:
         overrides["store.root"] = store
     return overrides
+
+
+def _open_store(config: str | None, store: str | None) -> Store:
+    """The store named by ``--store`` (or the config's ``store.root``)."""
+    try:
+        return Store.from_settings(load_settings(config, _overrides(store, [])))
+    except ConfigError as err:
+        _fail(str(err))
 
 
 def _setup_logging() -> None:
@@ -75,8 +83,8 @@ def _source(source: str) -> str:
 
 
 def _print_run(run_id: str, config: str | None, overrides: dict) -> None:
-    store = Store.from_settings(load_settings(config, overrides))
-    typer.echo("\n" + describe_run(store.get_run(run_id), store))
+    catalog = Store.from_settings(load_settings(config, overrides))
+    typer.echo("\n" + describe_run(catalog.get_run(run_id), catalog))
 
 
 @app.command()
@@ -189,7 +197,7 @@ def _start_prefect_server(port: int):
 def runs(store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt,
          limit: int = typer.Option(20, help="how many, newest first")) -> None:
     """List runs, newest first."""
-    catalog = Store.from_settings(load_settings(config, _overrides(store, [])))
+    catalog = _open_store(config, store)
     rows = catalog.list_runs(limit)
     if not rows:
         typer.echo(f"no runs in {catalog.root}")
@@ -203,7 +211,7 @@ def runs(store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt,
 @app.command()
 def show(run_id: str, store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt) -> None:
     """Show what a run did: each stage with its counts, metrics and outputs."""
-    catalog = Store.from_settings(load_settings(config, _overrides(store, [])))
+    catalog = _open_store(config, store)
     run_row = catalog.get_run(run_id)
     if run_row is None:
         _fail(f"no run {run_id!r} in {catalog.root}; see `fusion runs`")
@@ -216,14 +224,14 @@ def models(action: str = typer.Argument("list", help="list, promote or rollback"
                                                                 "previous champion)"),
            store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt) -> None:
     """List model versions with their stage and holdout metrics; promote or roll back the champion."""
-    catalog = Store.from_settings(load_settings(config, _overrides(store, [])))
+    from fusion_core.registry import rollback_version
+
+    catalog = _open_store(config, store)
     rows = catalog.list_models()
     if action in ("promote", "rollback"):
         champion = catalog.champion()
         if version is None and action == "rollback":
-            earlier = [m["version"] for m in rows if m["stage"] == "archived"
-                       and (champion is None or m["version"] < champion["version"])]
-            version = max(earlier) if earlier else None
+            version = rollback_version(rows, champion)
         if version is None:
             _fail(f"fusion models {action}: no earlier champion to roll back to; name a version")
         if catalog.get_model(version) is None:
@@ -247,35 +255,17 @@ OutOpt = typer.Option(None, "--out", help="also export all matching rows to a .c
 
 
 def _print_rows(rows: list[dict], columns: list[str], limit: int, out: Path | None) -> None:
-    widths = {c: max([len(c)] + [len(_cell(r[c])) for r in rows[:limit]]) for c in columns}
-    typer.echo("  ".join(c.ljust(widths[c]) for c in columns))
-    for row in rows[:limit]:
-        typer.echo("  ".join(_cell(row[c]).ljust(widths[c]) for c in columns))
-    typer.echo(f"({len(rows)} rows{', first ' + str(limit) + ' shown' if len(rows) > limit else ''})")
+    typer.echo("\n".join(table_lines(rows, columns, limit)))
     if out:
         _export(rows, columns, out)
         typer.echo(f"exported {len(rows)} rows to {out}")
 
 
-def _cell(value) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else "" if value is None else str(value)
-
-
 def _export(rows: list[dict], columns: list[str], out: Path) -> None:
-    if out.suffix == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        pq.write_table(pa.Table.from_pylist([{c: r[c] for c in columns} for r in rows]), out)
-    elif out.suffix == ".csv":
-        import csv
-
-        with open(out, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-    else:
-        _fail(f"--out {out}: use a .csv or .parquet file name")
+    try:
+        export_rows(rows, columns, out)
+    except ValueError as err:
+        _fail(str(err))
 
 
 @app.command()
@@ -285,7 +275,7 @@ def predictions(run: str = typer.Option(..., "--run", help="run id (see `fusion 
                 out: Optional[Path] = OutOpt, limit: int = typer.Option(20, help="rows to print"),
                 store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt) -> None:
     """Print (and export) a run's predictions."""
-    catalog = Store.from_settings(load_settings(config, _overrides(store, [])))
+    catalog = _open_store(config, store)
     filters = {"predicted": label} if label else {}
     rows = [r for r in catalog.query("predictions", catalog.results_run(run, "infer"), **filters)
             if r["confidence"] >= min_confidence]
@@ -298,7 +288,7 @@ def clusters(run: str = typer.Option(..., "--run", help="run id (see `fusion run
              out: Optional[Path] = OutOpt, store: Optional[str] = StoreOpt,
              config: Optional[str] = ConfigOpt) -> None:
     """Print a run's cluster summaries; --out exports every image's cluster assignment."""
-    catalog = Store.from_settings(load_settings(config, _overrides(store, [])))
+    catalog = _open_store(config, store)
     source_run = catalog.results_run(run, "cluster")
     summaries = sorted(catalog.query("cluster_summaries", source_run), key=lambda r: r["cluster"])
     _print_rows(summaries, ["cluster", "size", "top_label", "purity"], len(summaries), None)
@@ -314,16 +304,9 @@ def report(run_id: str, store: Optional[str] = StoreOpt, config: Optional[str] =
     from fusion_core.report import write_report
 
     _setup_logging()
+    settings = load_settings(config, _overrides(store, []))
     try:
-        result = write_report(load_settings(config, _overrides(store, [])), run_id)
+        result = write_report(settings, Store.from_settings(settings), run_id)
     except LookupError as err:
         _fail(str(err))
     typer.echo(result.outputs["report"])
-
-
-def main() -> None:  # pragma: no cover - console entry point
-    app(prog_name="fusion")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows._run import tracked_run
+from flows._run import run_stage
 from tasks.stages import ingest_task
 
 
@@ -14,7 +14,4 @@ from tasks.stages import ingest_task
 def ingest_flow(source: str, config: str | None = None, overrides: dict[str, Any] | None = None,
                 run_id: str | None = None) -> dict:
     """Ingest every new image under ``source``; joins ``run_id`` when called by the nightly flow."""
-    with tracked_run("ingest", config, overrides, run_id, {"source": source}) as run:
-        result = ingest_task(source, config, overrides, run["run_id"])
-        run["summary"] = {"ingest": result}
-        return {"run_id": run["run_id"], **result}
+    return run_stage("ingest", ingest_task, config, overrides, run_id, {"source": source}, source)

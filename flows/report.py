@@ -1,6 +1,17 @@
 """The report flow: an HTML report of the run it belongs to."""
 
-from flows._run import stage_flow
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows._run import run_stage
 from tasks.stages import report_task
 
-report_flow = stage_flow("report", report_task)
+
+@flow(name="report")
+def report_flow(config: str | None = None, overrides: dict[str, Any] | None = None,
+                run_id: str | None = None) -> dict:
+    """Write the HTML report of run ``run_id`` (of this flow's own run when unset)."""
+    return run_stage("report", report_task, config, overrides, run_id, {})

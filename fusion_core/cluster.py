@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from fusion_core.config import ClusterConfig, Settings
 from fusion_core.datasets import fixed_list_to_array, read_shards, write_shard
+from fusion_core.derive import derivation_key, derive_dataset
 from fusion_core.runs import StageResult
 from fusion_core.store import Store
 
@@ -195,40 +196,35 @@ def summarize_clusters(assignments: np.ndarray, labels: list | None, distances: 
     return rows
 
 
-def cluster_predictions(settings: Settings, run_id: str) -> StageResult:
-    """Cluster the embeddings of the newest predictions version; idempotent per input and config."""
-    store = Store.from_settings(settings)
+def cluster_predictions(settings: Settings, store: Store, predictions_version: int, run_id: str) -> StageResult:
+    """Cluster the embeddings of ``predictions`` version ``predictions_version``; idempotent per input and config."""
     cfg = settings.cluster
-    preds = store.latest_version("predictions")
-    if preds is None:
-        raise RuntimeError("cluster: no predictions yet; run infer first")
-    key = f"predictions:{preds['version']}:{settings.section_hash('cluster')}"
-    done = store.find_version("clusters", key)
-    if done:
-        log.info("cluster: clusters v%d already exist for %s", done["version"], key)
-        return StageResult("cluster", counts={"images": done["num_rows"], "reused": 1, **done["info"]["counts"]},
-                           metrics=done["info"]["metrics"],
-                           outputs={"dataset": "clusters", "version": done["version"],
-                                    "table_run_id": done["run_id"]})
-    table = read_shards(store.root, [s["path"] for s in preds["shards"]], columns=["image_id", "label", "embedding"])
-    x = fixed_list_to_array(table.column("embedding"))
-    ids, labels = table.column("image_id").to_pylist(), table.column("label").to_pylist()
-    labelled = labels if any(v is not None for v in labels) else None
-    n_labels = len({v for v in labels if v is not None})
-    assignments, distances, info = cluster_embeddings(x, cfg, n_labels)
-    metrics = cluster_quality(x, assignments, labelled, cfg.seed)
-    summaries = summarize_clusters(assignments, labelled, distances, ids, cfg.exemplars)
-    out = pa.table({"image_id": table.column("image_id"), "cluster": pa.array(assignments, pa.int32()),
-                    "distance": pa.array(distances, pa.float32())})
-    shard = write_shard(store.root, f"datasets/clusters/{run_id}.parquet", out)
-    store.replace_results("cluster_assignments", run_id, out.to_pylist())
-    store.replace_results("cluster_summaries", run_id, summaries)
-    counts = {"clusters": len([s for s in summaries if s["cluster"] != NOISE]),
-              "noise": int((assignments == NOISE).sum())}
-    version = store.commit_version("clusters", [shard], run_id, key=key,
-                                   info={"predictions_version": preds["version"], **info,
-                                         "counts": counts, "metrics": metrics})
-    return StageResult("cluster", counts={"images": len(x), "reused": 0, **counts}, metrics=metrics,
-                       outputs={"dataset": "clusters", "version": version, "table_run_id": run_id,
-                                "method": cfg.method, "k": info.get("k"),
+    preds = store.require_version("predictions", predictions_version)
+
+    def build() -> tuple[list[dict], dict]:
+        table = read_shards(store.root, [s["path"] for s in preds["shards"]],
+                            columns=["image_id", "label", "embedding"])
+        x = fixed_list_to_array(table.column("embedding"))
+        ids, labels = table.column("image_id").to_pylist(), table.column("label").to_pylist()
+        labelled = labels if any(v is not None for v in labels) else None
+        n_labels = len({v for v in labels if v is not None})
+        assignments, distances, info = cluster_embeddings(x, cfg, n_labels)
+        metrics = cluster_quality(x, assignments, labelled, cfg.seed)
+        summaries = summarize_clusters(assignments, labelled, distances, ids, cfg.exemplars)
+        out = pa.table({"image_id": table.column("image_id"), "cluster": pa.array(assignments, pa.int32()),
+                        "distance": pa.array(distances, pa.float32())})
+        shard = write_shard(store.root, f"datasets/clusters/{run_id}.parquet", out)
+        store.replace_results("cluster_assignments", run_id, out.to_pylist())
+        store.replace_results("cluster_summaries", run_id, summaries)
+        counts = {"clusters": len([s for s in summaries if s["cluster"] != NOISE]),
+                  "noise": int((assignments == NOISE).sum())}
+        return [shard], {"predictions_version": preds["version"], **info, "counts": counts, "metrics": metrics}
+
+    key = derivation_key("predictions", preds["version"], settings.section_hash("cluster"))
+    clusters, reused = derive_dataset(store, "clusters", key, run_id, build)
+    info = clusters["info"]
+    return StageResult("cluster", counts={"images": clusters["num_rows"], "reused": int(reused), **info["counts"]},
+                       metrics=info["metrics"],
+                       outputs={"dataset": "clusters", "version": clusters["version"],
+                                "table_run_id": clusters["run_id"], "method": info["method"], "k": info.get("k"),
                                 "tables": ["cluster_assignments", "cluster_summaries"]})

@@ -81,7 +81,7 @@ class TrainConfig(_Section):
     resources_per_worker: dict[str, float] | None = Field(
         None, description="e.g. {CPU: 8, GPU: 1}; default 1 CPU per worker, or 1 GPU with use_gpu")
     mixed_precision: bool = Field(True, description="float16 on GPUs, bfloat16 on CPUs with bf16 instructions")
-    jit_compile: bool = Field(False, description="XLA; measure first: 20x slower than without on a 2-core CPU")
+    jit_compile: bool = Field(False, description="XLA; off by default: measure first (README, training on GPUs)")
     cache_data: bool = Field(True, description="keep each worker's shard in its memory after the first epoch "
                                                "(needs that much RAM per worker); off: stream every epoch")
     retrain: Literal["on_new_data", "always"] = "on_new_data"

@@ -1,8 +1,8 @@
 """Image bytes -> pixels and a missing-pixel mask, by content (never by file name).
 
 Baseline JPEGs without EXIF (the bulk of most collections) go through OpenCV's
-libjpeg-turbo decoder, which gives the same pixels as Pillow about four times
-faster; everything else goes through Pillow. EXIF orientation is applied to
+libjpeg-turbo decoder, which gives the same pixels as Pillow faster (see
+``bench/ingest.py``); everything else goes through Pillow. EXIF orientation is applied to
 the pixels and nothing but pixels is kept. Pixels that are missing at the
 source (alpha == 0, the undecodable rest of a truncated file, an explicit
 mask) come back as a boolean mask.

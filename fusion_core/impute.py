@@ -62,16 +62,10 @@ def pick_method(mask: np.ndarray) -> np.ndarray:
     """The ``auto`` rule: per image, ``biharmonic`` for thin holes, ``harmonic`` for deep ones.
 
     A mask is deep when more than ``DEEP_HOLE_LIMIT`` of its missing pixels have no known
-    4-neighbour (``deep_fraction`` on 2,000 CIFAR-10 masks: random 10-50% pixels 0.00-0.11,
-    dead lines 0.03-0.27, specks 0.00-0.07, 4-12 px blocks 0.25-0.84, random 80% 0.37-0.46).
-
-    Measured by ``bench/impute.py`` on 2,000 CIFAR-10 test images, PSNR over the missing
-    pixels vs scikit-image's ``inpaint_biharmonic``: on thin holes biharmonic equals it
-    (26.70 dB at 30% random, 24.82 on lines, 25.67 on specks) and harmonic is 1.5-2.6 dB
-    behind, so only biharmonic reaches the 0.5 dB goal. On blocks harmonic is 0.16 dB behind
-    (17.76 vs 17.92) at about twice biharmonic's speed (3,190 vs 1,485 images/s per core);
-    at 80% random pixels it is 0.73 dB behind (20.49 vs 21.22) at 2.4x the speed (381 vs
-    156): deep holes cost biharmonic the most, so auto takes the cheaper fill there.
+    4-neighbour. On thin holes (scattered pixels, lines, specks) biharmonic is the more accurate
+    fill; on deep ones (blocks, most pixels missing) harmonic comes close at a fraction of the
+    cost. The limit and the rule were chosen with ``bench/impute.py``; the README's imputation
+    section has its figures.
 
     Returns:
         (N,) array of method names.
@@ -172,7 +166,7 @@ def _solve_laplace(x: np.ndarray, miss: np.ndarray, order: int) -> np.ndarray:
     link = cols >= 0
     # Symmetric, so these CSR rows are also its CSC columns. Unknowns are numbered image by image,
     # row by row: a banded, block-diagonal matrix that factors faster in this natural order than
-    # after COLAMD (measured: 1.7x at 30% random pixels).
+    # after COLAMD.
     a = sparse.csc_matrix((vals[link], cols[link], np.concatenate([[0], np.cumsum(link.sum(axis=1))])),
                           shape=(unknown.size, unknown.size))
     a.sort_indices()

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fusion_core.config import IngestConfig, Settings
-from fusion_core.datasets import IMAGES_SCHEMA, delete_shard, read_shards, write_shard
+from fusion_core.datasets import IMAGES_SCHEMA, delete_shard, pack_mask, read_shards, write_shard
 from fusion_core.decode import QuarantineError, decode_image
 from fusion_core.progress import Progress
 from fusion_core.runs import StageResult
@@ -30,6 +30,7 @@ from fusion_core.sources import Item, iter_items, quarantine_row, read_bytes, so
 from fusion_core.store import Store
 
 log = logging.getLogger(__name__)
+
 
 def split_for(image_id: str, val_fraction: float, test_fraction: float, given: str | None = None) -> str:
     """The split an image belongs to forever, derived from its content hash.
@@ -45,14 +46,6 @@ def split_for(image_id: str, val_fraction: float, test_fraction: float, given: s
     if u < test_fraction:
         return "test"
     return "val" if u < test_fraction + val_fraction else "train"
-
-
-def unpack_mask(packed: bytes | None, height: int, width: int) -> np.ndarray:
-    """The (H, W) bool mask stored by ingest (all False when none was stored)."""
-    if packed is None:
-        return np.zeros((height, width), dtype=bool)
-    bits = np.unpackbits(np.frombuffer(packed, dtype=np.uint8), count=height * width)
-    return bits.reshape(height, width).astype(bool)
 
 
 def ingest_chunk(root: str, items: list[Item], cfg: IngestConfig, known: frozenset = frozenset()) -> dict:
@@ -98,7 +91,7 @@ def ingest_chunk(root: str, items: list[Item], cfg: IngestConfig, known: frozens
         h, w, c = pixels.shape
         for name, value in zip(IMAGES_SCHEMA.names, (
                 image_id, source, label, split_for(image_id, cfg.val_fraction, cfg.test_fraction, split),
-                h, w, c, pixels.tobytes(), None if mask is None else np.packbits(mask).tobytes())):
+                h, w, c, pixels.tobytes(), pack_mask(mask))):
             rows[name].append(value)
         size += h * w * c
         if len(rows["image_id"]) >= cfg.shard_rows or size >= cfg.shard_mb * 2**20:
@@ -175,7 +168,7 @@ def _run_tasks(ray, cfg: IngestConfig, root: str, source: str, known: frozenset,
     return results
 
 
-def ingest_source(settings: Settings, source: str, run_id: str) -> StageResult:
+def ingest_source(settings: Settings, store: Store, source: str, run_id: str) -> StageResult:
     """Ingest every new image of ``source`` and commit a new ``images`` version.
 
     ``source`` is a folder, a tar / tar.gz / zip archive, a CIFAR batch
@@ -185,7 +178,6 @@ def ingest_source(settings: Settings, source: str, run_id: str) -> StageResult:
     """
     from fusion_core.ray_runtime import ensure_ray
 
-    store = Store.from_settings(settings)
     cfg = settings.ingest
     ray = ensure_ray(settings)
     known_sources = store.known_sources()
@@ -218,7 +210,7 @@ def ingest_source(settings: Settings, source: str, run_id: str) -> StageResult:
     reasons = Counter(q["error_class"] for q in quarantined)
     added = sum(s["num_rows"] for s in shards)
     ok = sum(len(r["sources"]) for r in results)
-    total = store.latest_version("images")
+    total = store.get_version("images", version)
     log.info("ingest: %d files, %d ok (%d new images, %d already stored), %d quarantined %s",
              ok + len(quarantined), ok, added, ok - added, len(quarantined), dict(reasons))
     return StageResult(

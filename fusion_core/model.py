@@ -1,7 +1,7 @@
 """Keras models. Imports TensorFlow: keep out of light modules.
 
 tf-keras (Keras 2) is used because Keras 3's ``model.fit`` fails under
-``MultiWorkerMirroredStrategy`` (see DESIGN.md, Training notes).
+``MultiWorkerMirroredStrategy`` (see docs/architecture.md, Training).
 """
 
 from __future__ import annotations
@@ -86,8 +86,8 @@ def _resnet(x):
 def _fast_cnn(x):
     """Few FLOPs per accuracy point, after Keller Jordan's airbench: a 2x2 stem conv, then three stages
     (64, 128, 256 channels) of conv, 2x2 max pooling, batch norm and ReLU, then a second conv; global max
-    pooling. Wide convs at low resolution keep CPUs and GPUs busy: on a 2-core CPU it trains about twice
-    as many images per second as ``resnet`` and learns more per epoch (measured; see README)."""
+    pooling. Wide convs at low resolution keep CPUs and GPUs busy; the README's training section compares
+    it with ``resnet``."""
     x = layers.ReLU()(layers.Conv2D(24, 2, padding="same")(x))
     for filters in (64, 128, 256):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)

@@ -18,14 +18,14 @@ from pathlib import PurePosixPath
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 from PIL import Image
 
+from fusion_core import uri
 from fusion_core.config import PreprocessConfig, Settings
-from fusion_core.datasets import (array_to_pixels, pixels_schema, pixels_to_array, read_shards, shape_of,
-                                  write_shard)
+from fusion_core.datasets import (array_to_pixels, pixels_schema, pixels_to_array, read_shards, shape_of, shard_rows,
+                                  unpack_mask, write_shard)
+from fusion_core.derive import derivation_key, derive_dataset
 from fusion_core.impute import impute, methods_used
-from fusion_core.ingest import unpack_mask
 from fusion_core.runs import StageResult
 from fusion_core.store import Store
 
@@ -157,58 +157,37 @@ def shard_pixel_sums(root: str, path: str) -> dict:
     return pixel_sums(read_shards(root, [path], columns=["split", "pixels"]))
 
 
-def _exists(root: str, rel_path: str) -> bool:
-    fs, base = pafs.FileSystem.from_uri(root)
-    return fs.get_file_info(f"{base.rstrip('/')}/{rel_path}").type == pafs.FileType.File
-
-
-def preprocess_dataset(settings: Settings, run_id: str) -> StageResult:
-    """Bring the ``pixels`` dataset up to date with the newest ``images`` version."""
-    from fusion_core.ray_runtime import ensure_ray, gather
-
-    store = Store.from_settings(settings)
+def preprocess_dataset(settings: Settings, store: Store, images_version: int, run_id: str) -> StageResult:
+    """Derive the ``pixels`` version of ``images`` version ``images_version`` (reused when it exists)."""
     cfg = settings.preprocess
-    images = store.latest_version("images")
-    if images is None:
-        raise RuntimeError("preprocess: no images dataset yet; run ingest first")
+    images = store.require_version("images", images_version)
     cfg_hash = settings.section_hash("preprocess")
-    key = f"images:{images['version']}:{cfg_hash}"
-    done = store.find_version("pixels", key)
-    if done:
-        log.info("preprocess: pixels v%d already covers images v%d", done["version"], images["version"])
-        return StageResult("preprocess", counts={"images": done["num_rows"], "new_shards": 0},
-                           outputs={"dataset": "pixels", "version": done["version"]})
-    plan = [(s["path"], f"datasets/pixels/{PurePosixPath(s['path']).stem}-{cfg_hash}.parquet")
-            for s in images["shards"]]
-    todo = [(src, dst) for src, dst in plan if not _exists(store.root, dst)]
-    log.info("preprocess: %d of %d shards to process", len(todo), len(plan))
-    ray = ensure_ray(settings)
-    task = ray.remote(preprocess_shard)
-    results = gather([task.remote(store.root, src, dst, cfg) for src, dst in todo], "preprocess")
-    done_before = [dst for src, dst in plan if (src, dst) not in todo]
-    sums = [r["sums"] for r in results] + gather(
-        [ray.remote(shard_pixel_sums).remote(store.root, dst) for dst in done_before], "preprocess stats")
-    manifest = [{"path": dst, "num_rows": n["num_rows"]} for (_, dst), n in zip(plan, _row_counts(store, plan))]
     channels = 1 if cfg.grayscale else 3
-    stats = channel_stats(sums)
-    version = store.commit_version("pixels", manifest, run_id, key=key,
-                                   info={"images_version": images["version"],
-                                         "shape": [cfg.size, cfg.size, channels],
-                                         "scale": cfg.scale, "stats": stats})
-    imputed = sum(r["imputed_images"] for r in results)
-    processed = sum(r["num_rows"] for r in results)
+    done: list[dict] = []  # shards processed by this run
+
+    def build() -> tuple[list[dict], dict]:
+        from fusion_core.ray_runtime import ensure_ray, gather
+
+        plan = [(s["path"], f"datasets/pixels/{PurePosixPath(s['path']).stem}-{cfg_hash}.parquet")
+                for s in images["shards"]]
+        todo = [(src, dst) for src, dst in plan if not uri.is_file(store.path(dst))]
+        log.info("preprocess: %d of %d shards to process", len(todo), len(plan))
+        ray = ensure_ray(settings)
+        task = ray.remote(preprocess_shard)
+        done.extend(gather([task.remote(store.root, src, dst, cfg) for src, dst in todo], "preprocess"))
+        earlier = [dst for src, dst in plan if (src, dst) not in todo]  # written by an interrupted run
+        sums = [r["sums"] for r in done] + gather(
+            [ray.remote(shard_pixel_sums).remote(store.root, dst) for dst in earlier], "preprocess stats")
+        manifest = [{"path": dst, "num_rows": shard_rows(store.root, dst)} for _, dst in plan]
+        return manifest, {"images_version": images["version"], "shape": [cfg.size, cfg.size, channels],
+                          "scale": cfg.scale, "stats": channel_stats(sums)}
+
+    pixels, _ = derive_dataset(store, "pixels", derivation_key("images", images["version"], cfg_hash), run_id, build)
+    imputed = sum(r["imputed_images"] for r in done)
     return StageResult(
         "preprocess",
-        counts={"images": sum(m["num_rows"] for m in manifest), "processed": processed,
-                "new_shards": len(todo), "imputed_images": imputed},
-        metrics={"mean_imputed_fraction": sum(r["imputed_pixels"] for r in results) / max(imputed, 1)},
-        outputs={"dataset": "pixels", "version": version, "shape": [cfg.size, cfg.size, channels]},
+        counts={"images": pixels["num_rows"], "processed": sum(r["num_rows"] for r in done),
+                "new_shards": len(done), "imputed_images": imputed},
+        metrics={"mean_imputed_fraction": sum(r["imputed_pixels"] for r in done) / max(imputed, 1)},
+        outputs={"dataset": "pixels", "version": pixels["version"], "shape": pixels["info"]["shape"]},
     )
-
-
-def _row_counts(store: Store, plan: list[tuple[str, str]]) -> list[dict]:
-    import pyarrow.parquet as pq
-
-    fs, base = pafs.FileSystem.from_uri(store.root)
-    return [{"num_rows": pq.ParquetFile(f"{base.rstrip('/')}/{dst}", filesystem=fs).metadata.num_rows}
-            for _, dst in plan]

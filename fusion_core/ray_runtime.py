@@ -10,7 +10,7 @@ from fusion_core.progress import Progress
 
 log = logging.getLogger(__name__)
 
-# Environment every Ray worker needs: tf-keras under MultiWorkerMirroredStrategy (see DESIGN.md).
+# Environment every Ray worker needs: tf-keras under MultiWorkerMirroredStrategy (docs/architecture.md).
 WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 

@@ -13,33 +13,32 @@ import json
 import logging
 import math
 import os
-import shutil
 import tempfile
 import time
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 
+from fusion_core import registry
 from fusion_core.config import Settings
 from fusion_core.datasets import pixels_to_array, read_shards, shard_uris
+from fusion_core.derive import derivation_key, derive_model
 from fusion_core.evaluate import calibration_error, classification_metrics
 from fusion_core.recipes import Recipe
+from fusion_core.registry import MODEL_FILE
 from fusion_core.runs import StageResult, code_version
 from fusion_core.store import Store
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.keras"
-CLASSES_FILE = "classes.json"
 SHUFFLE_ROWS = 10_000  # rows in each worker's shuffle buffer
 STATE_FILE = "state.json"  # {"history": [per-epoch metrics]}, beside each checkpoint's model
 
 
 def to_xy(batch: pa.Table, classes: list[str], shape: tuple[int, int, int], split: str) -> dict:
-    """Rows of one split as model inputs: uint8 pixels ``x`` and class indices ``y``."""
-    batch = batch.filter(pc.equal(batch.column("split"), split))
+    """Labelled rows of one split as model inputs: uint8 pixels ``x`` and class indices ``y``."""
+    batch = batch.filter(pc.and_(pc.equal(batch.column("split"), split), pc.is_valid(batch.column("label"))))
     index = {c: i for i, c in enumerate(classes)}
     return {"x": pixels_to_array(batch.column("pixels"), shape),
             "y": np.array([index[v] for v in batch.column("label").to_pylist()], dtype=np.int64)}
@@ -60,7 +59,7 @@ def train_loop_per_worker(config: dict) -> None:
 
         tf_keras.mixed_precision.set_global_policy(policy)
     tf.keras.utils.set_random_seed(config["seed"] + ctx.get_world_rank())
-    # One worker needs no cross-worker strategy (it costs ~13% of a CPU step, measured on the resnet).
+    # One worker needs no cross-worker strategy (which slows every step).
     strategy = tf.distribute.MultiWorkerMirroredStrategy() if ctx.get_world_size() > 1 else tf.distribute.get_strategy()
     start_epoch, history = 0, []
     with strategy.scope():
@@ -78,7 +77,7 @@ def train_loop_per_worker(config: dict) -> None:
     model.jit_compile = config["jit_compile"]
     train_data, val_data = _feeds(config["batch_size_per_worker"], config["seed"], config["cache_data"])
     for epoch in range(start_epoch, recipe.epochs):
-        if _should_stop_early(history, recipe.early_stopping_patience):
+        if should_stop_early(history, recipe.early_stopping_patience):
             break
         started = time.perf_counter()
         fit = model.fit(train_data(epoch), epochs=1, verbose=0)
@@ -146,7 +145,7 @@ def _train_run_name(key: str, run_id: str, retrain: str) -> str:
     return f"train-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
-def _should_stop_early(history: list[dict], patience: int | None) -> bool:
+def should_stop_early(history: list[dict], patience: int | None) -> bool:
     """True when validation accuracy has not improved for ``patience`` epochs (same on every rank)."""
     if not patience or len(history) <= patience:
         return False
@@ -163,28 +162,36 @@ def class_names(store: Store, shards: list[str]) -> list[str]:
     return names
 
 
-def train_model(settings: Settings, run_id: str) -> StageResult:
-    """Train on the newest pixels version, evaluate on its test split, register and maybe promote.
+def train_model(settings: Settings, store: Store, pixels_version: int, run_id: str) -> StageResult:
+    """Train on ``pixels`` version ``pixels_version``, evaluate on its test split, register and maybe promote.
 
     Skips training when ``train.retrain`` is ``on_new_data`` and a model already exists
     for the same data and training config.
     """
+    cfg = settings.train
+    pixels = store.require_version("pixels", pixels_version)
+    key = derivation_key("pixels", pixels["version"], settings.section_hash("train"))
+    promotion = []
+
+    def build() -> dict:
+        model = _fit_and_register(settings, store, pixels, key, run_id)
+        promotion.append(registry.promote_if_better(store, model["version"], cfg.promote_margin))
+        log.info("train: model v%d %s", model["version"], promotion[0])
+        return model
+
+    model, reused = derive_model(store, key, build, reuse=cfg.retrain == "on_new_data")
+    return _result(store, store.get_model(model["version"]), trained=not reused,
+                   promotion=promotion[0] if promotion else "not trained")
+
+
+def _fit_and_register(settings: Settings, store: Store, pixels: dict, key: str, run_id: str) -> dict:
+    """Fit with Ray Train, publish the best checkpoint in float32, evaluate it and register it."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
     from fusion_core.ray_runtime import ensure_ray
 
-    store = Store.from_settings(settings)
     cfg = settings.train
-    pixels = store.latest_version("pixels")
-    if pixels is None:
-        raise RuntimeError("train: no pixels dataset yet; run preprocess first")
-    key = f"pixels:{pixels['version']}:{settings.section_hash('train')}"
-    existing = store.find_model(key)
-    if existing and cfg.retrain == "on_new_data":
-        log.info("train: model v%d already trained on pixels v%d; skipping", existing["version"], pixels["version"])
-        return _result(store, existing, trained=False)
-
     ray = ensure_ray(settings)
     paths = [s["path"] for s in pixels["shards"]]
     classes = class_names(store, paths)
@@ -224,17 +231,14 @@ def train_model(settings: Settings, run_id: str) -> StageResult:
         with open(os.path.join(last, STATE_FILE)) as fh:
             history = json.load(fh)["history"]
     best = result.get_best_checkpoint(metric="val_accuracy", mode="max") or result.checkpoint
-    with best.as_directory() as ckpt:
-        model_path = _publish(store, _float32_copy(os.path.join(ckpt, MODEL_FILE), recipe, shape, classes, norm),
-                              f"models/{run_id}", classes)
-    metrics = evaluate_model(store, model_path, paths, classes, shape)
-    metrics["history"] = history
-    version = store.register_model(run_id, recipe.model, model_path, key, pixels["version"], metrics,
-                                   {**settings.train.model_dump(), "resolved_recipe": recipe.as_dict(),
-                                    "code_version": code_version()})
-    reason = promote_if_better(store, version, cfg.promote_margin)
-    log.info("train: model v%d %s", version, reason)
-    return _result(store, store.get_model(version), trained=True, promotion=reason)
+    with best.as_directory() as ckpt, tempfile.TemporaryDirectory() as tmp:
+        model = _float32_copy(os.path.join(ckpt, MODEL_FILE), recipe, shape, classes, norm)
+        metrics = evaluate_model(store, model, paths, classes, shape)
+        model_file = registry.save_model_file(model, tmp)
+        return registry.register_model(
+            store, model_file, classes, run_id=run_id, name=recipe.model, key=key, dataset_version=pixels["version"],
+            metrics={**metrics, "history": history},
+            config={**cfg.model_dump(), "resolved_recipe": recipe.as_dict(), "code_version": code_version()})
 
 
 def _float32_copy(path: str, recipe: Recipe, shape: tuple[int, int, int], classes: list[str], norm: dict | None):
@@ -246,66 +250,23 @@ def _float32_copy(path: str, recipe: Recipe, shape: tuple[int, int, int], classe
     return model
 
 
-def _publish(store: Store, model, model_dir: str, classes: list[str]) -> str:
-    """Save a model under the store root with its class names; returns the model's path."""
-    fs, base = pafs.FileSystem.from_uri(store.root)
-    target = f"{base.rstrip('/')}/{model_dir}"
-    fs.create_dir(target, recursive=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save(os.path.join(tmp, MODEL_FILE), save_format="keras_v3")
-        with open(os.path.join(tmp, MODEL_FILE), "rb") as src, fs.open_output_stream(f"{target}/{MODEL_FILE}") as dst:
-            shutil.copyfileobj(src, dst)
-    with fs.open_output_stream(f"{target}/{CLASSES_FILE}") as dst:
-        dst.write(json.dumps(classes).encode())
-    return store.path(model_dir, MODEL_FILE)
-
-
-def local_copy(model_path: str, workdir: str) -> str:
-    """Make a model file readable by Keras (which needs a local path); returns the local path."""
-    fs, path = pafs.FileSystem.from_uri(model_path)
-    if isinstance(fs, pafs.LocalFileSystem):
-        return path
-    local = os.path.join(workdir, MODEL_FILE)
-    with fs.open_input_stream(path) as src, open(local, "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    return local
-
-
-def evaluate_model(store: Store, model_path: str, shards: list[str], classes: list[str],
-                   shape: tuple[int, int, int]) -> dict:
-    """Holdout (test split) metrics of a saved model."""
-    from fusion_core.model import load_model
-
+def evaluate_model(store: Store, model, shards: list[str], classes: list[str], shape: tuple[int, int, int]) -> dict:
+    """Holdout (test split) metrics of a model."""
     holdout = to_xy(read_shards(store.root, shards, columns=["pixels", "label", "split"]), classes, shape, "test")
     if len(holdout["y"]) == 0:
         raise ValueError("evaluate: the test split is empty; ingest more images or raise ingest.test_fraction")
-    with tempfile.TemporaryDirectory() as tmp:
-        model = load_model(local_copy(model_path, tmp))
     probs = model.predict(holdout["x"], batch_size=512, verbose=0)
     return {**classification_metrics(holdout["y"], probs.argmax(axis=1), classes),
             "ece": calibration_error(holdout["y"], probs)}
 
 
-def promote_if_better(store: Store, version: int, margin: float) -> str:
-    """Make ``version`` champion if it beats the champion's holdout accuracy by ``margin``; returns why."""
-    new = store.get_model(version)
-    champ = store.champion()
-    if champ is None:
-        store.set_champion(version)
-        return "first model: promoted"
-    if new["metrics"]["accuracy"] >= champ["metrics"]["accuracy"] + margin:
-        store.set_champion(version)
-        return f"beats champion v{champ['version']}: promoted"
-    return f"does not beat champion v{champ['version']} by {margin}: kept as challenger"
-
-
-def _result(store: Store, model: dict, trained: bool, promotion: str = "not trained") -> StageResult:
+def _result(store: Store, model: dict, trained: bool, promotion: str) -> StageResult:
     m = model["metrics"]
     champ = store.champion()
     return StageResult(
         "train",
         counts={"trained": int(trained), "holdout_images": m["n"]},
         metrics={k: m[k] for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "ece") if k in m},
-        outputs={"model_version": model["version"], "model_path": model["path"], "stage": model["stage"], "promotion": promotion,
-                 "champion_version": champ["version"] if champ else None},
+        outputs={"model_version": model["version"], "model_path": model["path"], "stage": model["stage"],
+                 "promotion": promotion, "champion_version": champ["version"] if champ else None},
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 
@@ -11,10 +12,56 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from fusion_core.config import load_settings  # noqa: E402
 from fusion_core.demo_data import generate_demo_images  # noqa: E402
+
+
+# Image helpers the decode, ingest and source tests import (`from conftest import encode_image, random_rgb`).
+
+def encode_image(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    """The bytes of a Pillow image saved as ``fmt``."""
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def random_rgb(h=5, w=7, seed=0) -> np.ndarray:
+    """Random uint8 RGB pixels."""
+    return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+
+
+def rgba_with_hole(h=6, w=8, seed=1) -> tuple[np.ndarray, np.ndarray]:
+    """Random RGBA pixels, fully opaque but for a hole (alpha 0), and the hole's mask."""
+    rgba = np.random.default_rng(seed).integers(0, 256, size=(h, w, 4), dtype=np.uint8)
+    rgba[..., 3] = np.maximum(rgba[..., 3], 1)
+    hole = np.zeros((h, w), dtype=bool)
+    hole[1:3, 2:5] = True
+    hole[5, 0] = True
+    rgba[hole, 3] = 0
+    return rgba, hole
+
+
+def gradient_rgb(h=24, w=16) -> np.ndarray:
+    """A smooth uint8 RGB gradient (compresses and resizes predictably)."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.stack([yy * 9 % 256, xx * 13 % 256, (yy + xx) * 5 % 256], -1).astype(np.uint8)
+
+
+def _png(arr, mode=None) -> bytes:
+    """PNG bytes of a uint8 array (``mode`` as for ``PIL.Image.fromarray``, e.g. ``"RGBA"`` or ``"L"``)."""
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def png():
+    """The PNG encoder ``png(arr, mode=None) -> bytes`` shared by the image tests."""
+    return _png
 
 
 @pytest.fixture

@@ -1,3 +1,8 @@
+import ast
+import importlib.util
+import typing
+from pathlib import Path
+
 import pytest
 
 from fusion_core.config import ConfigError, load_settings, parse_overrides
@@ -53,3 +58,36 @@ def test_section_hash_tracks_changes():
     a, b = load_settings(), load_settings(None, {"preprocess.grayscale": True})
     assert a.section_hash("preprocess") != b.section_hash("preprocess")
     assert a.section_hash("train") == b.section_hash("train")
+
+
+def _literal_values(annotation) -> tuple:
+    """The values of a ``Literal[...]`` annotation, also inside ``Optional[...]`` / ``... | None``."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Literal:
+        return args
+    (inner,) = [a for a in args if a is not type(None)]  # Optional / Union with None
+    return _literal_values(inner)
+
+
+def _model_names_without_tensorflow() -> tuple[str, ...]:
+    """``fusion_core.model.MODELS``, read from the source: importing fusion_core.model imports TensorFlow,
+    which this fast test must not load, so the ``MODELS = (...)`` tuple is parsed with ``ast`` instead."""
+    path = Path(importlib.util.find_spec("fusion_core.model").origin)  # finds the file without importing it
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["MODELS"]:
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"no MODELS = (...) assignment in {path}")
+
+
+def test_config_choices_match_the_code_registries():
+    from fusion_core.config import PreprocessConfig, TrainConfig
+    from fusion_core.impute import CHOICES
+    from fusion_core.recipes import RECIPES
+
+    impute = _literal_values(PreprocessConfig.model_fields["impute_method"].annotation)
+    assert sorted(impute) == sorted(CHOICES) and len(impute) == len(CHOICES)
+    recipes = _literal_values(TrainConfig.model_fields["recipe"].annotation)
+    assert sorted(recipes) == sorted(RECIPES)
+    models = _literal_values(TrainConfig.model_fields["model"].annotation)
+    assert sorted(models) == sorted(_model_names_without_tensorflow())
+    assert {recipe.model for recipe in RECIPES.values()} <= set(models)  # every recipe's default model is allowed

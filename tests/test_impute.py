@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fusion_core.corrupt import corrupt_blocks, corrupt_random
-from fusion_core.impute import CHOICES, FALLBACK, METHODS, impute, methods_used, pick_method, psnr
+from fusion_core.impute import CHOICES, FALLBACK, impute, methods_used, pick_method, psnr
 
 
 def _random_batch(seed=0, shape=(4, 16, 16, 3)):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
 import tarfile
@@ -13,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from fusion_core.config import load_settings
-from fusion_core.datasets import read_shards
-from fusion_core.ingest import ingest_source, split_for, unpack_mask
+from fusion_core.datasets import read_shards, unpack_mask
+from fusion_core.ingest import ingest_source, split_for
 from fusion_core.store import Store
 
 pytestmark = pytest.mark.ray
@@ -34,14 +32,12 @@ def _settings(root, **overrides):
     return load_settings("smoke", {"store.root": str(root), **overrides})
 
 
-def _png(arr, mode=None) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr, mode).save(buf, "PNG")
-    return buf.getvalue()
+def _ingest(settings, source: str, run_id: str):
+    return ingest_source(settings, Store.from_settings(settings), source, run_id)
 
 
-def _image(seed, size=8) -> bytes:
-    return _png(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
+def _image(png, seed, size=8) -> bytes:
+    return png(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
 
 
 def _write(root: Path, files: dict[str, bytes]) -> None:
@@ -58,24 +54,25 @@ def _rows(root) -> list[tuple]:
     return sorted(zip(*(table.column(c).to_pylist() for c in cols)))
 
 
-def _good_and_bad(src: Path) -> None:
+def _good_and_bad(src: Path, png) -> None:
     rgba = np.random.default_rng(3).integers(0, 256, (6, 6, 4), dtype=np.uint8)
     rgba[..., 3] = 255
     rgba[2:4, 1:3, 3] = 0
-    truncated = _png(np.random.default_rng(4).integers(0, 256, (40, 40, 3), dtype=np.uint8))
-    _write(src, {**{f"cat/{i}.png": _image(i) for i in range(4)}, **{f"dog/{i}.png": _image(10 + i) for i in range(3)},
-                 "dog/zz-copy-of-cat-0.png": _image(0), "cat/hole.png": _png(rgba, "RGBA"),
+    truncated = png(np.random.default_rng(4).integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    _write(src, {**{f"cat/{i}.png": _image(png, i) for i in range(4)},
+                 **{f"dog/{i}.png": _image(png, 10 + i) for i in range(3)},
+                 "dog/zz-copy-of-cat-0.png": _image(png, 0), "cat/hole.png": png(rgba, "RGBA"),
                  "cat/partial.png": truncated[: len(truncated) * 2 // 3],
                  "bad/empty.png": b"", "bad/text.jpg": b"hello", "bad/head.png": truncated[:30],
-                 "bad/bomb.png": _png(np.zeros((100, 100), np.uint8), "L")})
+                 "bad/bomb.png": png(np.zeros((100, 100), np.uint8), "L")})
     (src / "bad" / "loop").symlink_to(src)
 
 
-def test_folder_bad_inputs_duplicates_and_incremental_runs(tmp_path):
+def test_folder_bad_inputs_duplicates_and_incremental_runs(tmp_path, png):
     src, root = tmp_path / "src", tmp_path / "store"
-    _good_and_bad(src)
+    _good_and_bad(src, png)
     settings = _settings(root, **{"ingest.files_per_task": 3, "ingest.max_pixels": 5000})
-    first = ingest_source(settings, str(src), "run-1")
+    first = _ingest(settings, str(src), "run-1")
     c = first.counts
     assert (c["new_images"], c["already_stored"], c["quarantined"]) == (9, 1, 5)
     assert c["quarantine_reasons"] == {"empty_file": 1, "not_an_image": 1, "symlink_loop": 1, "too_many_pixels": 1,
@@ -94,12 +91,13 @@ def test_folder_bad_inputs_duplicates_and_incremental_runs(tmp_path):
     assert masks[6, 6].sum() == 4  # alpha == 0
     assert 0 < masks[40, 40].sum() < 1600 and masks[40, 40][-1].all()  # the lost end of the truncated PNG
 
-    again = ingest_source(settings, str(src), "run-2")
+    again = _ingest(settings, str(src), "run-2")
     assert again.counts["new_images"] == 0 and again.counts["new_quarantine_rows"] == 0
     assert store.latest_version("images")["version"] == 1
 
-    _write(src, {"bird/new-1.png": _image(100), "bird/new-2.png": _image(101), "bird/dup.png": _image(1)})
-    third = ingest_source(settings, str(src), "run-3")
+    _write(src, {"bird/new-1.png": _image(png, 100), "bird/new-2.png": _image(png, 101),
+                 "bird/dup.png": _image(png, 1)})
+    third = _ingest(settings, str(src), "run-3")
     assert third.counts["new_images"] == 2 and third.counts["already_stored"] == 11
     latest = store.latest_version("images")
     assert latest["version"] == 2 and latest["num_rows"] == 11
@@ -110,14 +108,15 @@ def test_folder_bad_inputs_duplicates_and_incremental_runs(tmp_path):
     assert added.num_rows == 2 and set(added.column("label").to_pylist()) == {"bird"}
 
 
-def test_archive_cifar_and_manifest_sources(tmp_path):
+def test_archive_cifar_and_manifest_sources(tmp_path, png):
     src = tmp_path / "train"
-    _write(src, {f"cat/{i}.png": _image(i) for i in range(3)} | {f"dog/{i}.png": _image(10 + i) for i in range(3)})
+    _write(src, {f"cat/{i}.png": _image(png, i) for i in range(3)} | {f"dog/{i}.png": _image(png, 10 + i)
+                                                                      for i in range(3)})
     archive = tmp_path / "train.tar.gz"
     with tarfile.open(archive, "w:gz") as tf:
         tf.add(src, arcname="train")
-    from_folder = ingest_source(_settings(tmp_path / "s1"), str(src), "r")
-    from_archive = ingest_source(_settings(tmp_path / "s2"), str(archive), "r")
+    from_folder = _ingest(_settings(tmp_path / "s1"), str(src), "r")
+    from_archive = _ingest(_settings(tmp_path / "s2"), str(archive), "r")
     assert from_folder.counts["new_images"] == from_archive.counts["new_images"] == 6
     assert _rows(tmp_path / "s1") == _rows(tmp_path / "s2")  # same ids, labels, pixels
     sources = {s for _, s in Store(str(tmp_path / "s2")).known_sources()}
@@ -130,7 +129,7 @@ def test_archive_cifar_and_manifest_sources(tmp_path):
     records = np.concatenate([np.array([[0], [1], [1], [0]], np.uint8),
                               images.transpose(0, 3, 1, 2).reshape(4, -1)], axis=1)
     (cifar / "data_batch_1.bin").write_bytes(records.tobytes())
-    result = ingest_source(_settings(tmp_path / "s3"), f"file://{cifar}", "r")
+    result = _ingest(_settings(tmp_path / "s3"), f"file://{cifar}", "r")
     assert result.counts["new_images"] == 4
     rows = _rows(tmp_path / "s3")
     assert sorted(r[1] for r in rows) == ["car", "car", "plane", "plane"]
@@ -139,7 +138,7 @@ def test_archive_cifar_and_manifest_sources(tmp_path):
     assert stored == sorted(img.tobytes() for img in images)
 
     (tmp_path / "m.csv").write_text("path,label\ntrain/cat/0.png,feline\ntrain/dog/0.png,\n")
-    result = ingest_source(_settings(tmp_path / "s4"), str(tmp_path / "m.csv"), "r")
+    result = _ingest(_settings(tmp_path / "s4"), str(tmp_path / "m.csv"), "r")
     assert result.counts["new_images"] == 2
     assert sorted(r[1] or "" for r in _rows(tmp_path / "s4")) == ["", "feline"]
 
@@ -154,15 +153,15 @@ KILL_SCRIPT = textwrap.dedent("""
     if mode == "before_commit":
         Store.commit_version = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
     settings = load_settings("smoke", {"store.root": root, "ray.address": address, "ingest.files_per_task": 4})
-    ingest_source(settings, source, "killed")
+    ingest_source(settings, Store.from_settings(settings), source, "killed")
 """)
 
 
-def test_kill_minus_9_then_rerun_gives_the_rows_of_a_clean_run(tmp_path, ray_local):
+def test_kill_minus_9_then_rerun_gives_the_rows_of_a_clean_run(tmp_path, ray_local, png):
     src = tmp_path / "src"
-    _write(src, {f"c{i % 3}/{i}.png": _image(i, size=32) for i in range(40)})
-    _write(src, {"c0/copy.png": _image(5, size=32), "c1/bad.png": b"junk"})
-    ingest_source(_settings(tmp_path / "clean", **{"ingest.files_per_task": 4}), str(src), "clean")
+    _write(src, {f"c{i % 3}/{i}.png": _image(png, i, size=32) for i in range(40)})
+    _write(src, {"c0/copy.png": _image(png, 5, size=32), "c1/bad.png": b"junk"})
+    _ingest(_settings(tmp_path / "clean", **{"ingest.files_per_task": 4}), str(src), "clean")
     clean = _rows(tmp_path / "clean")
     address = ray_local.get_runtime_context().gcs_address
     for mode in ("before_commit", "timed"):
@@ -181,7 +180,7 @@ def test_kill_minus_9_then_rerun_gives_the_rows_of_a_clean_run(tmp_path, ray_loc
         store = Store(str(root))
         visible = store.latest_version("images")  # all or nothing
         assert visible is None if mode == "before_commit" else visible is None or _rows(root) == clean
-        rerun = ingest_source(_settings(root, **{"ingest.files_per_task": 4}), str(src), "rerun")
+        rerun = _ingest(_settings(root, **{"ingest.files_per_task": 4}), str(src), "rerun")
         assert rerun.counts["new_images"] == (len(clean) if visible is None else 0)
         assert _rows(root) == clean
         assert len(store.quarantine_rows()) == 1

@@ -8,8 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-LIGHT_MODULES = ["config", "store", "datasets", "ingest", "sources", "decode", "progress", "preprocess", "impute",
-                 "corrupt", "evaluate", "cluster", "runs", "demo_data", "report", "recipes"]
+LIGHT_MODULES = ["config", "uri", "store", "datasets", "derive", "registry", "ingest", "sources", "decode", "progress",
+                 "ray_runtime", "preprocess", "impute", "corrupt", "evaluate", "train", "infer", "cluster", "runs",
+                 "formatting", "demo_data", "report", "recipes"]
 
 SCRIPT = """
 import importlib, json, sys

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from fusion_core.config import IngestConfig, PreprocessConfig
 from fusion_core.datasets import pixels_to_array, shape_of
@@ -147,14 +144,8 @@ def test_preprocess_batch_without_holes_is_resize_and_channels():
 
 # preprocess_shard ----------------------------------------------------------------------------
 
-def _png(arr, mode=None) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr, mode).save(buf, "PNG")
-    return buf.getvalue()
-
-
 @pytest.fixture
-def images_shard(tmp_path):
+def images_shard(tmp_path, png):
     """An images shard written by ingest_chunk: RGBA 8x8 with holes, blocky RGB 16x16, gray 4x4."""
     src = tmp_path / "src"
     src.mkdir()
@@ -167,9 +158,9 @@ def images_shard(tmp_path):
     rgba[hole, 3] = 0
     big, small = _blocky(1, 16, 16, 3, 2, seed=4)
     gray = np.full((4, 4), 90, dtype=np.uint8)
-    (src / "a_holes.png").write_bytes(_png(rgba, "RGBA"))
-    (src / "b_big.png").write_bytes(_png(big[0]))
-    (src / "c_gray.png").write_bytes(_png(gray, "L"))
+    (src / "a_holes.png").write_bytes(png(rgba, "RGBA"))
+    (src / "b_big.png").write_bytes(png(big[0]))
+    (src / "c_gray.png").write_bytes(png(gray, "L"))
     paths = [str(src / n) for n in ("a_holes.png", "b_big.png", "c_gray.png")]
     root = str((tmp_path / "store").resolve())
     out = ingest_chunk(root, [(p, None if p.endswith("c_gray.png") else "lbl", p, None, None) for p in paths],

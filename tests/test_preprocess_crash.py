@@ -28,9 +28,10 @@ CHILD = """
 import sys
 from fusion_core.config import load_settings
 from fusion_core.preprocess import preprocess_dataset
+from fusion_core.store import Store
 settings = load_settings(None, {"store.root": sys.argv[1], "ray.num_cpus": 1, "ray.node_ip_address": "127.0.0.2",
                                 "preprocess.impute_method": "biharmonic"})
-preprocess_dataset(settings, "killed-run")
+preprocess_dataset(settings, Store.from_settings(settings), 1, "killed-run")
 """
 
 
@@ -63,7 +64,7 @@ def _run(root: str) -> dict:
     from fusion_core.preprocess import preprocess_dataset
 
     settings = load_settings(None, {"store.root": root, "preprocess.impute_method": "biharmonic"})
-    return preprocess_dataset(settings, "run").counts
+    return preprocess_dataset(settings, Store.from_settings(settings), 1, "run").counts
 
 
 def test_rerun_after_kill_9_is_byte_identical(tmp_path, ray_local):

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from fusion_core import report
+from fusion_core.report import page, plots, write_report
 from fusion_core.datasets import IMAGES_SCHEMA, array_to_fixed_list, array_to_pixels, pixels_schema, write_shard
 from fusion_core.store import Store
 
@@ -28,26 +28,26 @@ def _image_size(png: bytes) -> tuple[int, int]:
 def test_pca_2d_finds_the_direction_of_largest_spread():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, 5)) * [10.0, 0.1, 0.1, 0.1, 3.0]
-    xy = report.pca_2d(x)
+    xy = plots.pca_2d(x)
     assert xy.shape == (400, 2)
     assert abs(np.corrcoef(xy[:, 0], x[:, 0])[0, 1]) > 0.99
     assert abs(np.corrcoef(xy[:, 1], x[:, 4])[0, 1]) > 0.99
     assert np.allclose(xy.mean(axis=0), 0.0, atol=1e-9)
-    assert np.array_equal(report.pca_2d(x), xy)
+    assert np.array_equal(plots.pca_2d(x), xy)
 
 
 def test_pca_2d_of_one_dimensional_or_single_row_input():
-    assert report.pca_2d(np.arange(6.0).reshape(6, 1)).shape == (6, 2)
-    assert report.pca_2d(np.ones((1, 4))).shape == (1, 2)
+    assert plots.pca_2d(np.arange(6.0).reshape(6, 1)).shape == (6, 2)
+    assert plots.pca_2d(np.ones((1, 4))).shape == (1, 2)
 
 
 def test_show_holes_paints_missing_pixels_magenta_and_keeps_the_rest():
     gray = np.full((4, 4, 1), 7, np.uint8)
     mask = np.zeros((4, 4), bool)
     mask[1, 2] = True
-    out = report.show_holes(gray, mask)
+    out = plots.show_holes(gray, mask)
     assert out.shape == (4, 4, 3) and out.dtype == np.uint8
-    assert tuple(out[1, 2]) == report.HOLE_COLOUR
+    assert tuple(out[1, 2]) == plots.HOLE_COLOUR
     assert (out[~mask] == 7).all()
     assert (gray == 7).all()  # the input is untouched
 
@@ -55,17 +55,17 @@ def test_show_holes_paints_missing_pixels_magenta_and_keeps_the_rest():
 def test_training_curves_plot_is_a_png():
     history = [{"epoch": e, "loss": 2.0 / (e + 1), "accuracy": 0.3 + 0.2 * e,
                 "val_loss": 2.2 / (e + 1), "val_accuracy": 0.25 + 0.2 * e} for e in range(3)]
-    png = report.plot_training_curves(history)
+    png = plots.plot_training_curves(history)
     assert png.startswith(PNG) and _image_size(png) == (1000, 360)
 
 
 def test_training_curves_without_validation_figures():
-    png = report.plot_training_curves([{"epoch": 0, "loss": 1.0, "accuracy": 0.5}])
+    png = plots.plot_training_curves([{"epoch": 0, "loss": 1.0, "accuracy": 0.5}])
     assert png.startswith(PNG)
 
 
 def test_confusion_matrix_plot_is_a_png():
-    png = report.plot_confusion_matrix([[5, 1, 0], [0, 6, 0], [2, 0, 4]], CLASSES)
+    png = plots.plot_confusion_matrix([[5, 1, 0], [0, 6, 0], [2, 0, 4]], CLASSES)
     assert png.startswith(PNG)
 
 
@@ -74,8 +74,8 @@ def test_imputation_examples_plot_has_a_row_per_example():
     examples = [{"raw": rng.integers(0, 256, (20, 24, c), dtype=np.uint8), "mask": rng.random((20, 24)) < 0.2,
                  "imputed": rng.integers(0, 256, (8, 8, c), dtype=np.uint8), "title": f"example {c}"}
                 for c in (1, 3)]
-    one = report.plot_imputation_examples(examples[:1])
-    two = report.plot_imputation_examples(examples)
+    one = plots.plot_imputation_examples(examples[:1])
+    two = plots.plot_imputation_examples(examples)
     assert one.startswith(PNG) and two.startswith(PNG)
     assert _image_size(two)[1] > _image_size(one)[1]
 
@@ -85,8 +85,8 @@ def test_embedding_map_has_one_or_two_panels():
     xy = rng.normal(size=(60, 2))
     labels = [CLASSES[i % 3] for i in range(60)]
     clusters = np.array([i % 4 - 1 for i in range(60)])  # includes noise (-1)
-    by_label = report.plot_embedding_map(xy, labels)
-    both = report.plot_embedding_map(xy, labels, clusters)
+    by_label = plots.plot_embedding_map(xy, labels)
+    both = plots.plot_embedding_map(xy, labels, clusters)
     assert _image_size(both)[0] > _image_size(by_label)[0]
 
 
@@ -95,25 +95,25 @@ def test_cluster_montage_allows_clusters_without_images():
     rows = [("cluster 0 · 3 images\ncircle (100%)", [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)] * 3),
             ("cluster 1 · 1 images\nno labels", [rng.integers(0, 256, (8, 8, 1), dtype=np.uint8)]),
             ("cluster 2 · 0 images", [])]
-    assert report.plot_cluster_montage(rows).startswith(PNG)
+    assert plots.plot_cluster_montage(rows).startswith(PNG)
 
 
 def test_html_table_escapes_and_formats_cells():
-    table = report.html_table(["name", "value"], [("<b>", 0.123456), ("none", None), ("reasons", {"a": 2})])
+    table = page.html_table(["name", "value"], [("<b>", 0.123456), ("none", None), ("reasons", {"a": 2})])
     assert "&lt;b&gt;" in table and "<b>" not in table
     assert '<td class="num">0.1235</td>' in table
     assert "<td>—</td>" in table and "<td>a: 2</td>" in table
 
 
 def test_render_report_marks_missing_sections_and_counts_images_on_load():
-    page = report.render_report("Fusion run r1", "ingest flow", [
+    html = page.render_report("Fusion run r1", "ingest flow", [
         ("Run summary", "<p>ok</p>"), ("Training curves", None),
-        ("Embedding map", report.html_image("embeddings.png", "map"))])
-    assert page.startswith("<!DOCTYPE html>")
-    assert page.count("Not in this run.") == 1
-    assert '<img src="embeddings.png" alt="map">' in page
-    assert "imagesLoaded" in page and "naturalWidth" in page
-    assert "http" not in page  # no external assets
+        ("Embedding map", page.html_image("embeddings.png", "map"))])
+    assert html.startswith("<!DOCTYPE html>")
+    assert html.count("Not in this run.") == 1
+    assert '<img src="embeddings.png" alt="map">' in html
+    assert "imagesLoaded" in html and "naturalWidth" in html
+    assert "http" not in html  # no external assets
 
 
 def _build_store(root: Path) -> tuple[Store, str]:
@@ -177,17 +177,17 @@ def _build_store(root: Path) -> tuple[Store, str]:
 
 def test_write_report_has_every_section_with_its_images(settings):
     store, run_id = _build_store(Path(settings.store.root))
-    result = report.write_report(settings, run_id)
+    result = write_report(settings, Store.from_settings(settings), run_id)
     folder = Path(store.root) / "reports" / run_id
     assert result.stage == "report" and result.outputs["report"] == str(folder / "index.html")
     assert result.outputs["images"] == ["confusion.png", "embeddings.png", "exemplars.png", "imputation.png",
                                         "training.png"]
-    page = (folder / "index.html").read_text()
-    assert "Not in this run." not in page
+    html = (folder / "index.html").read_text()
+    assert "Not in this run." not in html
     for name in result.outputs["images"]:
         assert (folder / name).read_bytes().startswith(PNG)
-        assert f'src="{name}"' in page
-    assert "not_an_image" in page and "/src/bad.png" in page
+        assert f'src="{name}"' in html
+    assert "not_an_image" in html and "/src/bad.png" in html
     assert result.counts == {"sections": 7, "images": 5}
 
 
@@ -199,15 +199,15 @@ def test_write_report_of_an_ingest_only_run_says_what_is_missing(settings):
                        counts={"files": 2, "new_images": 0, "already_stored": 0, "quarantined": 2,
                                "quarantine_reasons": {"empty_file": 2}, "total_images": 0})
     store.finish_run(run_id, "completed")
-    result = report.write_report(settings, run_id)
-    page = Path(result.outputs["report"]).read_text()
-    assert page.count("Not in this run.") == 5
-    assert "empty_file" in page and result.outputs["images"] == []
+    result = write_report(settings, store, run_id)
+    html = Path(result.outputs["report"]).read_text()
+    assert html.count("Not in this run.") == 5
+    assert "empty_file" in html and result.outputs["images"] == []
 
 
 def test_write_report_of_an_unknown_run(settings):
     with pytest.raises(LookupError, match="no run"):
-        report.write_report(settings, "nope")
+        write_report(settings, Store.from_settings(settings), "nope")
 
 
 def _chromium() -> str:

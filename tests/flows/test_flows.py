@@ -1,6 +1,7 @@
 """Every flow on real Prefect (test harness), real Ray and real TensorFlow, smoke profile.
 
-The stage tests run in file order on one store, each stage reading what the one before wrote.
+The stage tests share one store through module fixtures that run each stage once, on the versions
+the stage before returned, so any test can run alone or in any order.
 """
 
 import shutil
@@ -11,22 +12,19 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+import flows.nightly as nightly
 from flows.cluster import cluster_flow
 from flows.infer import infer_flow
 from flows.ingest import ingest_flow
 from flows.nightly import nightly_flow
 from flows.preprocess import preprocess_flow
 from flows.train import train_flow
+from fusion_core.demo_data import generate_demo_images
 from fusion_core.store import Store
 
 pytestmark = [pytest.mark.ray, pytest.mark.tf, pytest.mark.prefect]
 
 IMAGES = 120  # demo_source: 10 classes x 12, plus 5 corrupt files
-
-
-@pytest.fixture(scope="module")
-def stage_store(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("stages") / "store")
 
 
 @pytest.fixture(autouse=True)
@@ -38,15 +36,46 @@ def _overrides(root):
     return {"store.root": root}
 
 
-def test_ingest_flow(demo_source, stage_store):
-    result = ingest_flow(str(demo_source), "smoke", _overrides(stage_store))
+@pytest.fixture(scope="module")
+def stage_store(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("stages") / "store")
+
+
+@pytest.fixture(scope="module")
+def ingested(demo_source, stage_store, prefect_harness, ray_local):
+    return ingest_flow(str(demo_source), "smoke", _overrides(stage_store))
+
+
+@pytest.fixture(scope="module")
+def preprocessed(ingested, stage_store):
+    return preprocess_flow("smoke", _overrides(stage_store), images_version=ingested["outputs"]["version"])
+
+
+@pytest.fixture(scope="module")
+def trained(preprocessed, stage_store):
+    return train_flow("smoke", _overrides(stage_store), pixels_version=preprocessed["outputs"]["version"])
+
+
+@pytest.fixture(scope="module")
+def inferred(trained, preprocessed, stage_store):
+    return infer_flow("smoke", _overrides(stage_store), pixels_version=preprocessed["outputs"]["version"],
+                      model_version=trained["outputs"]["model_version"])
+
+
+@pytest.fixture(scope="module")
+def clustered(inferred, stage_store):
+    return cluster_flow("smoke", _overrides(stage_store), predictions_version=inferred["outputs"]["version"])
+
+
+def test_ingest_flow(ingested, stage_store):
+    result = ingested
     assert result["counts"]["new_images"] == IMAGES
     assert result["counts"]["quarantined"] == 5
     assert {"empty_file", "not_an_image"} <= set(result["counts"]["quarantine_reasons"])
     store = Store(stage_store)
     assert store.get_run(result["run_id"])["status"] == "completed"
-    assert len(store.quarantine_rows()) == 5
-    version = store.latest_version("images")
+    assert len(store.quarantine_rows(result["run_id"])) == 5
+    version = store.get_version("images", result["outputs"]["version"])
     assert version["num_rows"] == IMAGES and len(version["shards"]) == 2  # files_per_task=100
 
 
@@ -65,26 +94,35 @@ def test_ingest_flow_adds_only_new_files(demo_source, tmp_path):
     assert result["counts"]["quarantined"] == 5  # the copies of the corrupt files, at their new paths
     store = Store(root)
     latest = store.latest_version("images")
-    assert latest["version"] == 2 and latest["num_rows"] == IMAGES + 1 and len(latest["shards"]) == 3
+    assert latest["version"] == result["outputs"]["version"] == 2
+    assert latest["num_rows"] == IMAGES + 1 and len(latest["shards"]) == 3
     assert any(s.endswith("same-content-other-name.png") for _, s in store.known_sources())
     rerun = ingest_flow(str(source), "smoke", _overrides(root))
     assert rerun["counts"]["new_images"] == 0 and rerun["counts"]["new_quarantine_rows"] == 0
+    assert rerun["outputs"]["version"] == 2
 
 
-def test_preprocess_flow(stage_store):
-    result = preprocess_flow("smoke", _overrides(stage_store))
+def test_preprocess_flow(preprocessed, stage_store):
+    result = preprocessed
     assert result["counts"]["images"] == IMAGES and result["counts"]["new_shards"] == 2
     assert result["counts"]["imputed_images"] == 10  # one RGBA image with a hole per class
     store = Store(stage_store)
-    pixels = store.latest_version("pixels")
+    pixels = store.get_version("pixels", result["outputs"]["version"])
     table = pq.read_table(store.path(pixels["shards"][0]["path"]))
     assert table.schema.field("pixels").type.byte_width == 32 * 32 * 3
-    again = preprocess_flow("smoke", _overrides(stage_store))
+    again = preprocess_flow("smoke", _overrides(stage_store))  # no version given: the newest images
     assert again["counts"]["new_shards"] == 0 and again["outputs"]["version"] == pixels["version"]
 
 
-def test_train_flow(stage_store):
-    result = train_flow("smoke", _overrides(stage_store))
+def test_a_stage_without_its_input_says_which_stage_to_run(tmp_path):
+    with pytest.raises(LookupError, match="no images dataset .* run ingest first"):
+        preprocess_flow("smoke", _overrides(str(tmp_path / "store")))
+    (run,) = Store(str(tmp_path / "store")).list_runs()
+    assert run["status"] == "failed"
+
+
+def test_train_flow(trained, stage_store):
+    result = trained
     assert result["counts"]["trained"] == 1
     assert result["outputs"]["stage"] == "champion" and result["outputs"]["model_version"] == 1
     assert 0.0 <= result["metrics"]["accuracy"] <= 1.0
@@ -99,8 +137,8 @@ def test_train_flow(stage_store):
     assert all(h["seconds"] > 0 for h in model["metrics"]["history"])
 
 
-def test_infer_flow(stage_store):
-    result = infer_flow("smoke", _overrides(stage_store))
+def test_infer_flow(inferred, stage_store):
+    result = inferred
     assert result["counts"]["predictions"] == IMAGES
     store = Store(stage_store)
     rows = store.query("predictions", result["run_id"])
@@ -108,11 +146,12 @@ def test_infer_flow(stage_store):
     assert all(len(r["top_k"]) == 3 and r["top_k"][0] == r["predicted"] for r in rows)
     table = pq.read_table(store.path(result["outputs"]["shards"][0]))
     assert table.schema.field("embedding").type.list_size == 512
-    assert infer_flow("smoke", _overrides(stage_store))["counts"]["reused"] == 1
+    again = infer_flow("smoke", _overrides(stage_store))  # the newest pixels and the champion: the same inputs
+    assert again["counts"]["reused"] == 1 and again["outputs"]["version"] == result["outputs"]["version"]
 
 
-def test_cluster_flow(stage_store):
-    result = cluster_flow("smoke", _overrides(stage_store))
+def test_cluster_flow(clustered, stage_store):
+    result = clustered
     assert result["counts"]["clusters"] == 10
     assert {"silhouette", "nmi", "ari"} <= set(result["metrics"])
     store = Store(stage_store)
@@ -121,7 +160,7 @@ def test_cluster_flow(stage_store):
     assert sum(s["size"] for s in summaries) == IMAGES
 
 
-def test_train_flow_best_recipe_and_promotion_rule(stage_store):
+def test_train_flow_best_recipe_and_promotion_rule(trained, stage_store):
     # cache_data off: this run streams every epoch from Ray Data (the other runs cache after the first).
     overrides = {**_overrides(stage_store), "train.recipe": "best", "train.epochs": 2, "train.promote_margin": 2.0,
                  "train.cache_data": False}
@@ -133,7 +172,7 @@ def test_train_flow_best_recipe_and_promotion_rule(stage_store):
     assert [h["epoch"] for h in model["metrics"]["history"]] == [0, 1]
     assert result["outputs"]["stage"] == "challenger"  # a margin of 2.0 cannot be beaten
     assert "kept as challenger" in result["outputs"]["promotion"]
-    assert store.champion()["version"] == 1
+    assert store.champion()["version"] == trained["outputs"]["model_version"]
 
 
 def _train_worker_pids() -> list[int]:
@@ -186,8 +225,6 @@ def test_training_survives_a_killed_worker(tmp_path):
     import threading
     import time
 
-    from fusion_core.demo_data import generate_demo_images
-
     generate_demo_images(tmp_path / "source", per_class=40, seed=1)  # 400 images: enough to learn from
     root = str(tmp_path / "store")
     ingest_flow(str(tmp_path / "source"), "smoke", _overrides(root))
@@ -235,6 +272,32 @@ def test_nightly_end_to_end_then_rerun_adds_nothing(demo_source, tmp_path):
     assert second["infer"]["counts"]["reused"] == 1
     assert store.get_run(second["run_id"])["status"] == "completed"
     assert store.latest_version("images")["version"] == 1
+
+
+def test_an_ingest_between_a_nightly_runs_stages_does_not_change_its_inputs(demo_source, tmp_path, monkeypatch):
+    """An ad hoc ingest and preprocess commit new versions while a nightly run is between preprocess and
+    train: that run still trains, infers and clusters the versions its own stages returned."""
+    overrides = _overrides(str(tmp_path / "store"))
+    generate_demo_images(tmp_path / "more", per_class=3, seed=9)  # 30 other images
+    real_train_flow = nightly.train_flow
+
+    def ad_hoc_runs_then_train(*args, **kwargs):
+        ingest_flow(str(tmp_path / "more"), "smoke", overrides)
+        preprocess_flow("smoke", overrides)
+        return real_train_flow(*args, **kwargs)
+
+    monkeypatch.setattr(nightly, "train_flow", ad_hoc_runs_then_train)
+    result = nightly_flow(str(demo_source), "smoke", overrides)
+
+    store = Store(str(tmp_path / "store"))
+    assert store.latest_version("images")["num_rows"] == IMAGES + 30  # the ad hoc runs did commit
+    assert store.latest_version("pixels")["version"] == 2
+    assert result["preprocess"]["outputs"]["version"] == 1
+    assert store.get_model(result["train"]["outputs"]["model_version"])["dataset_version"] == 1
+    predictions = store.get_version("predictions", result["infer"]["outputs"]["version"])
+    assert predictions["info"]["pixels_version"] == 1 and predictions["num_rows"] == IMAGES
+    clusters = store.get_version("clusters", result["cluster"]["outputs"]["version"])
+    assert clusters["info"]["predictions_version"] == predictions["version"] and clusters["num_rows"] == IMAGES
 
 
 def test_grayscale_changes_the_model_input(demo_source, tmp_path):

@@ -1,0 +1,86 @@
+"""What the ``fusion`` command prints: a run's account, tables of rows, and file exports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fusion_core.formatting import format_value
+from fusion_core.store import Store
+
+HIDDEN = ("confusion_matrix", "per_class_f1")  # too long for a terminal; in the report and `fusion models`
+
+
+def headlines(stages: dict) -> list[str]:
+    """One sentence per stage that a person wants first (for the stages that report those figures)."""
+    out = []
+    c = (stages.get("ingest") or {}).get("counts") or {}
+    if {"new_images", "already_stored", "quarantined"} <= c.keys():
+        out.append(f"ingested {c['new_images']} new images ({c['already_stored']} already stored), "
+                   f"quarantined {c['quarantined']} files {format_value(c.get('quarantine_reasons', {}))}")
+    train = stages.get("train") or {}
+    m, o = train.get("metrics") or {}, train.get("outputs") or {}
+    if {"accuracy", "macro_f1"} <= m.keys() and {"model_version", "stage"} <= o.keys():
+        out.append(f"holdout accuracy {m['accuracy']:.3f} (macro F1 {m['macro_f1']:.3f}), "
+                   f"model v{o['model_version']} is {o['stage']}")
+    cluster = stages.get("cluster") or {}
+    if "clusters" in (cluster.get("counts") or {}):
+        quality = ", ".join(f"{k} {v:.3f}" for k, v in cluster["metrics"].items() if k in ("silhouette", "nmi", "ari"))
+        out.append(f"{cluster['counts']['clusters']} clusters found ({quality})")
+    return out
+
+
+def describe_run(run: dict, store: Store) -> str:
+    """A readable account of a run: each stage with its counts, metrics and outputs, then where results are."""
+    took = (run["finished_at"] - run["started_at"]).total_seconds() if run.get("finished_at") else None
+    lines = [f"Run {run['run_id']} ({run['flow']}): {run['status']}"
+             + (f" in {took:.0f}s" if took is not None else "")]
+    lines += [f"  * {line}" for line in headlines({s["stage"]: s for s in run["stages"]})]
+    for stage in run["stages"]:
+        lines.append(f"  {stage['stage']:<11} {stage['status']}" + (f": {stage['error']}" if stage["error"] else ""))
+        for part in ("counts", "metrics", "outputs"):
+            values = {k: v for k, v in (stage[part] or {}).items() if k not in HIDDEN}
+            if values:
+                lines.append(f"      {part + ':':<9}"
+                             + ", ".join(f"{k}={format_value(v, none='None')}" for k, v in values.items()))
+    lines += ["Results",
+              f"  store root   {store.root}",
+              f"  catalog      {store.engine.url.render_as_string(hide_password=True)}"
+              " (tables: runs, run_stages, models, quarantine, predictions, cluster_assignments, cluster_summaries)",
+              f"  datasets     {store.path('datasets')}/<images|pixels|predictions|clusters>/*.parquet",
+              f"  details      fusion show {run['run_id']} --store {store.root}",
+              *(f"  report       {s['outputs']['report']}" for s in run["stages"] if (s["outputs"] or {}).get("report"))]
+    return "\n".join(lines)
+
+
+def table_lines(rows: list[dict], columns: list[str], limit: int) -> list[str]:
+    """Aligned text lines of the first ``limit`` rows, a header, and a count of all rows."""
+    def cell(value) -> str:
+        return format_value(value, float_format=".4f")
+
+    widths = {c: max([len(c)] + [len(cell(r[c])) for r in rows[:limit]]) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(cell(row[c]).ljust(widths[c]) for c in columns) for row in rows[:limit]]
+    lines.append(f"({len(rows)} rows{', first ' + str(limit) + ' shown' if len(rows) > limit else ''})")
+    return lines
+
+
+def export_rows(rows: list[dict], columns: list[str], out: Path) -> None:
+    """Write rows to a ``.csv`` or ``.parquet`` file.
+
+    Raises:
+        ValueError: another file suffix.
+    """
+    if out.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist([{c: r[c] for c in columns} for r in rows]), out)
+    elif out.suffix == ".csv":
+        import csv
+
+        with open(out, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        raise ValueError(f"--out {out}: use a .csv or .parquet file name")

@@ -1,0 +1,94 @@
+"""The pure parts of fusion_core.train: early stopping, input rows for one split, Ray Train run names.
+
+fusion_core.train imports TensorFlow and Ray only inside the functions that train (tests/test_light_imports.py
+checks it), so these tests need neither.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from fusion_core.datasets import array_to_pixels, pixels_schema
+from fusion_core.train import _train_run_name, should_stop_early, to_xy
+
+
+def _history(val_accuracies) -> list[dict]:
+    return [{"epoch": e, "val_accuracy": a} for e, a in enumerate(val_accuracies)]
+
+
+# should_stop_early ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("patience", [None, 0])
+def test_no_patience_never_stops(patience):
+    assert should_stop_early(_history([0.9] + [0.1] * 20), patience) is False
+    assert should_stop_early([], patience) is False
+
+
+@pytest.mark.parametrize("patience", [1, 2, 5])
+def test_stops_exactly_when_the_best_epoch_is_patience_epochs_back(patience):
+    history = _history([0.3, 0.5, 0.8])  # best: the last epoch so far
+    for epochs_without_improvement in range(patience + 3):
+        assert should_stop_early(history, patience) is (epochs_without_improvement >= patience)
+        history.append({"epoch": len(history), "val_accuracy": 0.8 - 0.1 * (len(history) % 2)})  # ties or worse
+
+
+def test_an_improvement_resets_the_count():
+    assert should_stop_early(_history([0.5, 0.4, 0.4]), 2) is True
+    assert should_stop_early(_history([0.5, 0.4, 0.6]), 2) is False
+    assert should_stop_early(_history([0.5, 0.4, 0.6, 0.6, 0.6]), 2) is True  # an equal value is no improvement
+
+
+def test_fewer_epochs_than_patience_never_stops():
+    assert should_stop_early(_history([0.9, 0.1, 0.1]), 3) is False
+    assert should_stop_early(_history([0.9, 0.1, 0.1, 0.1]), 3) is True
+
+
+# to_xy -----------------------------------------------------------------------------------------
+
+def _pixels_table(labels: list[str], splits: list[str]) -> tuple[pa.Table, np.ndarray]:
+    n = len(labels)
+    images = np.arange(n * 2 * 3 * 1, dtype=np.uint8).reshape(n, 2, 3, 1)
+    table = pa.table({"image_id": [f"id{i}" for i in range(n)], "label": labels, "split": splits,
+                      "pixels": array_to_pixels(images), "imputed_fraction": pa.array([0.0] * n, pa.float32()),
+                      "impute_method": pa.array([None] * n, pa.string())}, schema=pixels_schema(2, 3, 1))
+    return table, images
+
+
+def test_to_xy_keeps_one_split_and_maps_labels_in_class_order():
+    table, images = _pixels_table(["cat", "dog", "bird", "dog", "cat"], ["train", "val", "train", "train", "test"])
+    classes = ["dog", "cat", "bird"]  # class order, not alphabetical
+    out = to_xy(table, classes, (2, 3, 1), "train")
+    assert out["x"].dtype == np.uint8 and out["x"].shape == (3, 2, 3, 1)
+    np.testing.assert_array_equal(out["x"], images[[0, 2, 3]])
+    assert out["y"].dtype == np.int64
+    assert out["y"].tolist() == [1, 2, 0]
+    val = to_xy(table, classes, (2, 3, 1), "val")
+    np.testing.assert_array_equal(val["x"], images[[1]])
+    assert val["y"].tolist() == [0]
+
+
+def test_to_xy_leaves_out_unlabelled_images():
+    table, images = _pixels_table(["cat", None, "dog"], ["train", "train", "train"])
+    out = to_xy(table, ["cat", "dog"], (2, 3, 1), "train")
+    np.testing.assert_array_equal(out["x"], images[[0, 2]])
+    assert out["y"].tolist() == [0, 1]
+
+
+def test_to_xy_of_an_empty_split():
+    table, _ = _pixels_table(["cat", "dog"], ["train", "train"])
+    out = to_xy(table, ["cat", "dog"], (2, 3, 1), "test")
+    assert out["x"].shape == (0, 2, 3, 1) and out["y"].shape == (0,) and out["y"].dtype == np.int64
+
+
+# _train_run_name ------------------------------------------------------------------------------
+
+def test_run_name_follows_the_key_unless_retraining_is_forced():
+    key = "pixels:3:1a2b3c"
+    name = _train_run_name(key, "run-1", "on_new_data")
+    assert name.startswith("train-") and name == _train_run_name(key, "run-2", "on_new_data")
+    assert name != _train_run_name("pixels:4:1a2b3c", "run-1", "on_new_data")
+    assert "run-1" not in name
+    forced = [_train_run_name(key, run, "always") for run in ("run-1", "run-2")]
+    assert forced == ["train-run-1", "train-run-2"]
