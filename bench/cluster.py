@@ -45,7 +45,8 @@ def main() -> None:
     from sklearn.cluster import KMeans
 
     from fusion_core import registry
-    from fusion_core.cluster import cluster_embeddings, cluster_predictions, cluster_quality, kmeans, normalize_rows
+    from fusion_core.cluster import cluster_predictions
+    from fusion_core.clustering import cluster_embeddings, cluster_quality, kmeans, normalize_rows
     from fusion_core.config import load_settings
     from fusion_core.datasets import fixed_list_to_array, pixels_to_array, read_shards, shape_of
     from fusion_core.infer import infer_dataset

@@ -101,6 +101,8 @@ class InferConfig(_Section):
     batch_size: int = Field(512, ge=1)
     concurrency: int = Field(2, ge=1, description="most predictor actors; the pool starts with one")
     top_k: int = Field(3, ge=1, description="labels kept per image, most probable first")
+    in_process_max: int = Field(50_000, ge=0, description="datasets up to this many images are predicted in the "
+                                                          "driver's process; larger ones on a Ray actor pool")
     model_version: int | None = Field(None, description="default: the champion")
 
 
@@ -113,6 +115,8 @@ class ClusterConfig(_Section):
     pca_dim: int = Field(50, ge=2)
     min_cluster_size: int = Field(20, ge=2, description="hdbscan only")
     exemplars: int = Field(5, ge=1, description="exemplars and outliers kept per cluster")
+    sample_size: int = Field(100_000, ge=100, description="larger datasets are clustered on a sample this big, "
+                                                          "then every image goes to its nearest cluster")
     seed: int = 0
 
     @model_validator(mode="after")

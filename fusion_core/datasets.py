@@ -7,6 +7,7 @@ of a dataset only when a catalog manifest lists it (see ``store.commit_version``
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -99,6 +100,19 @@ def read_shards(root: str, rel_paths: list[str], columns: list[str] | None = Non
     """Read shards of one dataset version into a single table."""
     tables = [read_shard(root, p, columns, filters) for p in rel_paths]
     return pa.concat_tables(tables) if tables else pa.table({})
+
+
+def iter_shard_batches(root: str, rel_path: str, columns: list[str], rows: int) -> Iterator[pa.RecordBatch]:
+    """A shard's rows in batches of at most ``rows``, reading only ``columns``."""
+    fs, path = uri.filesystem(uri.join(root, rel_path))
+    yield from pq.ParquetFile(path, filesystem=fs).iter_batches(batch_size=rows, columns=columns)
+
+
+def iter_rows(root: str, rel_paths: list[str], columns: list[str], batch_rows: int = 8192) -> Iterator[dict]:
+    """The rows of shards as dicts, read a batch at a time."""
+    for rel_path in rel_paths:
+        for batch in iter_shard_batches(root, rel_path, columns, batch_rows):
+            yield from batch.to_pylist()
 
 
 def shard_rows(root: str, rel_path: str) -> int:

@@ -1,48 +1,67 @@
-"""Infer: the ``pixels`` dataset + the champion model -> the ``predictions`` dataset and table.
+"""Infer: a ``pixels`` version + a model version -> the ``predictions`` dataset and table.
 
-Ray Data ``map_batches`` runs a pool of ``Predictor`` actors, each loading the
-model once; the driver streams the results into Parquet shards and the
-``predictions`` table.
+Whoever predicts a batch writes its Parquet shard: the driver itself for small datasets (at most
+``infer.in_process_max`` images, where starting a pool of actors costs more than it saves), else a
+Ray Data pool of ``ShardWriter`` actors, each loading the model once. The driver only collects the
+shards' manifest, then streams the rows people query into the ``predictions`` table.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
 
 from fusion_core import registry
 from fusion_core.config import Settings
-from fusion_core.datasets import (array_to_fixed_list, pixels_to_array, predictions_schema, shard_uris,
-                                  write_shard)
+from fusion_core.datasets import (array_to_fixed_list, iter_rows, iter_shard_batches, pixels_to_array,
+                                  predictions_schema, shard_uris, write_shard)
 from fusion_core.derive import derivation_key, derive_dataset
 from fusion_core.runs import StageResult
 from fusion_core.store import Store
 
 log = logging.getLogger(__name__)
 
+INPUT_COLUMNS = ["image_id", "label", "split", "pixels"]
+TABLE_COLUMNS = ["image_id", "label", "split", "predicted", "confidence", "top_k"]  # the predictions table's
+WRITE_ROWS = 8192  # rows per predictions shard
 
-class Predictor:
-    """A Ray Data callable: loads the model once, then maps pixel batches to predictions."""
 
-    def __init__(self, model_path: str, shape: tuple[int, int, int]):
+class ShardWriter:
+    """Loads a model once, then turns pixel batches into predictions shards under the store root.
+
+    Used in-process and as a Ray Data callable: ``writer(batch)`` returns the shard's manifest entry.
+    """
+
+    def __init__(self, model_path: str, shape: tuple[int, int, int], classes: list[str], top_k: int,
+                 batch_size: int, root: str, prefix: str):
         from fusion_core.model import embedding_model
 
         self.model = embedding_model(registry.load_published(model_path))
-        self.shape = tuple(shape)
+        self.shape, self.classes, self.top_k, self.batch_size = tuple(shape), classes, top_k, batch_size
+        self.root, self.prefix = root, prefix
+
+    def predict(self, batch: pa.Table) -> pa.Table:
+        """The predictions table of a batch of pixel rows."""
+        x = pixels_to_array(batch.column("pixels"), self.shape)
+        outputs = [self.model(x[i:i + self.batch_size], training=False) for i in range(0, len(x), self.batch_size)]
+        probs = np.concatenate([np.asarray(o[0], dtype=np.float32) for o in outputs])
+        embedding = np.concatenate([np.asarray(o[1], dtype=np.float32) for o in outputs])
+        return predictions_table({"image_id": np.asarray(batch.column("image_id").to_pylist(), dtype=object),
+                                  "label": np.asarray(batch.column("label").to_pylist(), dtype=object),
+                                  "split": np.asarray(batch.column("split").to_pylist(), dtype=object),
+                                  "probs": probs, "embedding": embedding}, self.classes, self.top_k)
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
-        x = pixels_to_array(batch.column("pixels"), self.shape)
-        probs, embedding = (np.asarray(t, dtype=np.float32) for t in self.model(x, training=False))
-        return {"image_id": np.asarray(batch.column("image_id").to_pylist(), dtype=object),
-                "label": np.asarray(batch.column("label").to_pylist(), dtype=object),
-                "split": np.asarray(batch.column("split").to_pylist(), dtype=object),
-                "probs": probs, "embedding": embedding}
+        entry = write_shard(self.root, f"{self.prefix}-{uuid.uuid4().hex[:12]}.parquet", self.predict(batch))
+        return {"path": np.array([entry["path"]]), "num_rows": np.array([entry["num_rows"]])}
 
 
 def predictions_table(batch: dict[str, np.ndarray], classes: list[str], top_k: int) -> pa.Table:
-    """Arrow table of one batch of Predictor output, with predicted names, confidences and top-k labels."""
+    """Arrow table of one batch of model output, with predicted names, confidences and top-k labels."""
     probs = batch["probs"]
     ranked = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
     best = ranked[:, 0]
@@ -72,26 +91,15 @@ def infer_dataset(settings: Settings, store: Store, pixels_version: int, model_v
         raise LookupError(f"infer: no model version {model_version} in the store at {store.root}")
 
     def build() -> tuple[list[dict], dict]:
-        from fusion_core.ray_runtime import ensure_ray
-
-        ray = ensure_ray(settings)
-        classes = registry.read_classes(model["path"])
-        shape = tuple(pixels["info"]["shape"])
-        ds = ray.data.read_parquet(shard_uris(store.root, [s["path"] for s in pixels["shards"]]),
-                                   columns=["image_id", "label", "split", "pixels"])
-        # An autoscaling pool (from one actor) leaves a CPU for the Parquet readers on small machines.
-        ds = ds.map_batches(Predictor, fn_constructor_kwargs={"model_path": model["path"], "shape": shape},
-                            batch_format="pyarrow", batch_size=cfg.batch_size, concurrency=(1, cfg.concurrency),
-                            num_gpus=1 if settings.train.use_gpu else 0)
-        shards, rows = [], []
-        for i, batch in enumerate(ds.iter_batches(batch_size=8192, batch_format="numpy")):
-            table = predictions_table(batch, classes, cfg.top_k)
-            shards.append(write_shard(store.root, f"datasets/predictions/{run_id}-{i:05d}.parquet", table))
-            rows += table.select(["image_id", "label", "split", "predicted", "confidence", "top_k"]).to_pylist()
-            log.info("infer: %d images predicted", len(rows))
-        for row in rows:
-            row["model_version"] = model["version"]
-        store.replace_results("predictions", run_id, rows)
+        writer_args = {"model_path": model["path"], "shape": tuple(pixels["info"]["shape"]),
+                       "classes": registry.read_classes(model["path"]), "top_k": cfg.top_k,
+                       "batch_size": cfg.batch_size, "root": store.root, "prefix": f"datasets/predictions/{run_id}"}
+        paths = [s["path"] for s in pixels["shards"]]
+        in_process = pixels["num_rows"] <= cfg.in_process_max
+        log.info("infer: %d images %s", pixels["num_rows"], "in this process" if in_process else "on Ray")
+        shards = (_write_in_process(store, paths, writer_args) if in_process
+                  else _write_on_ray(settings, store, paths, writer_args))
+        store.replace_results("predictions", run_id, _table_rows(store, shards, model["version"]))
         return shards, {"pixels_version": pixels["version"], "model_version": model["version"]}
 
     key = derivation_key("pixels", pixels["version"], "model", model["version"], f"top{cfg.top_k}")
@@ -103,3 +111,36 @@ def infer_dataset(settings: Settings, store: Store, pixels_version: int, model_v
                  "table_run_id": predictions["run_id"], "model_version": model["version"],
                  "shards": [s["path"] for s in predictions["shards"]]},
     )
+
+
+def _write_in_process(store: Store, paths: list[str], writer_args: dict) -> list[dict]:
+    """Predict shard by shard in this process, a bounded batch at a time; returns the manifest."""
+    writer = ShardWriter(**writer_args)
+    manifest = []
+    for path in paths:
+        for batch in iter_shard_batches(store.root, path, INPUT_COLUMNS, WRITE_ROWS):
+            entry = writer(pa.Table.from_batches([batch]))
+            manifest.append({"path": str(entry["path"][0]), "num_rows": int(entry["num_rows"][0])})
+        log.info("infer: %d images predicted", sum(m["num_rows"] for m in manifest))
+    return manifest
+
+
+def _write_on_ray(settings: Settings, store: Store, paths: list[str], writer_args: dict) -> list[dict]:
+    """Predict on a Ray Data actor pool whose actors write the shards; returns the manifest."""
+    from fusion_core.ray_runtime import ensure_ray
+
+    ray = ensure_ray(settings)
+    cfg = settings.infer
+    ds = ray.data.read_parquet(shard_uris(store.root, paths), columns=INPUT_COLUMNS)
+    # An autoscaling pool (from one actor) leaves a CPU for the Parquet readers on small machines.
+    ds = ds.map_batches(ShardWriter, fn_constructor_kwargs=writer_args, batch_format="pyarrow",
+                        batch_size=WRITE_ROWS, concurrency=(1, cfg.concurrency),
+                        num_gpus=1 if settings.train.use_gpu else 0)
+    return [{"path": str(r["path"]), "num_rows": int(r["num_rows"])} for r in ds.iter_rows()]
+
+
+def _table_rows(store: Store, shards: list[dict], model_version: int) -> Iterator[dict]:
+    """The ``predictions`` table's rows, read back from the written shards a batch at a time."""
+    for row in iter_rows(store.root, [s["path"] for s in shards], TABLE_COLUMNS, WRITE_ROWS):
+        row["model_version"] = model_version
+        yield row

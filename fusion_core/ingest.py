@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -48,14 +48,22 @@ def split_for(image_id: str, val_fraction: float, test_fraction: float, given: s
     return "val" if u < test_fraction + val_fraction else "train"
 
 
-def ingest_chunk(root: str, items: list[Item], cfg: IngestConfig, known: frozenset = frozenset()) -> dict:
+LOOKUP_ITEMS = 256  # items hashed before one catalog lookup of their ids ...
+LOOKUP_BYTES = 64 * 2**20  # ... or fewer, when their bytes reach this
+
+
+def ingest_chunk(root: str, items: list[Item], cfg: IngestConfig,
+                 known_ids: Callable[[list[str]], set[str]] = lambda ids: set()) -> dict:
     """Read, hash, decode and write a chunk of items as shards (one pass).
+
+    Items are hashed a few hundred at a time; ``known_ids`` is asked which of those ids the
+    catalog holds already, and only the others are decoded.
 
     Args:
         root: store root; shards go to ``datasets/images/<hash of their ids>.parquet``.
         items: ``(source, label, payload, mask, split)`` tuples (see ``fusion_core.sources``).
         cfg: limits, split fractions and shard sizes.
-        known: image ids already stored; their items are only recorded as sources.
+        known_ids: which of a list of image ids are already stored; their items are only recorded as sources.
 
     Returns:
         ``{"shards": [{"path", "num_rows", "image_ids"}], "sources": [(image_id, source)],
@@ -64,42 +72,70 @@ def ingest_chunk(root: str, items: list[Item], cfg: IngestConfig, known: frozens
     max_bytes = int(cfg.max_file_mb * 2**20)
     rows: dict[str, list] = {name: [] for name in IMAGES_SCHEMA.names}
     shards, sources, bad, seen, size = [], [], [], set(), 0
-    for source, label, payload, mask_ref, split in items:
-        image_id = ""
-        try:
-            if isinstance(payload, np.ndarray):
-                image_id = hashlib.sha256(payload.tobytes()).hexdigest()
-            else:
-                data = read_bytes(payload, max_bytes) if isinstance(payload, str) else payload
-                image_id = hashlib.sha256(data).hexdigest()
+    for batch in _hashed(items, max_bytes, bad):
+        known = known_ids([image_id for _, image_id, _ in batch])
+        for (source, label, payload, mask_ref, split), image_id, data in batch:
             if image_id in seen or image_id in known:
                 sources.append((image_id, source))
                 continue
-            if isinstance(payload, np.ndarray):
-                pixels, mask = payload, None
-            else:
-                mask_data = read_bytes(mask_ref, max_bytes) if isinstance(mask_ref, str) else mask_ref
-                pixels, mask = decode_image(data, cfg.max_pixels, mask_data)
-        except QuarantineError as err:
-            bad.append(quarantine_row(source, err.reason, str(err), image_id))
-            continue
-        except OSError as err:
-            bad.append(quarantine_row(source, "unreadable", f"{type(err).__name__}: {err}", image_id))
-            continue
-        seen.add(image_id)
-        sources.append((image_id, source))
-        h, w, c = pixels.shape
-        for name, value in zip(IMAGES_SCHEMA.names, (
-                image_id, source, label, split_for(image_id, cfg.val_fraction, cfg.test_fraction, split),
-                h, w, c, pixels.tobytes(), pack_mask(mask))):
-            rows[name].append(value)
-        size += h * w * c
-        if len(rows["image_id"]) >= cfg.shard_rows or size >= cfg.shard_mb * 2**20:
-            shards.append(_write_table(root, pa.table(rows, schema=IMAGES_SCHEMA), size, cfg))
-            rows, size = {name: [] for name in IMAGES_SCHEMA.names}, 0
+            try:
+                if isinstance(payload, np.ndarray):
+                    pixels, mask = payload, None
+                else:
+                    mask_data = read_bytes(mask_ref, max_bytes) if isinstance(mask_ref, str) else mask_ref
+                    pixels, mask = decode_image(data, cfg.max_pixels, mask_data)
+            except QuarantineError as err:
+                bad.append(quarantine_row(source, err.reason, str(err), image_id))
+                continue
+            except OSError as err:
+                bad.append(quarantine_row(source, "unreadable", f"{type(err).__name__}: {err}", image_id))
+                continue
+            seen.add(image_id)
+            sources.append((image_id, source))
+            h, w, c = pixels.shape
+            for name, value in zip(IMAGES_SCHEMA.names, (
+                    image_id, source, label, split_for(image_id, cfg.val_fraction, cfg.test_fraction, split),
+                    h, w, c, pixels.tobytes(), pack_mask(mask))):
+                rows[name].append(value)
+            size += h * w * c
+            if len(rows["image_id"]) >= cfg.shard_rows or size >= cfg.shard_mb * 2**20:
+                shards.append(_write_table(root, pa.table(rows, schema=IMAGES_SCHEMA), size, cfg))
+                rows, size = {name: [] for name in IMAGES_SCHEMA.names}, 0
     if rows["image_id"]:
         shards.append(_write_table(root, pa.table(rows, schema=IMAGES_SCHEMA), size, cfg))
     return {"shards": shards, "sources": sources, "quarantine": bad}
+
+
+def _hashed(items: list[Item], max_bytes: int, bad: list[dict]) -> Iterator[list[tuple[Item, str, bytes | None]]]:
+    """Batches of ``(item, image id, encoded bytes)``, bounded in count and bytes; unreadable items are
+    appended to ``bad`` as quarantine rows."""
+    batch, held = [], 0
+    for item in items:
+        source, payload = item[0], item[2]
+        try:
+            if isinstance(payload, np.ndarray):
+                data, image_id = None, hashlib.sha256(payload.tobytes()).hexdigest()
+            else:
+                data = read_bytes(payload, max_bytes) if isinstance(payload, str) else payload
+                image_id = hashlib.sha256(data).hexdigest()
+        except QuarantineError as err:
+            bad.append(quarantine_row(source, err.reason, str(err)))
+            continue
+        except OSError as err:
+            bad.append(quarantine_row(source, "unreadable", f"{type(err).__name__}: {err}"))
+            continue
+        batch.append((item, image_id, data))
+        held += len(data or b"")
+        if len(batch) >= LOOKUP_ITEMS or held >= LOOKUP_BYTES:
+            yield batch
+            batch, held = [], 0
+    if batch:
+        yield batch
+
+
+def ingest_task(root: str, db: str | None, items: list[Item], cfg: IngestConfig) -> dict:
+    """``ingest_chunk`` in a Ray task, asking the store's catalog which images it holds already."""
+    return ingest_chunk(root, items, cfg, Store(root, db).known_image_ids)
 
 
 def _write_table(root: str, table: pa.Table, size: int, cfg: IngestConfig) -> dict:
@@ -137,11 +173,10 @@ def _chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
         yield chunk
 
 
-def _run_tasks(ray, cfg: IngestConfig, root: str, source: str, known: frozenset,
-               problems: list[dict]) -> list[dict]:
+def _run_tasks(ray, cfg: IngestConfig, store: Store, source: str, problems: list[dict]) -> list[dict]:
     """Feed chunks of the source to Ray tasks as they are listed; results in submission order."""
-    task = ray.remote(ingest_chunk)
-    known_ref = ray.put(known)
+    task = ray.remote(ingest_task)
+    db = store.engine.url.render_as_string(hide_password=False)
     in_flight = 2 * int(ray.cluster_resources().get("CPU", 1)) + 2  # keeps workers busy, bounds memory
     results, pending, progress = [], {}, Progress("ingest", "files")
 
@@ -160,7 +195,7 @@ def _run_tasks(ray, cfg: IngestConfig, root: str, source: str, known: frozenset,
     for chunk in _chunks(items, cfg.files_per_task):
         collect(wait_all=False)
         results.append(None)
-        pending[task.remote(root, chunk, cfg, known_ref)] = (len(results) - 1, len(chunk))
+        pending[task.remote(store.root, db, chunk, cfg)] = (len(results) - 1, len(chunk))
         listed += len(chunk)
     progress.total = listed
     collect(wait_all=True)
@@ -180,10 +215,8 @@ def ingest_source(settings: Settings, store: Store, source: str, run_id: str) ->
 
     cfg = settings.ingest
     ray = ensure_ray(settings)
-    known_sources = store.known_sources()
-    known = {image_id for image_id, _ in known_sources}  # one catalog read for both
     problems: list[dict] = []
-    results = _run_tasks(ray, cfg, store.root, str(source), frozenset(known), problems)
+    results = _run_tasks(ray, cfg, store, str(source), problems)
 
     shards, written = [], set()
     for result in results:
@@ -197,7 +230,7 @@ def ingest_source(settings: Settings, store: Store, source: str, run_id: str) ->
                 shards.append({"path": shard["path"], "num_rows": shard["num_rows"]})
     quarantined = problems + [q for r in results for q in r["quarantine"]]
     pairs = {pair for r in results for pair in r["sources"]}
-    sources = [{"image_id": i, "source": s} for i, s in sorted(pairs) if (i, s) not in known_sources]
+    sources = [{"image_id": i, "source": s} for i, s in sorted(pairs)]  # the catalog keeps the new ones
 
     previous = store.latest_version("images")
     version = previous["version"] if previous else None

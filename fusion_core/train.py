@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from fusion_core import registry
 from fusion_core.config import Settings
-from fusion_core.datasets import pixels_to_array, read_shards, shard_uris
+from fusion_core.datasets import pixels_to_array, read_shard, shard_uris
 from fusion_core.derive import derivation_key, derive_model
 from fusion_core.evaluate import calibration_error, classification_metrics
 from fusion_core.recipes import Recipe
@@ -155,8 +155,10 @@ def should_stop_early(history: list[dict], patience: int | None) -> bool:
 
 def class_names(store: Store, shards: list[str]) -> list[str]:
     """Sorted distinct labels of a pixels dataset (reads only the label column)."""
-    labels = read_shards(store.root, shards, columns=["label"]).column("label")
-    names = sorted(v for v in pc.unique(labels).to_pylist() if v is not None)
+    found = set()
+    for shard in shards:
+        found.update(pc.unique(read_shard(store.root, shard, columns=["label"]).column("label")).to_pylist())
+    names = sorted(v for v in found if v is not None)
     if len(names) < 2:
         raise ValueError(f"train: need at least 2 labelled classes, found {names}")
     return names
@@ -251,13 +253,18 @@ def _float32_copy(path: str, recipe: Recipe, shape: tuple[int, int, int], classe
 
 
 def evaluate_model(store: Store, model, shards: list[str], classes: list[str], shape: tuple[int, int, int]) -> dict:
-    """Holdout (test split) metrics of a model."""
-    holdout = to_xy(read_shards(store.root, shards, columns=["pixels", "label", "split"]), classes, shape, "test")
-    if len(holdout["y"]) == 0:
+    """Holdout (test split) metrics of a model, reading the test rows of one shard at a time."""
+    labels, probs = [], []
+    for shard in shards:
+        rows = read_shard(store.root, shard, columns=["pixels", "label", "split"], filters=[("split", "==", "test")])
+        holdout = to_xy(rows, classes, shape, "test")
+        if len(holdout["y"]):
+            labels.append(holdout["y"])
+            probs.append(model.predict(holdout["x"], batch_size=512, verbose=0))
+    if not labels:
         raise ValueError("evaluate: the test split is empty; ingest more images or raise ingest.test_fraction")
-    probs = model.predict(holdout["x"], batch_size=512, verbose=0)
-    return {**classification_metrics(holdout["y"], probs.argmax(axis=1), classes),
-            "ece": calibration_error(holdout["y"], probs)}
+    y, p = np.concatenate(labels), np.concatenate(probs)
+    return {**classification_metrics(y, p.argmax(axis=1), classes), "ece": calibration_error(y, p)}
 
 
 def _result(store: Store, model: dict, trained: bool, promotion: str) -> StageResult:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fusion_core.cluster import (NOISE, choose_k, cluster_accuracy, cluster_embeddings, cluster_quality, kmeans,
+from fusion_core.clustering import (NOISE, choose_k, cluster_accuracy, cluster_embeddings, cluster_quality, kmeans,
                                  normalize_rows, reduce_dimensions, summarize_clusters)
 from fusion_core.config import ClusterConfig
 
@@ -127,3 +127,30 @@ def test_normalize_rows_handles_zero_rows():
     out = normalize_rows(x)
     np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0], [0.0, -1.0]])
     np.testing.assert_array_equal(x, [[3.0, 4.0], [0.0, 0.0], [0.0, -2.0]])  # input not modified
+
+
+def test_label_scores_match_scikit_learn_on_random_partitions():
+    from sklearn import metrics
+
+    from fusion_core.clustering import contingency, label_scores
+
+    rng = np.random.default_rng(3)
+    for n, k, c in ((500, 4, 3), (2000, 10, 10), (50, 7, 2)):
+        assignments = rng.integers(0, k, n)
+        labels = [f"l{v}" for v in rng.integers(0, c, n)]
+        scores = label_scores(contingency(assignments, labels))
+        assert scores["nmi"] == pytest.approx(metrics.normalized_mutual_info_score(labels, assignments), abs=1e-9)
+        assert scores["ari"] == pytest.approx(metrics.adjusted_rand_score(labels, assignments), abs=1e-9)
+    one = label_scores(contingency(np.zeros(5, int), ["a"] * 5))
+    assert one == {"nmi": 1.0, "ari": 1.0, "cluster_accuracy": 1.0}
+
+
+def test_fitted_clusters_assign_new_rows_to_the_nearest_centre(blobs):
+    from fusion_core.clustering import fit_clusters
+
+    x, _ = blobs
+    clusters, labels, _ = fit_clusters(x[::2], ClusterConfig(reduce="pca", pca_dim=4), 3)
+    assignments, distances = clusters.nearest(clusters.prepare(x))
+    _same_partition(assignments)
+    np.testing.assert_array_equal(assignments[::2], labels)
+    assert distances.dtype == np.float32 and (distances >= 0).all()

@@ -156,9 +156,25 @@ def test_ingest_chunk_is_deterministic_and_skips_known_ids(chunk_files):
     first = ingest_chunk(str(store_root), items, IngestConfig())
     second = ingest_chunk(str(store_root), items, IngestConfig())
     assert second == first
-    known = frozenset(first["shards"][0]["image_ids"][:2])
-    third = ingest_chunk(str(store_root), items, IngestConfig(), known)
+    known = set(first["shards"][0]["image_ids"][:2])
+    asked = []
+    third = ingest_chunk(str(store_root), items, IngestConfig(), lambda ids: asked.extend(ids) or known & set(ids))
     assert [s["num_rows"] for s in third["shards"]] == [1] and len(third["sources"]) == 4
+    assert set(asked) == {image_id for image_id, _ in first["sources"]}  # every hashed item, decoded or not
+
+
+def test_ingest_chunk_asks_the_catalog_in_bounded_batches(tmp_path, monkeypatch):
+    import fusion_core.ingest as ingest
+
+    monkeypatch.setattr(ingest, "LOOKUP_ITEMS", 3)
+    src = tmp_path / "src" / "cat"
+    src.mkdir(parents=True)
+    for i in range(7):
+        (src / f"{i}.png").write_bytes(encode_image(Image.fromarray(random_rgb(2, 2, seed=i))))
+    batches = []
+    out = ingest_chunk(str(tmp_path / "store"), list(iter_items(str(tmp_path / "src"), [])), IngestConfig(),
+                       lambda ids: batches.append(len(ids)) or set())
+    assert batches == [3, 3, 1] and sum(s["num_rows"] for s in out["shards"]) == 7
 
 
 def test_ingest_chunk_takes_splits_from_split_folders(tmp_path):

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 LIGHT_MODULES = ["config", "uri", "store", "datasets", "derive", "registry", "ingest", "sources", "decode", "progress",
-                 "ray_runtime", "preprocess", "impute", "corrupt", "evaluate", "train", "infer", "cluster", "runs",
-                 "formatting", "demo_data", "report", "recipes"]
+                 "ray_runtime", "preprocess", "impute", "corrupt", "evaluate", "train", "infer", "clustering",
+                 "cluster", "runs", "formatting", "demo_data", "report", "recipes"]
 
 SCRIPT = """
 import importlib, json, sys

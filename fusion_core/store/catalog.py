@@ -9,14 +9,17 @@ exists only once its manifest is committed here.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from fusion_core import uri
 from fusion_core.config import Settings
@@ -24,6 +27,8 @@ from fusion_core.store.migrations import migrate
 from fusion_core.store.tables import (dataset_shards, dataset_versions, image_sources, metadata, models, quarantine,
                                       run_stages, runs)
 
+CHUNK_ROWS = 5000  # rows per INSERT statement
+LOOKUP_CHUNK = 500  # ids per IN (...) lookup
 _migrated: set[str] = set()  # catalogs this process has brought to the current schema
 
 
@@ -190,8 +195,19 @@ class Store:
                                     ("image_id", "source"))
 
     def known_sources(self) -> set[tuple[str, str]]:
+        """Every recorded ``(image id, source)`` pair (for tests and small stores: it reads the whole table)."""
         with self.engine.connect() as conn:
             return {tuple(r) for r in conn.execute(sa.select(image_sources.c.image_id, image_sources.c.source))}
+
+    def known_image_ids(self, image_ids: Iterable[str]) -> set[str]:
+        """Those of ``image_ids`` that the catalog already holds, looked up in chunks."""
+        ids, found = list(image_ids), set()
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), LOOKUP_CHUNK):
+                chunk = ids[start:start + LOOKUP_CHUNK]
+                found.update(conn.execute(sa.select(image_sources.c.image_id).distinct()
+                                          .where(image_sources.c.image_id.in_(chunk))).scalars())
+        return found
 
     # quarantine -----------------------------------------------------------
     def add_quarantine(self, run_id: str, rows: Sequence[dict]) -> int:
@@ -209,20 +225,14 @@ class Store:
 
     @staticmethod
     def _insert_new(conn, table: sa.Table, rows: Sequence[dict], unique: tuple[str, ...]) -> int:
-        """Insert rows whose unique columns are not present yet (portable upsert-ignore)."""
-        if not rows:
-            return 0
-        cols = [table.c[name] for name in unique]
-        existing = {tuple(r) for r in conn.execute(sa.select(*cols))}
-        fresh, seen = [], set(existing)
-        for row in rows:
-            ident = tuple(row[name] for name in unique)
-            if ident not in seen:
-                seen.add(ident)
-                fresh.append(row)
-        if fresh:
-            conn.execute(table.insert(), fresh)
-        return len(fresh)
+        """Insert the rows whose unique columns are not present yet (the database's ``ON CONFLICT DO
+        NOTHING``), in chunks; returns how many were inserted."""
+        insert = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}[conn.dialect.name]
+        stmt = insert(table).on_conflict_do_nothing(index_elements=list(unique)).returning(table.c[unique[0]])
+        added = 0
+        for start in range(0, len(rows), CHUNK_ROWS):
+            added += len(conn.execute(stmt, list(rows[start:start + CHUNK_ROWS])).all())
+        return added
 
     # models ---------------------------------------------------------------
     def register_model(self, run_id: str, name: str, path: str, key: str, dataset_version: int,
@@ -260,13 +270,23 @@ class Store:
             return [dict(r._mapping) for r in conn.execute(sa.select(models).order_by(models.c.version))]
 
     # results --------------------------------------------------------------
-    def replace_results(self, table_name: str, run_id: str, rows: Sequence[dict]) -> None:
-        """Write a run's result rows, replacing any earlier rows of that run in one transaction."""
+    def replace_results(self, table_name: str, run_id: str, rows: Iterable[dict]) -> int:
+        """Write a run's result rows, replacing any earlier rows of that run, in one transaction.
+
+        Rows are streamed in chunks (``COPY`` on PostgreSQL, batched inserts elsewhere), so they need not
+        fit in memory together. Returns how many were written.
+        """
         table = metadata.tables[table_name]
+        stamped = ({**r, "run_id": run_id} for r in rows)
         with self.engine.begin() as conn:
             conn.execute(table.delete().where(table.c.run_id == run_id))
-            for start in range(0, len(rows), 5000):
-                conn.execute(table.insert(), [{**r, "run_id": run_id} for r in rows[start:start + 5000]])
+            if conn.dialect.name == "postgresql":
+                return _copy_rows(conn, table, stamped)
+            written = 0
+            for chunk in _batched(stamped, CHUNK_ROWS):
+                conn.execute(table.insert(), chunk)
+                written += len(chunk)
+            return written
 
     def query(self, table_name: str, run_id: str, **equal: Any) -> list[dict]:
         """A run's rows of a result table, optionally filtered on column equality."""
@@ -281,6 +301,26 @@ class Store:
             outputs = conn.execute(sa.select(run_stages.c.outputs).where(
                 run_stages.c.run_id == run_id, run_stages.c.stage == stage)).scalar()
         return (outputs or {}).get("table_run_id", run_id)
+
+
+def _batched(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    it = iter(rows)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def _copy_rows(conn, table: sa.Table, rows: Iterable[dict]) -> int:
+    """Stream rows into a PostgreSQL table with ``COPY`` on the transaction's own connection."""
+    names = [c.name for c in table.columns]
+    as_json = {c.name for c in table.columns if isinstance(c.type, sa.JSON)}
+    written = 0
+    with conn.connection.driver_connection.cursor() as cursor:
+        with cursor.copy(f"COPY {table.name} ({', '.join(names)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row([json.dumps(row.get(n)) if n in as_json and row.get(n) is not None else row.get(n)
+                                for n in names])
+                written += 1
+    return written
 
 
 def _retrying(fn, attempts: int = 6):

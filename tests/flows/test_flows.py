@@ -58,8 +58,9 @@ def trained(preprocessed, stage_store):
 
 @pytest.fixture(scope="module")
 def inferred(trained, preprocessed, stage_store):
-    return infer_flow("smoke", _overrides(stage_store), pixels_version=preprocessed["outputs"]["version"],
-                      model_version=trained["outputs"]["model_version"])
+    # On the Ray actor pool (the nightly tests predict in-process, below infer.in_process_max).
+    return infer_flow("smoke", {**_overrides(stage_store), "infer.in_process_max": 0},
+                      pixels_version=preprocessed["outputs"]["version"], model_version=trained["outputs"]["model_version"])
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +149,25 @@ def test_infer_flow(inferred, stage_store):
     assert table.schema.field("embedding").type.list_size == 512
     again = infer_flow("smoke", _overrides(stage_store))  # the newest pixels and the champion: the same inputs
     assert again["counts"]["reused"] == 1 and again["outputs"]["version"] == result["outputs"]["version"]
+
+
+def test_inference_in_process_matches_the_actor_pool(inferred, preprocessed, trained, stage_store):
+    from fusion_core.infer import _write_in_process
+    from fusion_core.registry import read_classes
+
+    store = Store(stage_store)
+    pixels = store.get_version("pixels", preprocessed["outputs"]["version"])
+    model_path = trained["outputs"]["model_path"]
+    manifest = _write_in_process(store, [s["path"] for s in pixels["shards"]], {
+        "model_path": model_path, "shape": tuple(pixels["info"]["shape"]), "classes": read_classes(model_path),
+        "top_k": 3, "batch_size": 128, "root": store.root, "prefix": "datasets/predictions/in-process"})
+    in_process = pq.read_table([store.path(m["path"]) for m in manifest]).to_pydict()
+    pooled = {r["image_id"]: r for r in store.query("predictions", inferred["run_id"])}
+    assert sorted(in_process["image_id"]) == sorted(pooled)
+    for image_id, predicted, confidence in zip(in_process["image_id"], in_process["predicted"],
+                                               in_process["confidence"]):
+        assert predicted == pooled[image_id]["predicted"]
+        assert confidence == pytest.approx(pooled[image_id]["confidence"], abs=1e-4)
 
 
 def test_cluster_flow(clustered, stage_store):
