@@ -299,6 +299,19 @@ def clusters(run: str = typer.Option(..., "--run", help="run id (see `fusion run
 
 
 @app.command()
+def gc(keep: int = typer.Option(..., "--keep", min=1, help="how many of the newest runs to keep, with all they need"),
+       dry_run: bool = typer.Option(False, "--dry-run", help="only say what would be removed"),
+       store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt) -> None:
+    """Remove old dataset versions, result rows, reports and checkpoints no kept run or the champion needs."""
+    from fusion_core.retention import collect_garbage
+
+    removed = collect_garbage(_open_store(config, store), keep, dry_run=dry_run)
+    typer.echo(("would remove: " if dry_run else "removed: ")
+               + ", ".join(f"{k}={v}" for k, v in removed.items() if k != "runs_kept")
+               + f" (kept the {removed['runs_kept']} newest runs and what they need)")
+
+
+@app.command()
 def report(run_id: str, store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt) -> None:
     """Write the HTML report of an existing run under the store and print its path."""
     from fusion_core.report import write_report

@@ -20,6 +20,7 @@ from fusion_core.clustering import (NOISE, Clusters, cluster_embeddings, cluster
 from fusion_core.config import ClusterConfig, Settings
 from fusion_core.datasets import fixed_list_to_array, iter_rows, read_shard, read_shards, write_shard
 from fusion_core.derive import derivation_key, derive_dataset
+from fusion_core.publish import publish_current
 from fusion_core.runs import StageResult
 from fusion_core.store import Store
 
@@ -48,6 +49,7 @@ def cluster_predictions(settings: Settings, store: Store, predictions_version: i
 
     key = derivation_key("predictions", preds["version"], settings.section_hash("cluster"))
     clusters, reused = derive_dataset(store, "clusters", key, run_id, build)
+    publish_current(store, clusters)
     info = clusters["info"]
     return StageResult("cluster", counts={"images": clusters["num_rows"], "reused": int(reused), **info["counts"]},
                        metrics=info["metrics"],

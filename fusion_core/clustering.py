@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import sparse
 
 from fusion_core.config import ClusterConfig
 
@@ -82,9 +83,8 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, n_init: int = 3, max_iter: int 
             d = _squared_distances(x, x_sq, centers)
             labels = d.argmin(axis=1)
             counts = np.bincount(labels, minlength=k)
-            onehot = np.zeros((len(x), k), dtype=np.float32)
-            onehot[np.arange(len(x)), labels] = 1.0
-            new = (onehot.T @ x) / np.maximum(counts, 1)[:, None]
+            members = sparse.csr_matrix((np.ones(len(x), np.float32), (labels, np.arange(len(x)))), shape=(k, len(x)))
+            new = np.asarray(members @ x) / np.maximum(counts, 1)[:, None]
             empty = counts == 0
             if empty.any():  # re-seed empty clusters at the points farthest from their centre
                 far = np.argsort(-d[np.arange(len(x)), labels])[: empty.sum()]

@@ -20,6 +20,7 @@ from fusion_core.config import Settings
 from fusion_core.datasets import (array_to_fixed_list, iter_rows, iter_shard_batches, pixels_to_array,
                                   predictions_schema, shard_uris, write_shard)
 from fusion_core.derive import derivation_key, derive_dataset
+from fusion_core.publish import publish_current
 from fusion_core.runs import StageResult
 from fusion_core.store import Store
 
@@ -104,6 +105,7 @@ def infer_dataset(settings: Settings, store: Store, pixels_version: int, model_v
 
     key = derivation_key("pixels", pixels["version"], "model", model["version"], f"top{cfg.top_k}")
     predictions, reused = derive_dataset(store, "predictions", key, run_id, build)
+    publish_current(store, predictions)
     return StageResult(
         "infer",
         counts={"predictions": predictions["num_rows"], "reused": int(reused)},

@@ -1,10 +1,10 @@
 """Ingest: a source -> the ``images`` dataset (Parquet shards) plus quarantine rows.
 
 One pass per Ray task: each task reads its items, hashes them (the hash is the
-image id), skips content the catalog already holds, decodes the rest by
+image id), asks the catalog which of them it holds already, decodes the rest by
 content (``fusion_core.decode``), and writes shards named from the ids they
 hold. The driver lists the source (``fusion_core.sources``) and feeds tasks
-as it goes, so archives are streamed, never extracted. Content that two tasks
+as it goes, never holding the listing whole; archives are streamed, never extracted. Content that two tasks
 both wrote (the same image under two paths) is dropped from the later shard
 before the version is committed, in one transaction, with every path of every
 image. Bad inputs become quarantine rows; the run goes on.
@@ -26,7 +26,7 @@ from fusion_core.datasets import IMAGES_SCHEMA, delete_shard, pack_mask, read_sh
 from fusion_core.decode import QuarantineError, decode_image
 from fusion_core.progress import Progress
 from fusion_core.runs import StageResult
-from fusion_core.sources import Item, iter_items, quarantine_row, read_bytes, source_kind
+from fusion_core.sources import Item, iter_items, quarantine_row, read_bytes
 from fusion_core.store import Store
 
 log = logging.getLogger(__name__)
@@ -187,12 +187,8 @@ def _run_tasks(ray, cfg: IngestConfig, store: Store, source: str, problems: list
             results[index] = ray.get(ready[0])
             progress.update(n)
 
-    items = iter_items(source, problems, int(cfg.max_file_mb * 2**20))
-    if source_kind(source) != "archive":  # listed up front, so the total (and ETA) is known; archives stream
-        items = list(items)
-        progress.total = len(items)
-    listed = 0
-    for chunk in _chunks(items, cfg.files_per_task):
+    listed = 0  # the source is streamed, never held whole: the total (and an ETA) is known once it is listed
+    for chunk in _chunks(iter_items(source, problems, int(cfg.max_file_mb * 2**20)), cfg.files_per_task):
         collect(wait_all=False)
         results.append(None)
         pending[task.remote(store.root, db, chunk, cfg)] = (len(results) - 1, len(chunk))
@@ -201,6 +197,18 @@ def _run_tasks(ray, cfg: IngestConfig, store: Store, source: str, problems: list
     collect(wait_all=True)
     progress.close()
     return results
+
+
+class SourceRows:
+    """The ``{image_id, source}`` rows of every task's result, made afresh each time they are iterated."""
+
+    def __init__(self, results: list[dict]):
+        self.results = results
+
+    def __iter__(self) -> Iterator[dict]:
+        for result in self.results:
+            for image_id, source in result["sources"]:
+                yield {"image_id": image_id, "source": source}
 
 
 def ingest_source(settings: Settings, store: Store, source: str, run_id: str) -> StageResult:
@@ -229,15 +237,14 @@ def ingest_source(settings: Settings, store: Store, source: str, run_id: str) ->
             if shard:
                 shards.append({"path": shard["path"], "num_rows": shard["num_rows"]})
     quarantined = problems + [q for r in results for q in r["quarantine"]]
-    pairs = {pair for r in results for pair in r["sources"]}
-    sources = [{"image_id": i, "source": s} for i, s in sorted(pairs)]  # the catalog keeps the new ones
+    sources = SourceRows(results)  # the catalog keeps the new ones
 
     previous = store.latest_version("images")
     version = previous["version"] if previous else None
     if shards:
         manifest = (previous["shards"] if previous else []) + shards
         version = store.commit_version("images", manifest, run_id, sources=sources, info={"source": str(source)})
-    elif sources:
+    else:
         store.record_sources(sources, run_id)
     new_quarantine = store.add_quarantine(run_id, quarantined)
     reasons = Counter(q["error_class"] for q in quarantined)

@@ -136,7 +136,7 @@ def precision_policy(mixed: bool) -> str:
     return "mixed_bfloat16" if " avx512_bf16" in flags or " amx_bf16" in flags else "float32"
 
 
-def _train_run_name(key: str, run_id: str, retrain: str) -> str:
+def train_run_name(key: str, run_id: str, retrain: str) -> str:
     """Ray Train's run name: per data and settings, so a stopped run is resumed by the next one with the
     same inputs (Ray Train restores a run of the same name from its latest checkpoint); per run when
     retraining is forced."""
@@ -220,7 +220,7 @@ def _fit_and_register(settings: Settings, store: Store, pixels: dict, key: str, 
                            "jit_compile": cfg.jit_compile, "cache_data": cfg.cache_data},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=cfg.resources_per_worker),
-        run_config=RunConfig(name=_train_run_name(key, run_id, cfg.retrain), storage_path=store.path("checkpoints"),
+        run_config=RunConfig(name=train_run_name(key, run_id, cfg.retrain), storage_path=store.path("checkpoints"),
                              checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_accuracy",
                                                                 checkpoint_score_order="max"),
                              failure_config=FailureConfig(max_failures=cfg.max_failures)),

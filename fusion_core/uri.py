@@ -161,6 +161,28 @@ def delete_file(path: str) -> None:
     fs.delete_file(inner)
 
 
+def delete_dir(path: str) -> None:
+    """Remove a folder and everything in it (nothing to do when there is none)."""
+    fs, inner = filesystem(path)
+    if fs.get_file_info(inner).type == pafs.FileType.Directory:
+        fs.delete_dir(inner)
+
+
+def link_or_copy(src: str, dst: str) -> None:
+    """``dst`` as a hard link to ``src`` on a local disk, else a copy made by the filesystem itself
+    (server-side on object stores)."""
+    fs, source = filesystem(src)
+    target = filesystem(dst)[1]
+    fs.create_dir(posixpath.dirname(target), recursive=True)
+    if isinstance(fs, pafs.LocalFileSystem):
+        try:
+            os.link(source, target)
+            return
+        except OSError:  # another device, or links not supported: copy
+            pass
+    fs.copy_file(source, target)
+
+
 def move(src: str, dst: str) -> None:
     """Rename ``src`` to ``dst`` on one filesystem (atomic where the filesystem allows)."""
     fs, inner = filesystem(src)

@@ -62,9 +62,9 @@ def model(tmp_path_factory):
 def test_inference_holds_a_batch_not_the_collection(tmp_path, model, monkeypatch):
     from fusion_core import infer
     from fusion_core.registry import register_model
-    from fusion_core.store import catalog
+    from fusion_core.store import results
 
-    monkeypatch.setattr(catalog, "CHUNK_ROWS", 500)  # SQL rows go in small chunks, so they do not mask growth
+    monkeypatch.setattr(results, "CHUNK_ROWS", 500)  # SQL rows go in small chunks, so they do not mask growth
 
     def run(n: int) -> float:
         root = str(tmp_path / f"store-{n}")

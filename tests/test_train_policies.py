@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from fusion_core.datasets import array_to_pixels, pixels_schema
-from fusion_core.train import _train_run_name, should_stop_early, to_xy
+from fusion_core.train import train_run_name, should_stop_early, to_xy
 
 
 def _history(val_accuracies) -> list[dict]:
@@ -82,13 +82,13 @@ def test_to_xy_of_an_empty_split():
     assert out["x"].shape == (0, 2, 3, 1) and out["y"].shape == (0,) and out["y"].dtype == np.int64
 
 
-# _train_run_name ------------------------------------------------------------------------------
+# train_run_name ------------------------------------------------------------------------------
 
 def test_run_name_follows_the_key_unless_retraining_is_forced():
     key = "pixels:3:1a2b3c"
-    name = _train_run_name(key, "run-1", "on_new_data")
-    assert name.startswith("train-") and name == _train_run_name(key, "run-2", "on_new_data")
-    assert name != _train_run_name("pixels:4:1a2b3c", "run-1", "on_new_data")
+    name = train_run_name(key, "run-1", "on_new_data")
+    assert name.startswith("train-") and name == train_run_name(key, "run-2", "on_new_data")
+    assert name != train_run_name("pixels:4:1a2b3c", "run-1", "on_new_data")
     assert "run-1" not in name
-    forced = [_train_run_name(key, run, "always") for run in ("run-1", "run-2")]
+    forced = [train_run_name(key, run, "always") for run in ("run-1", "run-2")]
     assert forced == ["train-run-1", "train-run-2"]

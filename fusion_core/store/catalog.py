@@ -9,11 +9,10 @@ exists only once its manifest is committed here.
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import json
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +23,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from fusion_core import uri
 from fusion_core.config import Settings
 from fusion_core.store.migrations import migrate
-from fusion_core.store.tables import (dataset_shards, dataset_versions, image_sources, metadata, models, quarantine,
+from fusion_core.store.results import CHUNK_ROWS, ResultTables, batched
+from fusion_core.store.tables import (dataset_shards, dataset_versions, image_sources, models, quarantine,
                                       run_stages, runs)
 
-CHUNK_ROWS = 5000  # rows per INSERT statement
 LOOKUP_CHUNK = 500  # ids per IN (...) lookup
 _migrated: set[str] = set()  # catalogs this process has brought to the current schema
 
@@ -41,7 +40,7 @@ def new_run_id() -> str:
     return f"{_now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
-class Store:
+class Store(ResultTables):
     """Catalog access for one store root (artifacts) and database (catalog)."""
 
     def __init__(self, root: str, db_url: str | None = None):
@@ -101,7 +100,8 @@ class Store:
                          .values(status=status, finished_at=_now(), counts=counts,
                                  metrics=metrics, outputs=outputs, error=error))
 
-    def list_runs(self, limit: int = 20) -> list[dict]:
+    def list_runs(self, limit: int | None = 20) -> list[dict]:
+        """Runs, newest first (all of them when ``limit`` is None)."""
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(runs).order_by(runs.c.started_at.desc()).limit(limit))
             return [dict(r._mapping) for r in rows]
@@ -140,6 +140,20 @@ class Store:
             raise LookupError(f"no {dataset} dataset version {version} in the store at {self.root}")
         return found
 
+    def list_versions(self, dataset: str) -> list[dict]:
+        """Every committed version of a dataset with its shards, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(dataset_versions).where(dataset_versions.c.dataset == dataset)
+                                .order_by(dataset_versions.c.version)).all()
+            return [self._with_shards(conn, row) for row in rows]
+
+    def delete_versions(self, dataset: str, versions: Iterable[int]) -> None:
+        """Forget dataset versions (their manifests) in one transaction; their files are the caller's."""
+        versions = list(versions)
+        with self.engine.begin() as conn:
+            for table in (dataset_shards, dataset_versions):
+                conn.execute(table.delete().where(table.c.dataset == dataset, table.c.version.in_(versions)))
+
     def find_version(self, dataset: str, key: str) -> dict | None:
         """The newest committed version of a dataset derived under ``key``."""
         with self.engine.connect() as conn:
@@ -159,18 +173,16 @@ class Store:
         return {**row._mapping, "info": row._mapping["info"] or {}, "shards": [dict(s._mapping) for s in shards]}
 
     def commit_version(self, dataset: str, shards: Sequence[dict], run_id: str | None,
-                       key: str | None = None, info: dict | None = None,
-                       sources: Iterable[dict] = (), conn=None) -> int:
+                       key: str | None = None, info: dict | None = None, sources: Iterable[dict] = ()) -> int:
         """Atomically commit a dataset version: its manifest and any image sources.
 
         Args:
             shards: ``[{"path": ..., "num_rows": ...}]`` relative to the store root, all written.
-            sources: ``[{"image_id", "source"}]`` rows to record with the version.
+            sources: ``{"image_id", "source"}`` rows to record with the version, streamed in chunks; iterated
+                once per attempt (a concurrent commit may force another), so a re-iterable collection.
         Returns:
             The new version number.
         """
-        sources = list(sources)
-
         def commit() -> int:
             with self.engine.begin() as conn:
                 current = conn.execute(sa.select(sa.func.max(dataset_versions.c.version))
@@ -182,7 +194,7 @@ class Store:
                 if shards:
                     conn.execute(dataset_shards.insert(), [{"dataset": dataset, "version": version, **s}
                                                            for s in shards])
-                self._insert_new(conn, image_sources, [{**s, "run_id": run_id} for s in sources],
+                self._insert_new(conn, image_sources, ({**s, "run_id": run_id} for s in sources),
                                  ("image_id", "source"))
             return version
 
@@ -191,7 +203,7 @@ class Store:
     def record_sources(self, sources: Iterable[dict], run_id: str | None) -> int:
         """Record more paths of already stored images."""
         with self.engine.begin() as conn:
-            return self._insert_new(conn, image_sources, [{**s, "run_id": run_id} for s in sources],
+            return self._insert_new(conn, image_sources, ({**s, "run_id": run_id} for s in sources),
                                     ("image_id", "source"))
 
     def known_sources(self) -> set[tuple[str, str]]:
@@ -224,15 +236,12 @@ class Store:
             return [dict(r._mapping) for r in conn.execute(query)]
 
     @staticmethod
-    def _insert_new(conn, table: sa.Table, rows: Sequence[dict], unique: tuple[str, ...]) -> int:
+    def _insert_new(conn, table: sa.Table, rows: Iterable[dict], unique: tuple[str, ...]) -> int:
         """Insert the rows whose unique columns are not present yet (the database's ``ON CONFLICT DO
         NOTHING``), in chunks; returns how many were inserted."""
         insert = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}[conn.dialect.name]
         stmt = insert(table).on_conflict_do_nothing(index_elements=list(unique)).returning(table.c[unique[0]])
-        added = 0
-        for start in range(0, len(rows), CHUNK_ROWS):
-            added += len(conn.execute(stmt, list(rows[start:start + CHUNK_ROWS])).all())
-        return added
+        return sum(len(conn.execute(stmt, chunk).all()) for chunk in batched(rows, CHUNK_ROWS))
 
     # models ---------------------------------------------------------------
     def register_model(self, run_id: str, name: str, path: str, key: str, dataset_version: int,
@@ -268,59 +277,6 @@ class Store:
     def list_models(self) -> list[dict]:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(sa.select(models).order_by(models.c.version))]
-
-    # results --------------------------------------------------------------
-    def replace_results(self, table_name: str, run_id: str, rows: Iterable[dict]) -> int:
-        """Write a run's result rows, replacing any earlier rows of that run, in one transaction.
-
-        Rows are streamed in chunks (``COPY`` on PostgreSQL, batched inserts elsewhere), so they need not
-        fit in memory together. Returns how many were written.
-        """
-        table = metadata.tables[table_name]
-        stamped = ({**r, "run_id": run_id} for r in rows)
-        with self.engine.begin() as conn:
-            conn.execute(table.delete().where(table.c.run_id == run_id))
-            if conn.dialect.name == "postgresql":
-                return _copy_rows(conn, table, stamped)
-            written = 0
-            for chunk in _batched(stamped, CHUNK_ROWS):
-                conn.execute(table.insert(), chunk)
-                written += len(chunk)
-            return written
-
-    def query(self, table_name: str, run_id: str, **equal: Any) -> list[dict]:
-        """A run's rows of a result table, optionally filtered on column equality."""
-        table = metadata.tables[table_name]
-        clauses = [table.c.run_id == run_id] + [table.c[k] == v for k, v in equal.items()]
-        with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(sa.select(table).where(*clauses))]
-
-    def results_run(self, run_id: str, stage: str) -> str:
-        """The run whose result rows a run's stage points to (a rerun may reuse an earlier run's results)."""
-        with self.engine.connect() as conn:
-            outputs = conn.execute(sa.select(run_stages.c.outputs).where(
-                run_stages.c.run_id == run_id, run_stages.c.stage == stage)).scalar()
-        return (outputs or {}).get("table_run_id", run_id)
-
-
-def _batched(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
-    it = iter(rows)
-    while chunk := list(itertools.islice(it, size)):
-        yield chunk
-
-
-def _copy_rows(conn, table: sa.Table, rows: Iterable[dict]) -> int:
-    """Stream rows into a PostgreSQL table with ``COPY`` on the transaction's own connection."""
-    names = [c.name for c in table.columns]
-    as_json = {c.name for c in table.columns if isinstance(c.type, sa.JSON)}
-    written = 0
-    with conn.connection.driver_connection.cursor() as cursor:
-        with cursor.copy(f"COPY {table.name} ({', '.join(names)}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row([json.dumps(row.get(n)) if n in as_json and row.get(n) is not None else row.get(n)
-                                for n in names])
-                written += 1
-    return written
 
 
 def _retrying(fn, attempts: int = 6):

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -285,6 +286,9 @@ def test_nightly_end_to_end_then_rerun_adds_nothing(demo_source, tmp_path):
     run = store.get_run(first["run_id"])
     assert run["status"] == "completed"
     assert [s["stage"] for s in run["stages"]] == ["ingest", "preprocess", "train", "infer", "cluster", "report"]
+    current = pads.dataset(store.path("datasets", "predictions", "current"), format="parquet").to_table()
+    assert sorted(current.column("image_id").to_pylist()) == sorted({r["image_id"] for r in
+                                                                     store.query("predictions", first["run_id"])})
 
     second = nightly_flow(str(demo_source), "smoke", overrides)
     assert second["ingest"]["counts"]["new_images"] == 0

@@ -1,0 +1,84 @@
+"""The result tables people query (predictions, cluster assignments and summaries): ``Store``'s part."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import sqlalchemy as sa
+
+from fusion_core.store.tables import metadata, run_stages
+
+RESULT_TABLES = ("predictions", "cluster_assignments", "cluster_summaries")
+CHUNK_ROWS = 5000  # rows per INSERT statement
+
+
+class ResultTables:
+    """Writes and reads a run's rows of the result tables (mixed into ``Store``, which has the engine)."""
+
+    engine: sa.Engine
+
+    def replace_results(self, table_name: str, run_id: str, rows: Iterable[dict]) -> int:
+        """Write a run's result rows, replacing any earlier rows of that run, in one transaction.
+
+        Rows are streamed in chunks (``COPY`` on PostgreSQL, batched inserts elsewhere), so they need not
+        fit in memory together. Returns how many were written.
+        """
+        table = metadata.tables[table_name]
+        stamped = ({**r, "run_id": run_id} for r in rows)
+        with self.engine.begin() as conn:
+            conn.execute(table.delete().where(table.c.run_id == run_id))
+            if conn.dialect.name == "postgresql":
+                return _copy_rows(conn, table, stamped)
+            written = 0
+            for chunk in batched(stamped, CHUNK_ROWS):
+                conn.execute(table.insert(), chunk)
+                written += len(chunk)
+            return written
+
+    def delete_results_except(self, keep_run_ids: Iterable[str]) -> dict[str, int]:
+        """Delete the result rows of every run but ``keep_run_ids``; returns rows deleted per table."""
+        keep = list(keep_run_ids)
+        deleted = {}
+        with self.engine.begin() as conn:
+            for name in RESULT_TABLES:
+                table = metadata.tables[name]
+                deleted[name] = conn.execute(table.delete().where(table.c.run_id.not_in(keep))).rowcount
+        return deleted
+
+    def query(self, table_name: str, run_id: str, **equal: Any) -> list[dict]:
+        """A run's rows of a result table, optionally filtered on column equality."""
+        table = metadata.tables[table_name]
+        clauses = [table.c.run_id == run_id] + [table.c[k] == v for k, v in equal.items()]
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(sa.select(table).where(*clauses))]
+
+    def results_run(self, run_id: str, stage: str) -> str:
+        """The run whose result rows a run's stage points to (a rerun may reuse an earlier run's results)."""
+        with self.engine.connect() as conn:
+            outputs = conn.execute(sa.select(run_stages.c.outputs).where(
+                run_stages.c.run_id == run_id, run_stages.c.stage == stage)).scalar()
+        return (outputs or {}).get("table_run_id", run_id)
+
+
+def batched(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    """Lists of at most ``size`` rows."""
+    it = iter(rows)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def _copy_rows(conn, table: sa.Table, rows: Iterable[dict]) -> int:
+    """Stream rows into a PostgreSQL table with ``COPY`` on the transaction's own connection."""
+    names = [c.name for c in table.columns]
+    as_json = {c.name for c in table.columns if isinstance(c.type, sa.JSON)}
+    written = 0
+    with conn.connection.driver_connection.cursor() as cursor:
+        with cursor.copy(f"COPY {table.name} ({', '.join(names)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row([json.dumps(row.get(n)) if n in as_json and row.get(n) is not None else row.get(n)
+                                for n in names])
+                written += 1
+    return written
