@@ -142,7 +142,7 @@ def fit_clusters(x: np.ndarray, cfg: ClusterConfig, n_labels: int) -> tuple[Clus
 
     normalised = normalize_rows(x)
     reduction = fit_reduction(normalised, cfg.reduce, cfg.pca_dim)
-    z = apply_reduction(normalised, reduction).astype(np.float32)
+    z = apply_reduction(normalised, reduction).astype(np.float32, copy=False)
     info: dict = {"method": cfg.method, "reduce": cfg.reduce}
     if cfg.method == "hdbscan":
         labels = HDBSCAN(min_cluster_size=cfg.min_cluster_size, copy=True).fit_predict(z).astype(np.int64)
@@ -233,14 +233,18 @@ def cluster_accuracy(labels: list, assignments: np.ndarray) -> float:
 
 def cluster_quality(x: np.ndarray, assignments: np.ndarray, labels: list | None, seed: int = 0) -> dict:
     """Silhouette and Davies-Bouldin on normalised rows (noise excluded); NMI, ARI and cluster accuracy where labels exist."""
+    import sklearn
     from sklearn import metrics
 
     out = {}
     kept = assignments != NOISE
-    xs, cs = normalize_rows(x)[kept], assignments[kept]
-    if len(set(cs.tolist())) > 1:
-        out["silhouette"] = float(metrics.silhouette_score(xs, cs, sample_size=min(len(xs), 5000), random_state=seed))
-        out["davies_bouldin"] = float(metrics.davies_bouldin_score(xs, cs))
+    normalised = normalize_rows(x)
+    xs, cs = (normalised, assignments) if kept.all() else (normalised[kept], assignments[kept])
+    if len(np.unique(cs)) > 1:
+        with sklearn.config_context(working_memory=64):  # pairwise distances in chunks of 64 MB
+            out["silhouette"] = float(metrics.silhouette_score(xs, cs, sample_size=min(len(xs), 5000),
+                                                               random_state=seed))
+            out["davies_bouldin"] = float(metrics.davies_bouldin_score(xs, cs))
     if labels is not None and all(v is not None for v in labels):
         out.update(label_scores(contingency(assignments, labels)))
     out["noise_fraction"] = float((~kept).mean())

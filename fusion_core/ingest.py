@@ -176,7 +176,7 @@ def _chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
 def _run_tasks(ray, cfg: IngestConfig, store: Store, source: str, problems: list[dict]) -> list[dict]:
     """Feed chunks of the source to Ray tasks as they are listed; results in submission order."""
     task = ray.remote(ingest_task)
-    db = store.engine.url.render_as_string(hide_password=False)
+    root, db = store.reopen_args()
     in_flight = 2 * int(ray.cluster_resources().get("CPU", 1)) + 2  # keeps workers busy, bounds memory
     results, pending, progress = [], {}, Progress("ingest", "files")
 
@@ -191,7 +191,7 @@ def _run_tasks(ray, cfg: IngestConfig, store: Store, source: str, problems: list
     for chunk in _chunks(iter_items(source, problems, int(cfg.max_file_mb * 2**20)), cfg.files_per_task):
         collect(wait_all=False)
         results.append(None)
-        pending[task.remote(store.root, db, chunk, cfg)] = (len(results) - 1, len(chunk))
+        pending[task.remote(root, db, chunk, cfg)] = (len(results) - 1, len(chunk))
         listed += len(chunk)
     progress.total = listed
     collect(wait_all=True)

@@ -176,7 +176,13 @@ def train_model(settings: Settings, store: Store, pixels_version: int, run_id: s
     promotion = []
 
     def build() -> dict:
-        model = _fit_and_register(settings, store, pixels, key, run_id)
+        from fusion_core.ray_runtime import ensure_ray
+
+        # The trainer's driver side runs in a Ray task that takes no CPU (the workers need them), so that
+        # this process never imports TensorFlow.
+        ray = ensure_ray(settings)
+        fit = ray.remote(_fit_and_register_in_task).options(num_cpus=0)
+        model = ray.get(fit.remote(settings, store.reopen_args(), pixels, key, run_id))
         promotion.append(registry.promote_if_better(store, model["version"], cfg.promote_margin))
         log.info("train: model v%d %s", model["version"], promotion[0])
         return model
@@ -184,6 +190,11 @@ def train_model(settings: Settings, store: Store, pixels_version: int, run_id: s
     model, reused = derive_model(store, key, build, reuse=cfg.retrain == "on_new_data")
     return _result(store, store.get_model(model["version"]), trained=not reused,
                    promotion=promotion[0] if promotion else "not trained")
+
+
+def _fit_and_register_in_task(settings: Settings, store_args: tuple[str, str], pixels: dict, key: str,
+                              run_id: str) -> dict:
+    return _fit_and_register(settings, Store(*store_args), pixels, key, run_id)
 
 
 def _fit_and_register(settings: Settings, store: Store, pixels: dict, key: str, run_id: str) -> dict:

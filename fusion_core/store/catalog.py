@@ -68,6 +68,10 @@ class Store(ResultTables):
     def from_settings(cls, settings: Settings) -> "Store":
         return cls(settings.store.root, settings.store.db)
 
+    def reopen_args(self) -> tuple[str, str]:
+        """``(root, database URL with its password)``: what another process passes to ``Store`` to open this one."""
+        return self.root, self.engine.url.render_as_string(hide_password=False)
+
     def path(self, *parts: str) -> str:
         """An artifact location under the store root."""
         return uri.join(self.root, *parts)
