@@ -9,13 +9,12 @@ as the shards go by; the driver holds the sample and the centres, not the collec
 from __future__ import annotations
 
 import logging
-from collections import Counter
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fusion_core.clustering import (NOISE, Clusters, cluster_embeddings, cluster_quality, contingency_of,
+from fusion_core.clustering import (NOISE, Clusters, Tally, cluster_embeddings, cluster_quality, contingency_of,
                                     fit_clusters, label_scores, summarize_clusters)
 from fusion_core.config import ClusterConfig, Settings
 from fusion_core.datasets import fixed_list_to_array, iter_rows, read_shard, read_shards, write_shard
@@ -67,18 +66,14 @@ def _in_memory(store: Store, paths: list[str], cfg: ClusterConfig, run_id: str) 
     assignments, distances, info = cluster_embeddings(x, cfg, len({v for v in labels if v is not None}))
     info["metrics"] = cluster_quality(x, assignments, labelled, cfg.seed)
     summaries = summarize_clusters(assignments, labelled, distances, ids, cfg.exemplars)
-    out = pa.table({"image_id": table.column("image_id"), "cluster": pa.array(assignments, pa.int32()),
-                    "distance": pa.array(distances, pa.float32())})
+    out = _assignments(table, assignments, distances)
     return [write_shard(store.root, f"datasets/clusters/{run_id}.parquet", out)], summaries, info
 
 
 def _streamed(store: Store, paths: list[str], total: int, cfg: ClusterConfig,
               run_id: str) -> tuple[list[dict], list, dict]:
     """Clusters found on a sample, then every shard assigned and counted in turn; one clusters shard per shard."""
-    sample = sample_rows(store, paths, total, cfg.sample_size, cfg.seed)
-    names = set()
-    for path in paths:
-        names.update(pc.unique(read_shard(store.root, path, columns=["label"]).column("label")).to_pylist())
+    sample, names = sample_rows(store, paths, total, cfg.sample_size, cfg.seed)
     n_labels = len(names - {None})
     log.info("cluster: %d images; clusters found on a sample of %d", total, sample.num_rows)
     clusters, _, _ = fit_clusters(fixed_list_to_array(sample.column("embedding")), cfg, n_labels)
@@ -86,29 +81,36 @@ def _streamed(store: Store, paths: list[str], total: int, cfg: ClusterConfig,
     for i, path in enumerate(paths):
         table = read_shard(store.root, path, columns=COLUMNS)
         assignments, distances = clusters.nearest(clusters.prepare(fixed_list_to_array(table.column("embedding"))))
-        tally.add(assignments, distances, table.column("label").to_pylist(), table.column("image_id").to_pylist())
-        out = pa.table({"image_id": table.column("image_id"), "cluster": pa.array(assignments, pa.int32()),
-                        "distance": pa.array(distances, pa.float32())})
+        tally.add(assignments, table.column("label").to_pylist(), distances, table.column("image_id").to_pylist())
+        out = _assignments(table, assignments, distances)
         shards.append(write_shard(store.root, f"datasets/clusters/{run_id}-{i:05d}.parquet", out))
     info = {**clusters.info, "sample": sample.num_rows,
             "metrics": _sample_quality(clusters, sample, cfg.seed, tally if tally.labelled else None)}
     return shards, tally.summaries(), info
 
 
-def sample_rows(store: Store, paths: list[str], total: int, size: int, seed: int) -> pa.Table:
-    """A uniform random sample of ``size`` rows (image id, label, embedding) of a dataset, read shard by shard."""
+def _assignments(table: pa.Table, assignments: np.ndarray, distances: np.ndarray) -> pa.Table:
+    """A clusters shard: each image's cluster and its distance to the centre."""
+    return pa.table({"image_id": table.column("image_id"), "cluster": pa.array(assignments, pa.int32()),
+                     "distance": pa.array(distances, pa.float32())})
+
+
+def sample_rows(store: Store, paths: list[str], total: int, size: int, seed: int) -> tuple[pa.Table, set]:
+    """A uniform random sample of ``size`` rows (image id, label, embedding) of a dataset, read shard by shard,
+    and every label the dataset holds (gathered in the same pass)."""
     keep = np.sort(np.random.default_rng(seed).choice(total, size=min(size, total), replace=False))
-    parts, start = [], 0
+    parts, names, start = [], set(), 0
     for path in paths:
         rows = read_shard(store.root, path, columns=COLUMNS)
+        names.update(pc.unique(rows.column("label")).to_pylist())
         local = keep[(keep >= start) & (keep < start + rows.num_rows)] - start
         if len(local):
             parts.append(rows.take(local))
         start += rows.num_rows
-    return pa.concat_tables(parts)
+    return pa.concat_tables(parts), names
 
 
-def _sample_quality(clusters: Clusters, sample: pa.Table, seed: int, tally: "Tally | None") -> dict:
+def _sample_quality(clusters: Clusters, sample: pa.Table, seed: int, tally: Tally | None) -> dict:
     """Silhouette and Davies-Bouldin on the sample; NMI, ARI and cluster accuracy over every labelled image."""
     x = fixed_list_to_array(sample.column("embedding"))
     assignments, _ = clusters.nearest(clusters.prepare(x))
@@ -116,37 +118,3 @@ def _sample_quality(clusters: Clusters, sample: pa.Table, seed: int, tally: "Tal
     if tally is not None:
         metrics.update(label_scores(contingency_of(tally.pairs)))
     return {**metrics, "noise_fraction": 0.0}
-
-
-class Tally:
-    """Per-cluster counts gathered batch by batch: sizes, labels, and the nearest and farthest images."""
-
-    def __init__(self, keep: int):
-        self.keep, self.sizes, self.pairs, self.labelled = keep, Counter(), Counter(), True
-        self.near: dict[int, list] = {}
-        self.far: dict[int, list] = {}
-
-    def add(self, assignments: np.ndarray, distances: np.ndarray, labels: list, image_ids: list[str]) -> None:
-        self.labelled = self.labelled and all(v is not None for v in labels)
-        ids = np.asarray(image_ids, dtype=object)
-        for cluster in np.unique(assignments).tolist():
-            members = np.flatnonzero(assignments == cluster)
-            self.sizes[cluster] += len(members)
-            self.pairs.update((cluster, labels[i]) for i in members if labels[i] is not None)
-            found = list(zip(distances[members].tolist(), ids[members].tolist()))
-            self.near[cluster] = sorted(self.near.get(cluster, []) + found)[:self.keep]
-            self.far[cluster] = sorted(self.far.get(cluster, []) + found, reverse=True)[:self.keep]
-
-    def summaries(self) -> list[dict]:
-        """Rows of the ``cluster_summaries`` table, as ``summarize_clusters`` makes them."""
-        rows = []
-        for cluster in sorted(self.sizes):
-            labels = Counter({name: n for (c, name), n in self.pairs.items() if c == cluster})
-            common = labels.most_common(3)
-            rows.append({"cluster": int(cluster), "size": int(self.sizes[cluster]),
-                         "top_label": common[0][0] if common else None,
-                         "purity": common[0][1] / sum(labels.values()) if common else None,
-                         "top_labels": dict(common) if common else None,
-                         "exemplars": [i for _, i in self.near[cluster]],
-                         "outliers": [i for _, i in self.far[cluster]]})
-        return rows

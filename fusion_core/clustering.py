@@ -257,19 +257,43 @@ def summarize_clusters(assignments: np.ndarray, labels: list | None, distances: 
 
     Exemplars are the images nearest the cluster's centre, outliers the farthest.
     """
-    rows = []
-    for cluster in sorted(set(assignments.tolist())):
-        members = np.flatnonzero(assignments == cluster)
-        row = {"cluster": int(cluster), "size": int(len(members)), "top_label": None, "purity": None,
-               "top_labels": None, "exemplars": None, "outliers": None}
-        known = [labels[i] for i in members if labels[i] is not None] if labels is not None else []
-        if known:
-            common = Counter(known).most_common(3)
-            row.update(top_label=common[0][0], purity=common[0][1] / len(known),
-                       top_labels={name: count for name, count in common})
-        if distances is not None and image_ids is not None:
-            order = members[np.argsort(distances[members], kind="stable")]
-            row.update(exemplars=[image_ids[i] for i in order[:keep]],
-                       outliers=[image_ids[i] for i in order[::-1][:keep]])
-        rows.append(row)
-    return rows
+    tally = Tally(keep)
+    tally.add(assignments, labels, distances, image_ids)
+    return tally.summaries()
+
+
+class Tally:
+    """Per-cluster counts gathered batch by batch: sizes, labels, and the nearest and farthest images."""
+
+    def __init__(self, keep: int):
+        self.keep, self.sizes, self.pairs, self.labelled = keep, Counter(), Counter(), True
+        self.near: dict[int, list] = {}
+        self.far: dict[int, list] = {}
+
+    def add(self, assignments: np.ndarray, labels: list | None, distances: np.ndarray | None = None,
+            image_ids: list[str] | None = None) -> None:
+        """Count a batch; exemplars and outliers only when ``distances`` and ``image_ids`` are given."""
+        labels = [None] * len(assignments) if labels is None else labels
+        self.labelled = self.labelled and all(v is not None for v in labels)
+        for cluster in np.unique(assignments).tolist():
+            members = np.flatnonzero(assignments == cluster)
+            self.sizes[cluster] += len(members)
+            self.pairs.update((cluster, labels[i]) for i in members if labels[i] is not None)
+            if distances is not None and image_ids is not None:
+                found = [(float(distances[i]), image_ids[i]) for i in members]
+                self.near[cluster] = sorted(self.near.get(cluster, []) + found)[:self.keep]
+                self.far[cluster] = sorted(self.far.get(cluster, []) + found, reverse=True)[:self.keep]
+
+    def summaries(self) -> list[dict]:
+        """Rows of the ``cluster_summaries`` table, one per cluster in order."""
+        rows = []
+        for cluster in sorted(self.sizes):
+            labels = Counter({name: n for (c, name), n in self.pairs.items() if c == cluster})
+            common = labels.most_common(3)
+            rows.append({"cluster": int(cluster), "size": int(self.sizes[cluster]),
+                         "top_label": common[0][0] if common else None,
+                         "purity": common[0][1] / sum(labels.values()) if common else None,
+                         "top_labels": dict(common) if common else None,
+                         "exemplars": [i for _, i in self.near[cluster]] if cluster in self.near else None,
+                         "outliers": [i for _, i in self.far[cluster]] if cluster in self.far else None})
+        return rows
