@@ -30,5 +30,7 @@ DO \$\$ BEGIN
     CREATE ROLE fusion LOGIN CREATEDB PASSWORD 'fusion-test-secret';
   END IF;
 END \$\$;
+-- lets the tests' DROP DATABASE ... WITH (FORCE) end an autovacuum worker still in the database
+GRANT pg_signal_backend TO fusion;
 SQL
 echo "export FUSION_TEST_POSTGRES_URL=postgresql+psycopg://fusion:fusion-test-secret@127.0.0.1:$PGPORT/postgres"
