@@ -182,11 +182,12 @@ def preprocess_dataset(settings: Settings, store: Store, images_version: int, ru
         return manifest, {"images_version": images["version"], "shape": [cfg.size, cfg.size, channels],
                           "scale": cfg.scale, "stats": channel_stats(sums)}
 
-    pixels, _ = derive_dataset(store, "pixels", derivation_key("images", images["version"], cfg_hash), run_id, build)
+    pixels, reused = derive_dataset(store, "pixels", derivation_key("images", images["version"], cfg_hash), run_id,
+                                    build)
     imputed = sum(r["imputed_images"] for r in done)
     return StageResult(
         "preprocess",
-        counts={"images": pixels["num_rows"], "processed": sum(r["num_rows"] for r in done),
+        counts={"images": pixels["num_rows"], "reused": int(reused), "processed": sum(r["num_rows"] for r in done),
                 "new_shards": len(done), "imputed_images": imputed},
         metrics={"mean_imputed_fraction": sum(r["imputed_pixels"] for r in done) / max(imputed, 1)},
         outputs={"dataset": "pixels", "version": pixels["version"], "shape": pixels["info"]["shape"]},

@@ -283,7 +283,7 @@ def _result(store: Store, model: dict, trained: bool, promotion: str) -> StageRe
     champ = store.champion()
     return StageResult(
         "train",
-        counts={"trained": int(trained), "holdout_images": m["n"]},
+        counts={"trained": int(trained), "reused": int(not trained), "holdout_images": m["n"]},
         metrics={k: m[k] for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "ece") if k in m},
         outputs={"model_version": model["version"], "model_path": model["path"], "stage": model["stage"],
                  "promotion": promotion, "champion_version": champ["version"] if champ else None},
