@@ -66,7 +66,7 @@ def main() -> None:
     model = registry.register_model(store, str(args.model), classes, run_id="bench", name=args.model.stem, key="bench",
                                     dataset_version=pixels_version, metrics={"accuracy": 0.0, "macro_f1": 0.0, "n": 0},
                                     config={})
-    store.set_champion(model["version"])
+    store.set_champion(model["version"], reason="benchmark model")
     predictions_version = infer_dataset(settings, store, pixels_version, model["version"],
                                         "bench-infer").outputs["version"]
     result = cluster_predictions(settings, store, predictions_version, "bench-cluster")

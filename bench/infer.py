@@ -104,7 +104,7 @@ def main() -> None:
         registered = registry.register_model(store, model_file, classes, run_id="bench", name="seed_cnn", key="bench",
                                              dataset_version=pixels_version,
                                              metrics={"accuracy": 0.0, "macro_f1": 0.0, "n": 0}, config={})
-    store.set_champion(registered["version"])
+    store.set_champion(registered["version"], reason="benchmark model")
 
     row = measure(settings, store, pixels_version, registered["version"], args.batch_size, "bench-infer")
     row["ratio"] = round(row["fusion_img_s"] / row["plain_img_s"], 3)

@@ -47,7 +47,7 @@ def plain_fit(store, pixels: dict, epochs: int, batch_size: int, policy: str) ->
 
     from fusion_core.datasets import read_shards
     from fusion_core.model import build_model
-    from fusion_core.train import class_names, to_xy
+    from fusion_core.scoring import class_names, to_xy
 
     paths = [s["path"] for s in pixels["shards"]]
     shape, classes = tuple(pixels["info"]["shape"]), class_names(store, paths)

@@ -44,3 +44,19 @@ def calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = 15) -> 
     gaps = [abs(correct[which == b].mean() - confidence[which == b].mean()) * (which == b).mean()
             for b in range(bins) if (which == b).any()]
     return float(sum(gaps))
+
+
+def paired_test(challenger_correct: np.ndarray, champion_correct: np.ndarray) -> dict:
+    """McNemar's exact test of two models on the same images.
+
+    Only the images exactly one model gets right count: ``challenger_only`` and ``champion_only``.
+    ``p_value`` is one-sided: the chance of the challenger winning at least that many of them if both
+    models were equally accurate.
+    """
+    from scipy.stats import binomtest
+
+    challenger_correct, champion_correct = np.asarray(challenger_correct, bool), np.asarray(champion_correct, bool)
+    wins = int(np.sum(challenger_correct & ~champion_correct))
+    losses = int(np.sum(~challenger_correct & champion_correct))
+    p_value = binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue if wins + losses else 1.0
+    return {"challenger_only": wins, "champion_only": losses, "p_value": float(p_value)}

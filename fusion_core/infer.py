@@ -22,6 +22,7 @@ from fusion_core.datasets import (array_to_fixed_list, iter_rows, iter_shard_bat
 from fusion_core.derive import derivation_key, derive_dataset
 from fusion_core.publish import publish_current
 from fusion_core.runs import StageResult
+from fusion_core.scoring import labels_of, mismatch
 from fusion_core.store import Store
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ def infer_dataset(settings: Settings, store: Store, pixels_version: int, model_v
     model = store.get_model(model_version)
     if model is None:
         raise LookupError(f"infer: no model version {model_version} in the store at {store.root}")
+    _require_compatible(store, model, pixels)
 
     def build() -> tuple[list[dict], dict]:
         writer_args = {"model_path": model["path"], "shape": tuple(pixels["info"]["shape"]),
@@ -113,6 +115,17 @@ def infer_dataset(settings: Settings, store: Store, pixels_version: int, model_v
                  "table_run_id": predictions["run_id"], "model_version": model["version"],
                  "shards": [s["path"] for s in predictions["shards"]]},
     )
+
+
+def _require_compatible(store: Store, model: dict, pixels: dict) -> None:
+    """Refuse a model whose input shape or classes do not fit the pixels (ValueError naming both)."""
+    trained_on = store.get_version("pixels", model["dataset_version"]) or {"info": {}}
+    shape = model["config"].get("input_shape") or trained_on["info"].get("shape")
+    problem = shape and mismatch(registry.read_classes(model["path"]), shape,
+                                 labels_of(store, [s["path"] for s in pixels["shards"]]), pixels["info"]["shape"])
+    if problem:
+        raise ValueError(f"infer: model v{model['version']} cannot predict pixels v{pixels['version']}: {problem}; "
+                         f"train a model on these pixels or set infer.model_version")
 
 
 def _write_in_process(store: Store, paths: list[str], writer_args: dict) -> list[dict]:

@@ -157,6 +157,16 @@ def shard_pixel_sums(root: str, path: str) -> dict:
     return pixel_sums(read_shards(root, [path], columns=["split", "pixels"]))
 
 
+def pixels_shard_path(images_shard: str, cfg_hash: str) -> str:
+    """Where the pixels of an images shard go, per preprocess settings: named after the images shard."""
+    return f"datasets/pixels/{PurePosixPath(images_shard).stem}-{cfg_hash}.parquet"
+
+
+def images_shard_stem(pixels_shard: str) -> str:
+    """The name (without folder and suffix) of the images shard a pixels shard was made from."""
+    return PurePosixPath(pixels_shard).stem.rsplit("-", 1)[0]
+
+
 def preprocess_dataset(settings: Settings, store: Store, images_version: int, run_id: str) -> StageResult:
     """Derive the ``pixels`` version of ``images`` version ``images_version`` (reused when it exists)."""
     cfg = settings.preprocess
@@ -168,8 +178,7 @@ def preprocess_dataset(settings: Settings, store: Store, images_version: int, ru
     def build() -> tuple[list[dict], dict]:
         from fusion_core.ray_runtime import ensure_ray, gather
 
-        plan = [(s["path"], f"datasets/pixels/{PurePosixPath(s['path']).stem}-{cfg_hash}.parquet")
-                for s in images["shards"]]
+        plan = [(s["path"], pixels_shard_path(s["path"], cfg_hash)) for s in images["shards"]]
         todo = [(src, dst) for src, dst in plan if not uri.is_file(store.path(dst))]
         log.info("preprocess: %d of %d shards to process", len(todo), len(plan))
         ray = ensure_ray(settings)

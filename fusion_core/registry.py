@@ -55,20 +55,39 @@ def save_model_file(model, folder: str) -> str:
     return path
 
 
-def promotion_decision(challenger: dict, champion: dict | None, margin: float) -> tuple[bool, str]:
-    """Whether a challenger's holdout accuracy beats the champion's by ``margin``, and why."""
+def promotion_decision(challenger: dict, champion: dict | None, margin: float, alpha: float) -> tuple[bool, str]:
+    """Whether a challenger should replace the champion, and why.
+
+    Both were scored on the challenger's holdout (``metrics["vs_champion"]``, see ``compare_on_holdout``).
+    Promotion needs an accuracy gain of at least ``margin`` that McNemar's test finds significant at
+    ``alpha`` on those images. A champion that cannot score the holdout (other classes or input shape)
+    cannot serve the new data, so it is replaced.
+    """
     if champion is None:
         return True, "first model: promoted"
-    if challenger["metrics"]["accuracy"] >= champion["metrics"]["accuracy"] + margin:
-        return True, f"beats champion v{champion['version']}: promoted"
-    return False, f"does not beat champion v{champion['version']} by {margin}: kept as challenger"
+    vs = challenger["metrics"].get("vs_champion")
+    name = f"champion v{champion['version']}"
+    if vs is None or vs["version"] != champion["version"]:
+        return False, f"not scored against {name} on the same holdout: kept as challenger"
+    if vs.get("incompatible"):
+        return True, f"{name} cannot score this holdout ({vs['incompatible']}): promoted"
+    gain = challenger["metrics"]["accuracy"] - vs["accuracy"]
+    evidence = (f"accuracy {challenger['metrics']['accuracy']:.4f} vs {vs['accuracy']:.4f} for {name} "
+                f"on the same {vs['n']} images (McNemar p={vs['p_value']:.3g})")
+    if gain <= 0 or gain < margin:
+        return False, f"{evidence}: gain {gain:+.4f} is below the margin {margin}: kept as challenger"
+    if vs["p_value"] >= alpha:
+        return False, f"{evidence}: not significant at {alpha}: kept as challenger"
+    return True, f"{evidence}: promoted"
 
 
-def promote_if_better(store: Store, version: int, margin: float) -> str:
-    """Make ``version`` champion if it beats the champion (see ``promotion_decision``); returns why."""
-    promote, reason = promotion_decision(store.get_model(version), store.champion(), margin)
+def promote_if_better(store: Store, version: int, margin: float, alpha: float, blocked: str | None = None) -> str:
+    """Make ``version`` champion if ``promotion_decision`` says so and nothing ``blocked`` it; returns why."""
+    promote, reason = promotion_decision(store.get_model(version), store.champion(), margin, alpha)
+    if promote and blocked:
+        return f"{reason.removesuffix(': promoted')}; but {blocked}: kept as challenger"
     if promote:
-        store.set_champion(version)
+        store.set_champion(version, reason=reason)
     return reason
 
 

@@ -16,32 +16,20 @@ import os
 import tempfile
 import time
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-
-from fusion_core import registry
+from fusion_core import registry, uri
 from fusion_core.config import Settings
-from fusion_core.datasets import pixels_to_array, read_shard, shard_uris
+from fusion_core.datasets import shard_uris
 from fusion_core.derive import derivation_key, derive_model
-from fusion_core.evaluate import calibration_error, classification_metrics
 from fusion_core.recipes import Recipe
 from fusion_core.registry import MODEL_FILE
 from fusion_core.runs import StageResult, code_version
+from fusion_core.scoring import class_names, comparison_rows, evaluate_against, load_scorer, to_xy
 from fusion_core.store import Store
 
 log = logging.getLogger(__name__)
 
 SHUFFLE_ROWS = 10_000  # rows in each worker's shuffle buffer
 STATE_FILE = "state.json"  # {"history": [per-epoch metrics]}, beside each checkpoint's model
-
-
-def to_xy(batch: pa.Table, classes: list[str], shape: tuple[int, int, int], split: str) -> dict:
-    """Labelled rows of one split as model inputs: uint8 pixels ``x`` and class indices ``y``."""
-    batch = batch.filter(pc.and_(pc.equal(batch.column("split"), split), pc.is_valid(batch.column("label"))))
-    index = {c: i for i, c in enumerate(classes)}
-    return {"x": pixels_to_array(batch.column("pixels"), shape),
-            "y": np.array([index[v] for v in batch.column("label").to_pylist()], dtype=np.int64)}
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -74,6 +62,9 @@ def train_loop_per_worker(config: dict) -> None:
             model = build_model(recipe.model, tuple(config["shape"]), len(config["classes"]),
                                 config["learning_rate"], norm=config["norm"], recipe=recipe,
                                 steps_per_epoch=config["steps_per_epoch"])
+            if config["init_from"]:  # warm start: the champion's weights, a fresh optimizer and schedule
+                with tempfile.TemporaryDirectory() as tmp:
+                    model.set_weights(load_model(uri.local_file(config["init_from"], tmp), compile=False).get_weights())
     model.jit_compile = config["jit_compile"]
     train_data, val_data = _feeds(config["batch_size_per_worker"], config["seed"], config["cache_data"])
     for epoch in range(start_epoch, recipe.epochs):
@@ -153,25 +144,26 @@ def should_stop_early(history: list[dict], patience: int | None) -> bool:
     return len(history) - 1 - best >= patience
 
 
-def class_names(store: Store, shards: list[str]) -> list[str]:
-    """Sorted distinct labels of a pixels dataset (reads only the label column)."""
-    found = set()
-    for shard in shards:
-        found.update(pc.unique(read_shard(store.root, shard, columns=["label"]).column("label")).to_pylist())
-    names = sorted(v for v in found if v is not None)
-    if len(names) < 2:
-        raise ValueError(f"train: need at least 2 labelled classes, found {names}")
-    return names
-
-
-def train_model(settings: Settings, store: Store, pixels_version: int, run_id: str) -> StageResult:
+def train_model(settings: Settings, store: Store, pixels_version: int, run_id: str,
+                drift_flags: list[str] | None = None) -> StageResult:
     """Train on ``pixels`` version ``pixels_version``, evaluate on its test split, register and maybe promote.
 
-    Skips training when ``train.retrain`` is ``on_new_data`` and a model already exists
-    for the same data and training config.
+    Args:
+        drift_flags: the drift checks this run flagged (None: not checked). With ``train.retrain:
+            on_drift`` a run that checked and flagged none keeps the champion without training; with
+            ``drift.action: block_promotion`` a flagged run does not promote.
+
+    Skips training when a model already exists for the same data and training config (unless
+    ``train.retrain`` is ``always``).
     """
     cfg = settings.train
     pixels = store.require_version("pixels", pixels_version)
+    champion = store.champion()
+    if cfg.retrain == "on_drift" and drift_flags == [] and champion is not None:
+        log.info("train: no drift flagged: champion v%d kept, not retrained", champion["version"])
+        return _result(store, champion, trained=False, promotion="no drift flagged: champion kept, not retrained")
+    blocked = (f"drift flagged ({', '.join(drift_flags)}) blocks promotion"
+               if drift_flags and settings.drift.action == "block_promotion" else None)
     key = derivation_key("pixels", pixels["version"], settings.section_hash("train"))
     promotion = []
 
@@ -183,11 +175,12 @@ def train_model(settings: Settings, store: Store, pixels_version: int, run_id: s
         ray = ensure_ray(settings)
         fit = ray.remote(_fit_and_register_in_task).options(num_cpus=0)
         model = ray.get(fit.remote(settings, store.reopen_args(), pixels, key, run_id))
-        promotion.append(registry.promote_if_better(store, model["version"], cfg.promote_margin))
+        promotion.append(registry.promote_if_better(store, model["version"], cfg.promote_margin, cfg.promote_alpha,
+                                                    blocked))
         log.info("train: model v%d %s", model["version"], promotion[0])
         return model
 
-    model, reused = derive_model(store, key, build, reuse=cfg.retrain == "on_new_data")
+    model, reused = derive_model(store, key, build, reuse=cfg.retrain != "always")
     return _result(store, store.get_model(model["version"]), trained=not reused,
                    promotion=promotion[0] if promotion else "not trained")
 
@@ -218,6 +211,8 @@ def _fit_and_register(settings: Settings, store: Store, pixels: dict, key: str, 
     datasets = {"train": datasets["train"].random_shuffle(seed=cfg.seed).materialize(),
                 "val": datasets["val"].materialize()}
     recipe = cfg.resolved_recipe()
+    champion = store.champion()
+    init_from = _warm_start(cfg.init, champion, recipe.model, classes, shape)
     workers = cfg.num_workers
     # Linear scaling: N workers train with N x the batch at N x the rate, or split one global batch.
     batch = recipe.batch_size if recipe.scale_with_workers else max(1, recipe.batch_size // workers)
@@ -228,7 +223,8 @@ def _fit_and_register(settings: Settings, store: Store, pixels: dict, key: str, 
         train_loop_config={"recipe": recipe.as_dict(), "shape": list(shape), "classes": classes,
                            "learning_rate": rate, "seed": cfg.seed, "mixed_precision": cfg.mixed_precision,
                            "norm": norm, "batch_size_per_worker": batch, "steps_per_epoch": steps_per_epoch,
-                           "jit_compile": cfg.jit_compile, "cache_data": cfg.cache_data},
+                           "jit_compile": cfg.jit_compile, "cache_data": cfg.cache_data,
+                           "init_from": init_from and init_from["path"]},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=cfg.resources_per_worker),
         run_config=RunConfig(name=train_run_name(key, run_id, cfg.retrain), storage_path=store.path("checkpoints"),
@@ -246,12 +242,29 @@ def _fit_and_register(settings: Settings, store: Store, pixels: dict, key: str, 
     best = result.get_best_checkpoint(metric="val_accuracy", mode="max") or result.checkpoint
     with best.as_directory() as ckpt, tempfile.TemporaryDirectory() as tmp:
         model = _float32_copy(os.path.join(ckpt, MODEL_FILE), recipe, shape, classes, norm)
-        metrics = evaluate_model(store, model, paths, classes, shape)
+        metrics = evaluate_against(store, model, champion, paths, classes, shape)
         model_file = registry.save_model_file(model, tmp)
         return registry.register_model(
             store, model_file, classes, run_id=run_id, name=recipe.model, key=key, dataset_version=pixels["version"],
             metrics={**metrics, "history": history},
-            config={**cfg.model_dump(), "resolved_recipe": recipe.as_dict(), "code_version": code_version()})
+            config={**cfg.model_dump(), "resolved_recipe": recipe.as_dict(), "code_version": code_version(),
+                    "input_shape": list(shape),
+                    "initialised_from": f"champion v{init_from['version']}" if init_from else "scratch"})
+
+
+def _warm_start(init: str, champion: dict | None, model_name: str, classes: list[str],
+                shape: tuple[int, int, int]) -> dict | None:
+    """The champion to start from with ``train.init: champion`` when it has this run's architecture,
+    classes and input shape; None (train from scratch) otherwise."""
+    if init != "champion" or champion is None:
+        return None
+    problem = f"it is a {champion['name']}" if champion["name"] != model_name else load_scorer(
+        champion, classes, shape)[1]
+    if problem:
+        log.info("train: starting from scratch, not from champion v%d: %s", champion["version"], problem)
+        return None
+    log.info("train: starting from champion v%d's weights", champion["version"])
+    return champion
 
 
 def _float32_copy(path: str, recipe: Recipe, shape: tuple[int, int, int], classes: list[str], norm: dict | None):
@@ -263,21 +276,6 @@ def _float32_copy(path: str, recipe: Recipe, shape: tuple[int, int, int], classe
     return model
 
 
-def evaluate_model(store: Store, model, shards: list[str], classes: list[str], shape: tuple[int, int, int]) -> dict:
-    """Holdout (test split) metrics of a model, reading the test rows of one shard at a time."""
-    labels, probs = [], []
-    for shard in shards:
-        rows = read_shard(store.root, shard, columns=["pixels", "label", "split"], filters=[("split", "==", "test")])
-        holdout = to_xy(rows, classes, shape, "test")
-        if len(holdout["y"]):
-            labels.append(holdout["y"])
-            probs.append(model.predict(holdout["x"], batch_size=512, verbose=0))
-    if not labels:
-        raise ValueError("evaluate: the test split is empty; ingest more images or raise ingest.test_fraction")
-    y, p = np.concatenate(labels), np.concatenate(probs)
-    return {**classification_metrics(y, p.argmax(axis=1), classes), "ece": calibration_error(y, p)}
-
-
 def _result(store: Store, model: dict, trained: bool, promotion: str) -> StageResult:
     m = model["metrics"]
     champ = store.champion()
@@ -286,5 +284,7 @@ def _result(store: Store, model: dict, trained: bool, promotion: str) -> StageRe
         counts={"trained": int(trained), "reused": int(not trained), "holdout_images": m["n"]},
         metrics={k: m[k] for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "ece") if k in m},
         outputs={"model_version": model["version"], "model_path": model["path"], "stage": model["stage"],
-                 "promotion": promotion, "champion_version": champ["version"] if champ else None},
+                 "promotion": promotion, "champion_version": champ["version"] if champ else None,
+                 "comparison": comparison_rows(m)},
     )
+

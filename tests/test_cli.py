@@ -128,11 +128,18 @@ def test_models_promote_and_rollback(tmp_path):
     store = Store(str(tmp_path / "store"))
     for accuracy in (0.5, 0.7, 0.6):
         v = store.register_model("r", "seed_cnn", "m.keras", "k", 1, {"accuracy": accuracy, "macro_f1": accuracy}, {})
-    store.set_champion(1)
-    store.set_champion(2)
+    store.set_champion(1, reason="test")
+    store.set_champion(2, reason="test")
     root = ["--store", str(tmp_path / "store")]
-    assert CliRunner().invoke(app, ["models", "promote", str(v)] + root).output.startswith("model v3 is now champion")
+    refused = CliRunner().invoke(app, ["models", "promote", str(v)] + root)
+    assert refused.exit_code == 2 and "not scored against champion v2" in refused.output
+    assert "--reason" in CliRunner().invoke(app, ["models", "promote", str(v), "--force"] + root).output
+    forced = CliRunner().invoke(app, ["models", "promote", str(v), "--force", "--reason", "hotfix for class x"] + root)
+    assert forced.output.startswith("model v3 is now champion (was v2)")
     assert store.champion()["version"] == 3
+    last = store.promotion_history()[-1]
+    assert (last["version"], last["previous"], last["forced"], last["reason"]) == (3, 2, True, "hotfix for class x")
+    assert "forced by" in CliRunner().invoke(app, ["models", "history"] + root).output
     rolled = CliRunner().invoke(app, ["models", "rollback"] + root)
     assert rolled.exit_code == 0 and store.champion()["version"] == 2
     assert CliRunner().invoke(app, ["models", "promote", "9"] + root).exit_code == 2

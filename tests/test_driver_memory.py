@@ -84,22 +84,22 @@ def test_inference_holds_a_batch_not_the_collection(tmp_path, model, monkeypatch
 def test_holdout_evaluation_reads_a_shard_at_a_time(tmp_path, model, monkeypatch):
     """Pixels live in Arrow's and TensorFlow's memory, which tracemalloc does not see: so this counts the
     rows the evaluation reads at once."""
-    from fusion_core import train
+    from fusion_core import scoring
     from fusion_core.registry import load_published
 
     keras_model = load_published(model)
-    held, read_shard = [], train.read_shard
+    held, read_shard = [], scoring.read_shard
 
     def counting_read_shard(*args, **kwargs):
         table = read_shard(*args, **kwargs)
         held.append(table.num_rows)
         return table
 
-    monkeypatch.setattr(train, "read_shard", counting_read_shard)
+    monkeypatch.setattr(scoring, "read_shard", counting_read_shard)
     root = str(tmp_path / "store")
     pixels = _pixels(root, 22000)
-    metrics = train.evaluate_model(Store(root), keras_model, [s["path"] for s in pixels["shards"]], CLASSES,
-                                   (32, 32, 3))
+    metrics = scoring.evaluate_model(Store(root), keras_model, [s["path"] for s in pixels["shards"]], CLASSES,
+                                     (32, 32, 3))
     assert metrics["n"] == 22000
     assert held == [SHARD_ROWS] * 22  # one shard's test rows at a time, each read once
 

@@ -78,7 +78,7 @@ def test_the_current_predictions_are_read_without_the_catalog_each_image_once(st
 def test_gc_keeps_the_newest_runs_the_champion_and_what_they_derive_from(store):
     model = store.register_model("run-1", "seed_cnn", "/models/m.keras", "k", dataset_version=1, metrics={},
                                  config={})
-    store.set_champion(model)
+    store.set_champion(model, reason="test")
     planned = collect_garbage(store, keep=1, dry_run=True)
     assert store.get_version("predictions", 1) is not None  # a dry run removes nothing
     removed = collect_garbage(store, keep=1)

@@ -256,12 +256,12 @@ def test_register_model_is_challenger(store):
 
 def test_set_champion_archives_previous(store):
     v1, v2, v3 = _register(store, "k1"), _register(store, "k2"), _register(store, "k3")
-    store.set_champion(v1)
+    store.set_champion(v1, reason="test")
     assert store.champion()["version"] == v1
-    store.set_champion(v2)
+    store.set_champion(v2, reason="test")
     assert store.champion()["version"] == v2
     assert [m["stage"] for m in store.list_models()] == ["archived", "champion", "challenger"]
-    store.set_champion(v3)
+    store.set_champion(v3, reason="test")
     stages = {m["version"]: m["stage"] for m in store.list_models()}
     assert stages == {v1: "archived", v2: "archived", v3: "champion"}
     assert sum(s == "champion" for s in stages.values()) == 1

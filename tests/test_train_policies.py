@@ -11,7 +11,8 @@ import pyarrow as pa
 import pytest
 
 from fusion_core.datasets import array_to_pixels, pixels_schema
-from fusion_core.train import train_run_name, should_stop_early, to_xy
+from fusion_core.scoring import to_xy
+from fusion_core.train import should_stop_early, train_run_name
 
 
 def _history(val_accuracies) -> list[dict]:
@@ -92,3 +93,28 @@ def test_run_name_follows_the_key_unless_retraining_is_forced():
     assert "run-1" not in name
     forced = [train_run_name(key, run, "always") for run in ("run-1", "run-2")]
     assert forced == ["train-run-1", "train-run-2"]
+
+
+# train.retrain: on_drift ------------------------------------------------------------------------
+
+def test_on_drift_keeps_the_champion_when_the_drift_check_flagged_nothing(tmp_path):
+    """No Ray and no TensorFlow are started: the stage returns before training."""
+    from fusion_core.config import load_settings
+    from fusion_core.datasets import write_shard
+    from fusion_core.store import Store
+    from fusion_core.train import train_model
+
+    settings = load_settings("smoke", {"store.root": str(tmp_path / "store"), "train.retrain": "on_drift"})
+    store = Store.from_settings(settings)
+    table = pa.table({"image_id": ["a" * 64], "label": ["cat"], "split": ["train"],
+                      "pixels": array_to_pixels(np.zeros((1, 2, 2, 1), np.uint8)),
+                      "imputed_fraction": pa.array([0.0], pa.float32()), "impute_method": [None]},
+                     schema=pixels_schema(2, 2, 1))
+    pixels = store.commit_version("pixels", [write_shard(store.root, "datasets/pixels/a.parquet", table)], None,
+                                  info={"shape": [2, 2, 1]})
+    v = store.register_model("r0", "seed_cnn", "m.keras", "k", pixels, {"accuracy": 0.7, "macro_f1": 0.6, "n": 9}, {})
+    store.set_champion(v, reason="test")
+    kept = train_model(settings, store, pixels, "r1", drift_flags=[])
+    assert kept.counts["trained"] == 0 and kept.outputs["model_version"] == v
+    assert kept.outputs["promotion"] == "no drift flagged: champion kept, not retrained"
+    assert len(store.list_models()) == 1

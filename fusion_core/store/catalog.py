@@ -24,8 +24,8 @@ from fusion_core import uri
 from fusion_core.config import Settings
 from fusion_core.store.migrations import migrate
 from fusion_core.store.results import CHUNK_ROWS, ResultTables, batched
-from fusion_core.store.tables import (dataset_shards, dataset_versions, image_sources, models, quarantine,
-                                      run_stages, runs)
+from fusion_core.store.tables import (dataset_shards, dataset_versions, image_sources, models, promotions,
+                                      quarantine, run_stages, runs)
 
 LOOKUP_CHUNK = 500  # ids per IN (...) lookup
 _migrated: set[str] = set()  # catalogs this process has brought to the current schema
@@ -119,6 +119,17 @@ class Store(ResultTables):
             stages = conn.execute(sa.select(run_stages).where(run_stages.c.run_id == run_id)
                                   .order_by(run_stages.c.started_at))
             return {**row._mapping, "stages": [dict(s._mapping) for s in stages]}
+
+    def previous_run(self, run_id: str) -> dict | None:
+        """The last completed run of the same flow that started before ``run_id``, with its stages, or None."""
+        with self.engine.connect() as conn:
+            this = conn.execute(sa.select(runs.c.flow, runs.c.started_at).where(runs.c.run_id == run_id)).first()
+            if this is None:
+                return None
+            earlier = conn.execute(sa.select(runs.c.run_id).where(
+                runs.c.flow == this.flow, runs.c.status == "completed", runs.c.started_at < this.started_at,
+                runs.c.run_id != run_id).order_by(runs.c.started_at.desc()).limit(1)).scalar()
+        return self.get_run(earlier) if earlier else None
 
     # datasets -------------------------------------------------------------
     def latest_version(self, dataset: str) -> dict | None:
@@ -239,6 +250,14 @@ class Store(ResultTables):
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
+    def count_quarantine(self, run_ids: Iterable[str]) -> int:
+        """Files quarantined by the given runs."""
+        ids = list(run_ids)
+        with self.engine.connect() as conn:
+            return sum(conn.execute(sa.select(sa.func.count()).select_from(quarantine)
+                                    .where(quarantine.c.run_id.in_(chunk))).scalar()
+                       for chunk in batched(ids, LOOKUP_CHUNK))
+
     @staticmethod
     def _insert_new(conn, table: sa.Table, rows: Iterable[dict], unique: tuple[str, ...]) -> int:
         """Insert the rows whose unique columns are not present yet (the database's ``ON CONFLICT DO
@@ -273,10 +292,22 @@ class Store(ResultTables):
                                .order_by(models.c.version.desc()).limit(1)).first()
             return dict(row._mapping) if row else None
 
-    def set_champion(self, version: int) -> None:
+    def set_champion(self, version: int, reason: str, actor: str = "fusion", forced: bool = False) -> None:
+        """Make ``version`` the champion (the current one is archived) and record who did it and why."""
         with self.engine.begin() as conn:
+            previous = conn.execute(sa.select(models.c.version).where(models.c.stage == "champion")).scalar()
             conn.execute(models.update().where(models.c.stage == "champion").values(stage="archived"))
             conn.execute(models.update().where(models.c.version == version).values(stage="champion"))
+            conn.execute(promotions.insert().values(version=version, previous=previous, at=_now(), actor=actor,
+                                                    forced=forced, reason=reason))
+
+    def promotion_history(self, version: int | None = None) -> list[dict]:
+        """Champion changes, oldest first (of ``version`` only when given)."""
+        query = sa.select(promotions).order_by(promotions.c.id)
+        if version is not None:
+            query = query.where(promotions.c.version == version)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
 
     def list_models(self) -> list[dict]:
         with self.engine.connect() as conn:

@@ -78,6 +78,16 @@ models = sa.Table(
     sa.Column("config", sa.JSON),
     sa.Column("created_at", sa.DateTime, nullable=False),
 )
+promotions = sa.Table(  # every change of champion, automatic or by hand
+    "promotions", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("version", sa.Integer, nullable=False, index=True),
+    sa.Column("previous", sa.Integer),
+    sa.Column("at", sa.DateTime, nullable=False),
+    sa.Column("actor", sa.String(100), nullable=False),
+    sa.Column("forced", sa.Boolean, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+)
 predictions = sa.Table(
     "predictions", metadata,
     sa.Column("run_id", sa.String(40), primary_key=True),
