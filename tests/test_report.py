@@ -142,7 +142,7 @@ def _build_store(root: Path) -> tuple[Store, str]:
                "history": [{"epoch": e, "loss": 1.0 - 0.3 * e, "accuracy": 0.5 + 0.1 * e,
                             "val_loss": 1.1 - 0.3 * e, "val_accuracy": 0.45 + 0.1 * e} for e in range(2)]}
     model_v = store.register_model(run_id, "cnn", str(root / "models/m.keras"), "k", pixels_v, metrics, {})
-    store.set_champion(model_v)
+    store.set_champion(model_v, reason="test")
     probs = rng.random((n, 3)).astype(np.float32)
     preds = pa.table({"image_id": ids, "label": labels, "split": pixels.column("split"),
                       "predicted": [CLASSES[i] for i in probs.argmax(axis=1)], "confidence": probs.max(axis=1),
@@ -164,6 +164,10 @@ def _build_store(root: Path) -> tuple[Store, str]:
         "ingest": ({"files": 31, "new_images": n, "already_stored": 0, "quarantined": 1,
                     "quarantine_reasons": {"not_an_image": 1}, "total_images": n}, {"version": images_v}),
         "preprocess": ({"images": n}, {"version": pixels_v}),
+        "drift": ({"reference_images": 20, "new_images": 10, "flagged": 1},
+                  {"reference_model": model_v, "flagged": ["label_mix"], "note": None, "checks": [
+                      {"check": "pixel_shift", "value": 0.1, "threshold": 0.25, "p_value": 0.3, "flagged": False},
+                      {"check": "label_mix", "value": 0.4, "threshold": 0.15, "p_value": 0.0001, "flagged": True}]}),
         "train": ({"trained": 1, "holdout_images": 10},
                   {"model_version": model_v, "stage": "champion", "promotion": "first model: promoted"}),
         "infer": ({"predictions": n, "reused": 0}, {"version": preds_v, "table_run_id": run_id}),
@@ -181,14 +185,42 @@ def test_write_report_has_every_section_with_its_images(settings):
     folder = Path(store.root) / "reports" / run_id
     assert result.stage == "report" and result.outputs["report"] == str(folder / "index.html")
     assert result.outputs["images"] == ["confusion.png", "embeddings.png", "exemplars.png", "imputation.png",
-                                        "training.png"]
+                                        "outliers.png", "training.png"]
     html = (folder / "index.html").read_text()
     assert "Not in this run." not in html
     for name in result.outputs["images"]:
         assert (folder / name).read_bytes().startswith(PNG)
         assert f'src="{name}"' in html
     assert "not_an_image" in html and "/src/bad.png" in html
-    assert result.counts == {"sections": 7, "images": 5}
+    assert result.counts == {"sections": 9, "images": 6}
+    # it leads with what changed: the promotion decision, then drift (flagged checks first)
+    assert html.index("What changed</h2>") < html.index("Run summary</h2>")
+    assert html.index("first model: promoted") < html.index("flagged label_mix") < html.index("Run summary</h2>")
+    assert html.index("FLAGGED") < html.index("pixel_shift</td>")
+    assert "16-d embeddings" in html  # the dimension the model has, read from the predictions
+
+
+def test_the_report_compares_with_the_champion_and_the_previous_run_and_shows_the_known_status(settings):
+    store, first = _build_store(Path(settings.store.root))
+    store.finish_run(first, "completed")
+    champion = store.champion()
+    metrics = {**champion["metrics"], "accuracy": 0.9, "per_class_f1": {"circle": 0.95, "square": 0.9, "stripes": 0.7},
+               "vs_champion": {"version": champion["version"], "n": 10, "accuracy": 0.8, "macro_f1": 0.76,
+                               "per_class_f1": champion["metrics"]["per_class_f1"], "challenger_only": 2,
+                               "champion_only": 1, "p_value": 0.5}}
+    second = store.start_run("nightly", {"source": "/src"})
+    model_v = store.register_model(second, "cnn", champion["path"], "k2", 1, metrics, {})
+    for stage, counts, outputs in [
+            ("ingest", {"total_images": 40}, {"version": 1}),
+            ("train", {"trained": 1}, {"model_version": model_v, "promotion": "not significant: kept as challenger"})]:
+        store.start_stage(second, stage)
+        store.finish_stage(second, stage, "completed", counts=counts, metrics={"seconds": 1.0}, outputs=outputs)
+    html = Path(write_report(settings, store, second, status="completed").outputs["report"]).read_text()
+    assert f"vs champion v{champion['version']} on the same 10 holdout" in html
+    assert "not significant: kept as challenger" in html
+    assert f"previous nightly run ({first})" in html
+    assert "<td>images in the store</td><td class=\"num\">30</td><td class=\"num\">40</td>" in html
+    assert "nightly flow, completed" in html  # the status passed in, not the catalog's "running"
 
 
 def test_write_report_of_an_ingest_only_run_says_what_is_missing(settings):
@@ -201,7 +233,7 @@ def test_write_report_of_an_ingest_only_run_says_what_is_missing(settings):
     store.finish_run(run_id, "completed")
     result = write_report(settings, store, run_id)
     html = Path(result.outputs["report"]).read_text()
-    assert html.count("Not in this run.") == 5
+    assert html.count("Not in this run.") == 7
     assert "empty_file" in html and result.outputs["images"] == []
 
 
@@ -238,14 +270,14 @@ def test_nightly_report_renders_with_its_images_in_chromium(demo_source, tmp_pat
     page = Path(result["report"]["outputs"]["report"])
     assert page == root / "reports" / result["run_id"] / "index.html"
     assert Store(str(root)).get_run(result["run_id"])["stages"][-1]["stage"] == "report"
-    assert len(result["report"]["outputs"]["images"]) == 5
+    assert len(result["report"]["outputs"]["images"]) == 6
 
     dom = _chromium_run(page, "--dump-dom")
     assert dom.returncode == 0, dom.stderr[-2000:]
     images = re.findall(r"<img\b", dom.stdout)
     loaded = re.search(r'data-images-loaded="(\d+)"', dom.stdout)
     assert loaded, f"the page's load script did not run ({chromium})"
-    assert len(images) == 5 and int(loaded.group(1)) == len(images)
+    assert len(images) == 6 and int(loaded.group(1)) == len(images)
     assert "Not in this run." not in dom.stdout
 
     shot = tmp_path / "report.png"

@@ -18,6 +18,7 @@ th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left;font-size:.92em;v
 th{background:#f4f4f4} td.num{text-align:right;font-variant-numeric:tabular-nums}
 img{max-width:100%;height:auto;display:block;margin:.6em 0;border:1px solid #eee}
 .missing{color:#888;font-style:italic} .note{color:#555;font-size:.92em}
+.flag{color:#b00020;font-weight:bold}
 """
 # Sets data-images-loaded / data-images-total on <body> once every image has loaded or failed.
 SCRIPT = """

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 
 from fusion_core.datasets import fixed_list_to_array, pixels_to_array, read_shard, shape_of, unpack_mask
 from fusion_core.report.page import html_image, html_table
+from fusion_core.scoring import comparison_rows
 from fusion_core.report.plots import (pca_2d, plot_cluster_montage, plot_confusion_matrix, plot_embedding_map,
                                       plot_imputation_examples, plot_training_curves)
 from fusion_core.store import Store
@@ -54,6 +55,83 @@ def run_summary(run: dict) -> Section:
                {k: v for k, v in (s["counts"] or {}).items() if not isinstance(v, (dict, list))}, s["error"])
               for s in run["stages"] if s["stage"] != "report"]
     return Section("Run summary", summary + html_table(["stage", "status", "seconds", "counts", "error"], stages))
+
+
+def what_changed(run: dict, previous: dict | None, model: dict | None, store: Store) -> Section:
+    """The headlines: the promotion decision and why, drift, this run's model against the champion on the
+    same holdout (overall and per class), and this run against the previous run of its flow."""
+    stages = {s["stage"]: s for s in run["stages"] if s["status"] == "completed"}
+    parts = []
+    train = stages.get("train")
+    if train:
+        parts.append(f"<p><b>Promotion:</b> {html.escape(str(train['outputs'].get('promotion')))}</p>")
+    drift = stages.get("drift")
+    if drift:
+        flagged = drift["outputs"].get("flagged") or []
+        parts.append(f"<p class=\"{'flag' if flagged else ''}\"><b>Drift:</b> "
+                     + (f"flagged {html.escape(', '.join(flagged))} (see Drift below)" if flagged else
+                        html.escape(drift["outputs"].get("note") or "nothing flagged")) + "</p>")
+    rows = comparison_rows(model["metrics"]) if model else []
+    if rows:
+        vs = model["metrics"]["vs_champion"]
+        parts.append(f"<h3>Model v{model['version']} vs champion v{vs['version']} on the same {vs['n']} holdout "
+                     f"images</h3>" + html_table(["", f"v{model['version']}", f"champion v{vs['version']}", "change"],
+                                                 [(r["metric"], r["challenger"], r["champion"],
+                                                   _change(r["challenger"], r["champion"])) for r in rows])
+                     + f"<p class=\"note\">McNemar's test: v{model['version']} alone right on {vs['challenger_only']} "
+                       f"images, the champion alone on {vs['champion_only']}; one-sided p = {vs['p_value']:.3g}.</p>")
+    if previous is not None:
+        parts.append(f"<h3>This run vs the previous {html.escape(run['flow'])} run "
+                     f"({html.escape(previous['run_id'])})</h3>" + html_table(
+                         ["", "previous", "this run", "change"], _run_changes(previous, run, store)))
+    elif run["flow"] == "nightly":
+        parts.append("<p>No earlier completed run of this flow to compare with.</p>")
+    return Section("What changed", "".join(parts) or None)
+
+
+def _change(new, old):
+    return new - old if isinstance(new, (int, float)) and isinstance(old, (int, float)) else None
+
+
+def _run_changes(previous: dict, run: dict, store: Store) -> list[tuple]:
+    """Headline figures of two runs side by side: images, holdout accuracy and F1 (overall, per class),
+    clusters and their quality."""
+    def figures(r: dict) -> dict:
+        stages = {s["stage"]: s for s in r["stages"] if s["status"] == "completed"}
+        out = {"images in the store": (stages.get("ingest", {}).get("counts") or {}).get("total_images")}
+        model = store.get_model(stages["train"]["outputs"]["model_version"]) if "train" in stages else None
+        if model:
+            m = model["metrics"]
+            out.update({"model version": model["version"], "holdout accuracy": m.get("accuracy"),
+                        "holdout macro F1": m.get("macro_f1")})
+            out.update({f"F1 {c}": v for c, v in (m.get("per_class_f1") or {}).items()})
+        cluster = stages.get("cluster")
+        if cluster:
+            out["clusters"] = (cluster["counts"] or {}).get("clusters")
+            out.update({f"cluster {k}": v for k, v in (cluster["metrics"] or {}).items() if k != "seconds"})
+        return out
+
+    before, now = figures(previous), figures(run)
+    return [(name, before.get(name), now.get(name), _change(now.get(name), before.get(name)))
+            for name in dict.fromkeys([*now, *before])]
+
+
+def drift_checks(stage: dict | None) -> Section:
+    """Each drift check with its value, threshold and p-value; flagged checks first and marked."""
+    title = "Drift"
+    if stage is None:
+        return Section(title, None)
+    out = stage["outputs"] or {}
+    counts = stage["counts"] or {}
+    note = (f"<p class=\"note\">{counts.get('new_images', 0)} new images against {counts.get('reference_images', 0)} "
+            f"the champion (v{out.get('reference_model')}) was trained on. A check is flagged when its value passes "
+            f"the threshold and its test is significant.</p>")
+    if not out.get("checks"):
+        return Section(title, note + f"<p>{html.escape(out.get('note') or 'No checks were run.')}</p>")
+    checks = sorted(out["checks"], key=lambda c: not c["flagged"])
+    return Section(title, note + html_table(["check", "flagged", "value", "threshold", "p-value"],
+                                            [(c["check"], "FLAGGED" if c["flagged"] else "", c["value"],
+                                              c["threshold"], c["p_value"]) for c in checks]))
 
 
 def ingestion(store: Store, run_id: str, stage: dict | None) -> Section:
@@ -182,7 +260,8 @@ def embedding_map(store: Store, predictions: dict | None, clusters: dict | None)
     if not parts:
         return Section(title, "<p>No predictions to map.</p>")
     sample = pa.concat_tables(parts)
-    xy = pca_2d(fixed_list_to_array(sample.column("embedding")))
+    embeddings = fixed_list_to_array(sample.column("embedding"))
+    xy = pca_2d(embeddings)
     labels = [v if v is not None else "unlabelled" for v in sample.column("label").to_pylist()]
     assigned = None
     if clusters is not None:
@@ -191,13 +270,16 @@ def embedding_map(store: Store, predictions: dict | None, clusters: dict | None)
         index = pc.index_in(sample.column("image_id"), value_set=table.column("image_id").combine_chunks())
         assigned = pc.fill_null(pc.take(table.column("cluster"), index), -1).to_numpy(zero_copy_only=False)
     return Section(title, f"<p class=\"note\">{len(sample)} of {total} images (predictions v{predictions['version']}), "
-                          "512-d embeddings projected on their first two principal components.</p>"
+                          f"{embeddings.shape[1]}-d embeddings projected on their first two principal "
+                          "components.</p>"
                           + html_image("embeddings.png", "embedding map coloured by cluster and by label"),
                    {"embeddings.png": plot_embedding_map(xy, labels, assigned)})
 
 
-def cluster_exemplars(store: Store, run_id: str, predictions: dict | None, cluster: dict | None) -> Section:
-    """The cluster summaries and, per cluster, the images nearest its centre.
+def cluster_exemplars(store: Store, run_id: str, predictions: dict | None, cluster: dict | None,
+                      quality: dict | None = None) -> Section:
+    """The clustering's quality figures, the cluster summaries and, per cluster, the images nearest its
+    centre (exemplars) and farthest from it (outliers).
 
     Args:
         predictions: the predictions dataset version clustered, or None.
@@ -210,20 +292,33 @@ def cluster_exemplars(store: Store, run_id: str, predictions: dict | None, clust
                        key=lambda s: s["cluster"])
     if not summaries:
         return Section(title, "<p>No cluster summaries were recorded.</p>")
-    table = html_table(["cluster", "size", "top label", "purity", "top labels"],
+    scores = {k: v for k, v in (quality or {}).items() if k != "seconds"}
+    table = (html_table(list(scores), [list(scores.values())]) if scores else "") + html_table(
+        ["cluster", "size", "top label", "purity", "top labels"],
                        [(s["cluster"], s["size"], s["top_label"], None if s["purity"] is None else f"{s['purity']:.0%}",
                          s["top_labels"]) for s in summaries])
     pixels = store.get_version("pixels", (predictions or {}).get("info", {}).get("pixels_version"))
     exemplars = {s["cluster"]: (s["exemplars"] or [])[:EXEMPLARS_PER_CLUSTER] for s in summaries}
     if pixels is None or not any(exemplars.values()):
         return Section(title, table + "<p>No exemplar images are available for these clusters.</p>")
-    found = _pixels_by_id(store, pixels, [i for ids in exemplars.values() for i in ids])
-    rows = [(f"cluster {s['cluster']} · {s['size']} images\n"
-             + (f"{s['top_label']} ({s['purity']:.0%})" if s["top_label"] is not None else "no labels"),
-             [found[i] for i in exemplars[s["cluster"]] if i in found]) for s in summaries]
-    return Section(title, table + "<p class=\"note\">Exemplars: the images nearest each cluster's centre, nearest "
-                                  "first.</p>" + html_image("exemplars.png", "exemplar images per cluster"),
-                   {"exemplars.png": plot_cluster_montage(rows)})
+    outliers = {s["cluster"]: (s["outliers"] or [])[:EXEMPLARS_PER_CLUSTER] for s in summaries}
+    found = _pixels_by_id(store, pixels, [i for group in (exemplars, outliers) for ids in group.values() for i in ids])
+
+    def montage(chosen: dict) -> bytes:
+        return plot_cluster_montage([(f"cluster {s['cluster']} · {s['size']} images\n"
+                                      + (f"{s['top_label']} ({s['purity']:.0%})" if s["top_label"] is not None
+                                         else "no labels"),
+                                      [found[i] for i in chosen[s["cluster"]] if i in found]) for s in summaries])
+
+    figures = {"exemplars.png": montage(exemplars)}
+    body = table + ("<p class=\"note\">Exemplars: the images nearest each cluster's centre, nearest first.</p>"
+                    + html_image("exemplars.png", "exemplar images per cluster"))
+    if any(outliers.values()):
+        figures["outliers.png"] = montage(outliers)
+        body += ("<p class=\"note\">Outliers: the images farthest from each cluster's centre, farthest first; "
+                 "worth a look for mislabelled or unusual images.</p>"
+                 + html_image("outliers.png", "outlier images per cluster"))
+    return Section(title, body, figures)
 
 
 def _pixels_by_id(store: Store, pixels: dict, image_ids: Sequence[str]) -> dict[str, np.ndarray]:
