@@ -5,25 +5,29 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from flows.terminal import describe_run, export_rows, table_lines
-from fusion_core.config import ConfigError, load_settings, parse_overrides
+from fusion_core.config import ConfigError, Settings, load_settings, parse_overrides
+from fusion_core.inputs import STAGE_INPUTS, check_inputs
 from fusion_core.store import Store
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Fusion: mine image collections - ingest, impute, train, infer, cluster.")
 
-FLOWS = ("ingest", "preprocess", "train", "infer", "cluster", "nightly")
+FLOWS = ("ingest", "preprocess", "drift", "train", "infer", "cluster", "nightly")
 NIGHTLY_CRON = "0 2 * * *"
 SOURCE_HELP = "folder, tar/zip archive, CIFAR batch folder, CSV/Parquet manifest, or a URI of one"
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="profile name (smoke, local, cluster) or YAML file")
 StoreOpt = typer.Option(None, "--store", help="store root (folder or object-store URI)")
 SetOpt = typer.Option([], "--set", help="override a setting: SECTION.KEY=VALUE (repeatable)")
+state = {"debug": False}  # set by the --debug option
 
 
 def _overrides(store: str | None, sets: list[str]) -> dict:
@@ -42,14 +46,25 @@ def _open_store(config: str | None, store: str | None) -> Store:
 
 
 def _setup_logging() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    """Warnings, and Fusion's INFO lines, on stderr; tracebacks only with --debug (Prefect's API keeps them)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
+    if not state["debug"]:
+        handler.addFilter(_without_traceback)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     logging.getLogger("fusion_core").setLevel(logging.INFO)
 
 
+def _without_traceback(record: logging.LogRecord) -> bool:
+    """Keep the line, drop its traceback (this handler comes after Prefect's API handler)."""
+    record.exc_info = record.exc_text = None
+    return True
+
+
 @app.callback()
-def _environment() -> None:
+def _environment(debug: bool = typer.Option(False, "--debug", help="show full tracebacks of errors")) -> None:
     """Quiet defaults for local runs; any value already set in the environment wins."""
+    state["debug"] = debug
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -60,17 +75,41 @@ def _fail(message: str) -> None:
 
 
 def _run_flow(name: str, source: str | None, config: str | None, overrides: dict) -> dict:
-    load_settings(config, overrides)  # fail fast on a bad config, before Prefect starts
-    from flows import cluster, infer, ingest, nightly, preprocess, train
+    """Run a flow here; a failure ends the command with one line (and the traceback with --debug)."""
+    settings = load_settings(config, overrides)  # fail fast on a bad config, before Prefect starts
+    if name in STAGE_INPUTS:
+        _check_inputs(name, settings)
+    from flows import cluster, drift, infer, ingest, nightly, preprocess, train
 
     if name in ("ingest", "nightly"):
         if not source:
             _fail(f"fusion run {name}: --source is required")
-        fn = {"ingest": ingest.ingest_flow, "nightly": nightly.nightly_flow}[name]
-        return fn(source=_source(source), config=config, overrides=overrides)
-    fn = {"preprocess": preprocess.preprocess_flow, "train": train.train_flow,
-          "infer": infer.infer_flow, "cluster": cluster.cluster_flow}[name]
-    return fn(config=config, overrides=overrides)
+        fn = partial({"ingest": ingest.ingest_flow, "nightly": nightly.nightly_flow}[name], source=_source(source))
+    else:
+        fn = {"preprocess": preprocess.preprocess_flow, "drift": drift.drift_flow, "train": train.train_flow,
+              "infer": infer.infer_flow, "cluster": cluster.cluster_flow}[name]
+    try:
+        return fn(config=config, overrides=overrides)
+    except Exception as err:
+        _run_failed(name, err)
+
+
+def _check_inputs(name: str, settings: Settings) -> None:
+    """Before Prefect starts: fail when the stage has nothing to work on, naming the stage to run first."""
+    try:
+        check_inputs(settings, Store.from_settings(settings), name)
+    except LookupError as err:
+        _fail(str(err))
+    except Exception as err:  # e.g. an unreachable catalog database
+        _run_failed(name, err)
+
+
+def _run_failed(name: str, err: Exception) -> None:
+    """End the command with one line, exit code 1; the run is recorded as failed (store and Prefect)."""
+    if state["debug"]:
+        traceback.print_exception(err)
+    typer.secho(f"fusion run {name} failed: {type(err).__name__}: {err}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
 
 
 def _source(source: str) -> str:
@@ -219,36 +258,92 @@ def show(run_id: str, store: Optional[str] = StoreOpt, config: Optional[str] = C
 
 
 @app.command()
-def models(action: str = typer.Argument("list", help="list, promote or rollback"),
-           version: Optional[int] = typer.Argument(None, help="model version (promote; rollback: default the "
-                                                                "previous champion)"),
+def models(action: str = typer.Argument("list", help="list, history, promote, rollback or compare"),
+           versions: Optional[list[int]] = typer.Argument(None, help="promote V; rollback [V] (default: the "
+                                                                      "previous champion); compare A B"),
+           force: bool = typer.Option(False, "--force", help="promote even if the gate says no (needs --reason)"),
+           reason: Optional[str] = typer.Option(None, "--reason", help="why, recorded with the promotion"),
+           pixels: Optional[int] = typer.Option(None, "--pixels", help="compare: the pixels version whose holdout "
+                                                                       "scores both (default: B's training data)"),
            store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt) -> None:
-    """List model versions with their stage and holdout metrics; promote or roll back the champion."""
-    from fusion_core.registry import rollback_version
-
+    """List model versions, their promotions; promote or roll back the champion; compare two models."""
     catalog = _open_store(config, store)
-    rows = catalog.list_models()
-    if action in ("promote", "rollback"):
-        champion = catalog.champion()
-        if version is None and action == "rollback":
-            version = rollback_version(rows, champion)
-        if version is None:
-            _fail(f"fusion models {action}: no earlier champion to roll back to; name a version")
+    versions = versions or []
+    for version in versions:
         if catalog.get_model(version) is None:
             _fail(f"fusion models {action}: no model version {version}; see `fusion models`")
-        catalog.set_champion(version)
-        typer.echo(f"model v{version} is now champion"
-                   + (f" (was v{champion['version']})" if champion and champion["version"] != version else ""))
-        rows = catalog.list_models()
+    if action == "compare":
+        if len(versions) != 2:
+            _fail("fusion models compare: name two model versions, e.g. `fusion models compare 3 4`")
+        _compare_models(catalog, *versions, pixels)
+        return
+    if action in ("promote", "rollback"):
+        _change_champion(catalog, action, versions[0] if versions else None, force, reason, config, store)
+    elif action == "history":
+        for p in catalog.promotion_history():
+            was = f"v{p['previous']}" if p["previous"] else "-"
+            typer.echo(f"{p['at']:%Y-%m-%d %H:%M} v{p['version']:<4} (was {was:<5}) "
+                       f"{'forced ' if p['forced'] else ''}by {p['actor']}: {p['reason']}")
+        return
     elif action != "list":
-        _fail(f"fusion models: unknown action {action!r}; choose list, promote or rollback")
+        _fail(f"fusion models: unknown action {action!r}; choose list, history, promote, rollback or compare")
     typer.echo(f"{'version':<8} {'stage':<11} {'name':<10} {'accuracy':<9} {'macro_f1':<9} {'ece':<7} "
                f"{'data':<5} {'code':<24} run")
-    for m in rows:
+    for m in catalog.list_models():
         ece = m["metrics"].get("ece")
         typer.echo(f"{m['version']:<8} {m['stage']:<11} {m['name']:<10} {m['metrics']['accuracy']:<9.4f} "
                    f"{m['metrics']['macro_f1']:<9.4f} {'-' if ece is None else f'{ece:.4f}':<7} "
                    f"v{m['dataset_version']:<4} {m['config'].get('code_version', '-'):<24} {m['run_id']}")
+
+
+def _change_champion(catalog: Store, action: str, version: int | None, force: bool, reason: str | None,
+                     config: str | None, store: str | None) -> None:
+    """``promote V``: through the gate, or past it with ``--force --reason``; ``rollback``: to an earlier champion."""
+    import getpass
+
+    from fusion_core.registry import promotion_decision, rollback_version
+
+    champion = catalog.champion()
+    if version is None and action == "rollback":
+        version = rollback_version(catalog.list_models(), champion)
+    if version is None:
+        _fail(f"fusion models {action}: no earlier champion to roll back to; name a version")
+    if force and not reason:
+        _fail(f"fusion models {action}: --force needs --reason \"why\" (it is recorded)")
+    if action == "promote" and not force:
+        train = load_settings(config, _overrides(store, [])).train
+        ok, why = promotion_decision(catalog.get_model(version), champion, train.promote_margin, train.promote_alpha)
+        if not ok:
+            _fail(f"model v{version} not promoted: {why}; `--force --reason ...` promotes it anyway")
+        reason = why if not reason else f"{why}; {reason}"
+    forced = force or action == "rollback"
+    catalog.set_champion(version, reason=reason or f"{action} by hand", actor=getpass.getuser(), forced=forced)
+    typer.echo(f"model v{version} is now champion"
+               + (f" (was v{champion['version']})" if champion and champion["version"] != version else ""))
+
+
+def _compare_models(catalog: Store, a: int, b: int, pixels_version: int | None) -> None:
+    """Both models scored on the same holdout, overall and per class, with McNemar's test."""
+    from fusion_core.scoring import compare_models
+
+    model_a, model_b = catalog.get_model(a), catalog.get_model(b)
+    pixels = catalog.get_version("pixels", pixels_version or model_b["dataset_version"])
+    if pixels is None:
+        _fail(f"fusion models compare: pixels v{pixels_version or model_b['dataset_version']} is not in the store; "
+              f"name one with --pixels")
+    try:
+        result = compare_models(catalog, model_a, model_b, pixels)
+    except ValueError as err:
+        _fail(str(err))
+    typer.echo(f"models v{a} and v{b} on the test split of pixels v{result['pixels_version']} "
+               f"({result['a']['n']} images)")
+    rows = [{"metric": name, f"v{a}": result["a"][name], f"v{b}": result["b"][name]}
+            for name in ("accuracy", "macro_f1", "ece")]
+    rows += [{"metric": f"f1 {c}", f"v{a}": result["a"]["per_class_f1"][c], f"v{b}": result["b"]["per_class_f1"][c]}
+             for c in result["classes"]]
+    typer.echo("\n".join(table_lines(rows, ["metric", f"v{a}", f"v{b}"], len(rows))))
+    typer.echo(f"McNemar: v{b} alone right on {result['challenger_only']}, v{a} alone right on "
+               f"{result['champion_only']}; p={result['p_value']:.3g} (one-sided, v{b} better)")
 
 
 OutOpt = typer.Option(None, "--out", help="also export all matching rows to a .csv or .parquet file")

@@ -7,7 +7,8 @@ from pathlib import Path
 from fusion_core.formatting import format_value
 from fusion_core.store import Store
 
-HIDDEN = ("confusion_matrix", "per_class_f1")  # too long for a terminal; in the report and `fusion models`
+# too long for a terminal; in the report, `fusion models` and the Prefect artifacts
+HIDDEN = ("confusion_matrix", "per_class_f1", "checks", "comparison")
 
 
 def headlines(stages: dict) -> list[str]:
@@ -17,11 +18,16 @@ def headlines(stages: dict) -> list[str]:
     if {"new_images", "already_stored", "quarantined"} <= c.keys():
         out.append(f"ingested {c['new_images']} new images ({c['already_stored']} already stored), "
                    f"quarantined {c['quarantined']} files {format_value(c.get('quarantine_reasons', {}))}")
+    drift = (stages.get("drift") or {}).get("outputs") or {}
+    if drift.get("flagged"):
+        out.append(f"DRIFT flagged: {', '.join(drift['flagged'])}")
+    elif "checks" in drift:
+        out.append(f"no drift in {len(drift['checks'])} checks" if drift["checks"] else f"drift: {drift.get('note')}")
     train = stages.get("train") or {}
     m, o = train.get("metrics") or {}, train.get("outputs") or {}
     if {"accuracy", "macro_f1"} <= m.keys() and {"model_version", "stage"} <= o.keys():
         out.append(f"holdout accuracy {m['accuracy']:.3f} (macro F1 {m['macro_f1']:.3f}), "
-                   f"model v{o['model_version']} is {o['stage']}")
+                   f"model v{o['model_version']} is {o['stage']}: {o.get('promotion')}")
     cluster = stages.get("cluster") or {}
     if "clusters" in (cluster.get("counts") or {}):
         quality = ", ".join(f"{k} {v:.3f}" for k, v in cluster["metrics"].items() if k in ("silhouette", "nmi", "ari"))
@@ -36,12 +42,7 @@ def describe_run(run: dict, store: Store) -> str:
              + (f" in {took:.0f}s" if took is not None else "")]
     lines += [f"  * {line}" for line in headlines({s["stage"]: s for s in run["stages"]})]
     for stage in run["stages"]:
-        lines.append(f"  {stage['stage']:<11} {stage['status']}" + (f": {stage['error']}" if stage["error"] else ""))
-        for part in ("counts", "metrics", "outputs"):
-            values = {k: v for k, v in (stage[part] or {}).items() if k not in HIDDEN}
-            if values:
-                lines.append(f"      {part + ':':<9}"
-                             + ", ".join(f"{k}={format_value(v, none='None')}" for k, v in values.items()))
+        lines += stage_lines(stage)
     lines += ["Results",
               f"  store root   {store.root}",
               f"  catalog      {store.engine.url.render_as_string(hide_password=True)}"
@@ -49,7 +50,21 @@ def describe_run(run: dict, store: Store) -> str:
               f"  datasets     {store.path('datasets')}/<images|pixels|predictions|clusters>/*.parquet",
               f"  details      fusion show {run['run_id']} --store {store.root}",
               *(f"  report       {s['outputs']['report']}" for s in run["stages"] if (s["outputs"] or {}).get("report"))]
+    prefect = (run.get("params") or {}).get("prefect")  # the Prefect flow run, when the run had one
+    if prefect:
+        lines.append(f"  prefect      {prefect['url'] or 'flow run ' + prefect['flow_run_id']}")
     return "\n".join(lines)
+
+
+def stage_lines(stage: dict) -> list[str]:
+    """A stage's status (and error), then a line each for its counts, metrics and outputs."""
+    lines = [f"  {stage['stage']:<11} {stage['status']}" + (f": {stage['error']}" if stage["error"] else "")]
+    for part in ("counts", "metrics", "outputs"):
+        values = {k: v for k, v in (stage[part] or {}).items() if k not in HIDDEN}
+        if values:
+            lines.append(f"      {part + ':':<9}"
+                         + ", ".join(f"{k}={format_value(v, none='None')}" for k, v in values.items()))
+    return lines
 
 
 def table_lines(rows: list[dict], columns: list[str], limit: int) -> list[str]:

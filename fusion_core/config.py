@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "deploy" / "configs"
@@ -84,8 +84,15 @@ class TrainConfig(_Section):
     jit_compile: bool = Field(False, description="XLA; off by default: measure first (README, training on GPUs)")
     cache_data: bool = Field(True, description="keep each worker's shard in its memory after the first epoch "
                                                "(needs that much RAM per worker); off: stream every epoch")
-    retrain: Literal["on_new_data", "always"] = "on_new_data"
-    promote_margin: float = Field(0.0, ge=0.0)
+    retrain: Literal["on_new_data", "on_drift", "always"] = Field(
+        "on_new_data", description="on_new_data: once per data and settings; on_drift: only when the drift check "
+                                   "flags something (or there is no champion); always: every run")
+    init: Literal["scratch", "champion"] = Field(
+        "scratch", description="champion: start from the champion's weights when it has the same model, classes "
+                               "and input shape (warm start)")
+    promote_margin: float = Field(0.0, ge=0.0, description="accuracy gain over the champion needed to promote")
+    promote_alpha: float = Field(0.05, gt=0.0, le=1.0, description="significance level of McNemar's test of "
+                                                                    "challenger vs champion on the same holdout")
     max_failures: int = Field(2, ge=0, description="worker failures a run recovers from (from its last checkpoint)")
     seed: int = 0
 
@@ -126,6 +133,57 @@ class ClusterConfig(_Section):
         return self
 
 
+class DriftConfig(_Section):
+    """What counts as drift between a run's new images and the data the champion was trained on.
+
+    Proportions (labels, sizes, clusters) are flagged when they differ by a total variation distance
+    above the threshold and a chi-square test is significant at ``alpha``; rates by an absolute
+    difference; pixels by a mean shift in reference standard deviations (or a relative change of the
+    standard deviation); embeddings by an MMD permutation test at ``alpha``.
+    """
+
+    action: Literal["report", "block_promotion"] = Field(
+        "report", description="report: show drift; block_promotion: a run with drift does not promote")
+    alpha: float = Field(0.01, gt=0.0, lt=1.0, description="significance level of the drift tests")
+    min_images: int = Field(50, ge=2, description="fewer new images than this are not checked")
+    sample_size: int = Field(1000, ge=10, description="images per side scored by the champion")
+    label_mix: float = Field(0.15, gt=0.0, le=1.0)
+    size_mix: float = Field(0.15, gt=0.0, le=1.0)
+    missing_rate: float = Field(0.1, gt=0.0, le=1.0)
+    quarantine_rate: float = Field(0.05, gt=0.0, le=1.0)
+    pixel_shift: float = Field(0.25, gt=0.0)
+    confidence_drop: float = Field(0.1, gt=0.0, le=1.0)
+    cluster_mix: float = Field(0.15, gt=0.0, le=1.0)
+
+
+HOUR = 3600.0
+
+
+class StageTimeouts(_Section):
+    """Seconds one attempt of a stage's Prefect task may run before it fails as timed out; None: no limit."""
+
+    ingest: float | None = Field(4 * HOUR, gt=0)
+    preprocess: float | None = Field(4 * HOUR, gt=0)
+    drift: float | None = Field(HOUR, gt=0)
+    train: float | None = Field(8 * HOUR, gt=0)
+    infer: float | None = Field(4 * HOUR, gt=0)
+    cluster: float | None = Field(2 * HOUR, gt=0)
+    report: float | None = Field(HOUR / 2, gt=0)
+
+
+class OrchestrationConfig(_Section):
+    timeouts: StageTimeouts = StageTimeouts()
+    webhook_url: str | None = Field(None, description="a failed or crashed nightly run POSTs a JSON message "
+                                                      "here; unset or empty: no message")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_is_http(cls, url: str | None) -> str | None:
+        if url and not url.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return url
+
+
 class DemoConfig(_Section):
     per_class: int = Field(400, ge=1)
     seed: int = 0
@@ -145,6 +203,8 @@ class Settings(BaseSettings):
     train: TrainConfig = TrainConfig()
     infer: InferConfig = InferConfig()
     cluster: ClusterConfig = ClusterConfig()
+    drift: DriftConfig = DriftConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
     demo: DemoConfig = DemoConfig()
 
     @classmethod

@@ -1,12 +1,18 @@
-"""Progress of a long loop: a bar on an interactive terminal, periodic log lines otherwise."""
+"""Progress of a long loop: a bar on an interactive terminal, periodic log lines otherwise, and the
+figures for any listener (the flows layer mirrors them into Prefect)."""
 
 from __future__ import annotations
 
 import logging
 import sys
 import time
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
+
+# Called as listener(what, done, total) on every update and at the close; total is None until known.
+# A listener that does slow work (an API call) throttles itself.
+listeners: list[Callable[[str, int, int | None], None]] = []
 
 
 class Progress:
@@ -28,6 +34,7 @@ class Progress:
     def update(self, n: int = 1) -> None:
         """Record ``n`` more units done and report if it is time to."""
         self.done += n
+        self._tell_listeners()
         now = time.perf_counter()
         if self.tty and now - self.last >= 0.1:
             self.stream.write("\r" + self.line(bar=True))
@@ -39,11 +46,16 @@ class Progress:
 
     def close(self) -> None:
         """Report the final figures (ends the terminal line)."""
+        self._tell_listeners()
         if self.tty:
             self.stream.write("\r" + self.line(bar=True) + "\n")
             self.stream.flush()
         else:
             log.info("%s", self.line())
+
+    def _tell_listeners(self) -> None:
+        for listener in listeners:
+            listener(self.what, self.done, self.total)
 
     def line(self, bar: bool = False) -> str:
         elapsed = max(time.perf_counter() - self.started, 1e-9)

@@ -4,7 +4,8 @@ This is the boundary where Prefect's serialisable parameters (a config name, ove
 become objects: each task builds the settings and opens the store once, records the stage against
 its run, and calls the stage function with ``(settings, store, inputs)``. An input version left
 unset (a single-stage run) means the newest committed one; the nightly flow always passes the
-versions its earlier stages returned.
+versions its earlier stages returned. A task returns a ``Completed`` state holding the stage's result
+(``flows/_run.py`` takes the result from it), so its message can say that a result was reused.
 """
 
 from __future__ import annotations
@@ -14,70 +15,85 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NONE
+from prefect.states import Completed, State
+from prefect.task_engine import TaskRunTimeoutError
+from prefect.tasks import exponential_backoff
 
 from fusion_core.cluster import cluster_predictions
 from fusion_core.config import Settings, load_settings
+from fusion_core.errors import is_transient
 from fusion_core.ingest import ingest_source
+from fusion_core.inputs import infer_model_version as _model_version, input_version as _version
 from fusion_core.preprocess import preprocess_dataset
 from fusion_core.runs import StageResult, record_stage
 from fusion_core.store import Store
 
 Overrides = dict[str, Any] | None
-NEEDS = {"images": "ingest", "pixels": "preprocess", "predictions": "infer"}  # dataset -> stage that makes it
+# How a stage's state message names a result it reused ("reused pixels v3"): stage -> (name, output key).
+REUSED = {"preprocess": ("pixels", "version"), "train": ("model", "model_version"),
+          "infer": ("predictions", "version"), "cluster": ("clusters", "version")}
+
+
+def _transient(_task, _task_run, state: State) -> bool:
+    """Retry condition: the stage failed with a transient error (``fusion_core.errors``), not its timeout."""
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, BaseException) and not isinstance(error, TaskRunTimeoutError) and is_transient(error)
+
+
+# Every stage task: after a transient error, up to 3 more attempts, 10, 20 and 40 s later; none after others.
+RETRIES = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=10),
+           "retry_condition_fn": _transient}
 
 
 def _run(stage: str, config: str | None, overrides: Overrides, run_id: str,
-         fn: Callable[[Settings, Store], StageResult]) -> dict:
+         fn: Callable[[Settings, Store], StageResult]) -> State:
+    """Run and record a stage; the returned state holds its result and says when it reused an earlier one."""
     settings = load_settings(config, overrides)
     store = Store.from_settings(settings)
-    return record_stage(store, run_id, stage, lambda: fn(settings, store))
+    result = record_stage(store, run_id, stage, lambda: fn(settings, store))
+    return Completed(message=_reuse_message(stage, result), data=result)
 
 
-def _version(store: Store, stage: str, dataset: str, version: int | None) -> int:
-    """``version``, or the newest committed version of ``dataset`` when it is None."""
-    if version is not None:
-        return version
-    latest = store.latest_version(dataset)
-    if latest is None:
-        raise LookupError(f"{stage}: no {dataset} dataset in the store at {store.root} yet; "
-                          f"run {NEEDS[dataset]} first")
-    return latest["version"]
+def _reuse_message(stage: str, result: dict) -> str | None:
+    if stage not in REUSED or not result["counts"].get("reused"):
+        return None
+    name, key = REUSED[stage]
+    return f"reused {name} v{result['outputs'][key]}"
 
 
-def _model_version(settings: Settings, store: Store, version: int | None) -> int:
-    """The model to infer with: ``infer.model_version`` when set (pinned), else ``version`` (the nightly
-    flow passes the champion after its training), else the champion."""
-    chosen = settings.infer.model_version or version
-    if chosen is None:
-        champion = store.champion()
-        if champion is None:
-            raise LookupError(f"infer: no champion model in the store at {store.root} yet; run train first")
-        chosen = champion["version"]
-    return chosen
-
-
-@task(name="ingest", retries=1, retry_delay_seconds=5, cache_policy=NONE)
-def ingest_task(config: str | None, overrides: Overrides, run_id: str, source: str) -> dict:
+@task(name="ingest", cache_policy=NONE, **RETRIES)
+def ingest_task(config: str | None, overrides: Overrides, run_id: str, source: str) -> State:
     return _run("ingest", config, overrides, run_id, lambda s, store: ingest_source(s, store, source, run_id))
 
 
-@task(name="preprocess", retries=1, retry_delay_seconds=5, cache_policy=NONE)
-def preprocess_task(config: str | None, overrides: Overrides, run_id: str, images_version: int | None) -> dict:
+@task(name="preprocess", cache_policy=NONE, **RETRIES)
+def preprocess_task(config: str | None, overrides: Overrides, run_id: str, images_version: int | None) -> State:
     return _run("preprocess", config, overrides, run_id, lambda s, store: preprocess_dataset(
         s, store, _version(store, "preprocess", "images", images_version), run_id))
 
 
-@task(name="train", retries=0, cache_policy=NONE)  # Ray Train's FailureConfig handles worker failures
-def train_task(config: str | None, overrides: Overrides, run_id: str, pixels_version: int | None) -> dict:
+@task(name="drift", cache_policy=NONE, **RETRIES)
+def drift_task(config: str | None, overrides: Overrides, run_id: str, pixels_version: int | None) -> State:
+    from fusion_core.drift import check_drift
+
+    return _run("drift", config, overrides, run_id, lambda s, store: check_drift(
+        s, store, _version(store, "drift", "pixels", pixels_version), run_id))
+
+
+# Ray Train's FailureConfig recovers from worker failures within an attempt; a retry resumes from the
+# last checkpoint.
+@task(name="train", cache_policy=NONE, **RETRIES)
+def train_task(config: str | None, overrides: Overrides, run_id: str, pixels_version: int | None,
+               drift_flags: list[str] | None = None) -> State:
     from fusion_core.train import train_model
 
     return _run("train", config, overrides, run_id, lambda s, store: train_model(
-        s, store, _version(store, "train", "pixels", pixels_version), run_id))
+        s, store, _version(store, "train", "pixels", pixels_version), run_id, drift_flags))
 
 
-@task(name="infer", retries=1, retry_delay_seconds=5, cache_policy=NONE)
+@task(name="infer", cache_policy=NONE, **RETRIES)
 def infer_task(config: str | None, overrides: Overrides, run_id: str, pixels_version: int | None,
-               model_version: int | None) -> dict:
+               model_version: int | None) -> State:
     from fusion_core.infer import infer_dataset
 
     return _run("infer", config, overrides, run_id, lambda s, store: infer_dataset(
@@ -85,14 +101,14 @@ def infer_task(config: str | None, overrides: Overrides, run_id: str, pixels_ver
         run_id))
 
 
-@task(name="cluster", retries=1, retry_delay_seconds=5, cache_policy=NONE)
-def cluster_task(config: str | None, overrides: Overrides, run_id: str, predictions_version: int | None) -> dict:
+@task(name="cluster", cache_policy=NONE, **RETRIES)
+def cluster_task(config: str | None, overrides: Overrides, run_id: str, predictions_version: int | None) -> State:
     return _run("cluster", config, overrides, run_id, lambda s, store: cluster_predictions(
         s, store, _version(store, "cluster", "predictions", predictions_version), run_id))
 
 
-@task(name="report", retries=1, retry_delay_seconds=5, cache_policy=NONE)
-def report_task(config: str | None, overrides: Overrides, run_id: str) -> dict:
+@task(name="report", cache_policy=NONE, **RETRIES)
+def report_task(config: str | None, overrides: Overrides, run_id: str, status: str | None = None) -> State:
     from fusion_core.report import write_report
 
-    return _run("report", config, overrides, run_id, lambda s, store: write_report(s, store, run_id))
+    return _run("report", config, overrides, run_id, lambda s, store: write_report(s, store, run_id, status))

@@ -37,3 +37,16 @@ def test_progress_logs_when_not_a_terminal(caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0].startswith("ingest: 3 files (")
     assert lines[-1].startswith("ingest: 4/4 files (") and "ETA 0s" in lines[-1]
+
+
+def test_listeners_get_every_update_and_the_close(monkeypatch):
+    import fusion_core.progress as progress_module
+
+    heard = []
+    monkeypatch.setattr(progress_module, "listeners", [lambda *figures: heard.append(figures)])
+    progress = Progress("preprocess", "tasks", stream=io.StringIO())
+    progress.update(2)
+    progress.total = 5
+    progress.update(3)
+    progress.close()
+    assert heard == [("preprocess", 2, None), ("preprocess", 5, 5), ("preprocess", 5, 5)]

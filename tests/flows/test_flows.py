@@ -12,8 +12,10 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
 import flows.nightly as nightly
+from flows.cli import app
 from flows.cluster import cluster_flow
 from flows.infer import infer_flow
 from flows.ingest import ingest_flow
@@ -193,7 +195,35 @@ def test_train_flow_best_recipe_and_promotion_rule(trained, stage_store):
     assert [h["epoch"] for h in model["metrics"]["history"]] == [0, 1]
     assert result["outputs"]["stage"] == "challenger"  # a margin of 2.0 cannot be beaten
     assert "kept as challenger" in result["outputs"]["promotion"]
-    assert store.champion()["version"] == trained["outputs"]["model_version"]
+    champion = store.champion()
+    assert champion["version"] == trained["outputs"]["model_version"]
+    # the champion was scored on the challenger's own holdout, and both results are stored
+    vs = model["metrics"]["vs_champion"]
+    assert vs["version"] == champion["version"] and vs["n"] == model["metrics"]["n"]
+    assert vs["challenger_only"] + vs["champion_only"] <= vs["n"] and 0 < vs["p_value"] <= 1
+    assert result["outputs"]["comparison"][0] == {"metric": "accuracy", "challenger": model["metrics"]["accuracy"],
+                                                  "champion": vs["accuracy"]}
+    assert model["config"]["initialised_from"] == "scratch"
+
+
+def test_warm_start_from_the_champion(trained, stage_store):
+    # A learning rate of almost zero: the model that comes out is the champion's weights it started from.
+    overrides = {**_overrides(stage_store), "train.init": "champion", "train.retrain": "always", "train.epochs": 1,
+                 "train.learning_rate": 1e-12}
+    result = train_flow("smoke", overrides)
+    store = Store(stage_store)
+    model = store.get_model(result["outputs"]["model_version"])
+    champion = store.get_model(trained["outputs"]["model_version"])
+    assert model["config"]["initialised_from"] == f"champion v{champion['version']}"
+    vs = model["metrics"]["vs_champion"]
+    assert vs["version"] == champion["version"]
+    assert vs["challenger_only"] + vs["champion_only"] <= 0.1 * vs["n"]  # right and wrong on the same images
+    assert abs(model["metrics"]["accuracy"] - vs["accuracy"]) <= 0.05
+    compared = CliRunner().invoke(app, ["models", "compare", str(champion["version"]), str(model["version"]),
+                                        "--store", stage_store])
+    assert compared.exit_code == 0, compared.output
+    assert f"on the test split of pixels v{model['dataset_version']} ({vs['n']} images)" in compared.output
+    assert "f1 circle" in compared.output and "McNemar" in compared.output
 
 
 def _train_worker_pids() -> list[int]:
@@ -285,7 +315,9 @@ def test_nightly_end_to_end_then_rerun_adds_nothing(demo_source, tmp_path):
     store = Store(str(tmp_path / "store"))
     run = store.get_run(first["run_id"])
     assert run["status"] == "completed"
-    assert [s["stage"] for s in run["stages"]] == ["ingest", "preprocess", "train", "infer", "cluster", "report"]
+    assert [s["stage"] for s in run["stages"]] == ["ingest", "preprocess", "drift", "train", "infer", "cluster",
+                                                   "report"]
+    assert first["drift"]["outputs"]["note"].startswith("no champion yet")
     current = pads.dataset(store.path("datasets", "predictions", "current"), format="parquet").to_table()
     assert sorted(current.column("image_id").to_pylist()) == sorted({r["image_id"] for r in
                                                                      store.query("predictions", first["run_id"])})
@@ -296,6 +328,17 @@ def test_nightly_end_to_end_then_rerun_adds_nothing(demo_source, tmp_path):
     assert second["infer"]["counts"]["reused"] == 1
     assert store.get_run(second["run_id"])["status"] == "completed"
     assert store.latest_version("images")["version"] == 1
+    assert _task_messages(second["run_id"])["infer"] == f"reused predictions v{second['infer']['outputs']['version']}"
+
+
+def _task_messages(run_id: str) -> dict[str, str | None]:
+    """The state message of each stage task of a run, as Prefect recorded it."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    with get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_=run_id)))
+    return {t.name.rsplit("-", 1)[0]: t.state.message for t in tasks}
 
 
 def test_an_ingest_between_a_nightly_runs_stages_does_not_change_its_inputs(demo_source, tmp_path, monkeypatch):
@@ -368,3 +411,14 @@ def test_a_stopped_train_flow_resumes_from_its_last_checkpoint(demo_source, tmp_
     history = model["metrics"]["history"]
     assert [h["epoch"] for h in history] == list(range(10))
     assert history[-1]["resumed_at"] > 0  # the rerun started from the stopped run's checkpoint
+
+
+def test_a_failed_nightly_run_gets_a_report_that_says_so(tmp_path):
+    overrides = _overrides(str(tmp_path / "store"))
+    with pytest.raises(Exception):
+        nightly_flow(str(tmp_path / "no-such-source"), "smoke", overrides)
+    store = Store(str(tmp_path / "store"))
+    run = store.list_runs()[0]
+    assert run["status"] == "failed"
+    page = (tmp_path / "store" / "reports" / run["run_id"] / "index.html").read_text()
+    assert "nightly flow, failed" in page
