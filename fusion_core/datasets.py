@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from fusion_core import uri
@@ -121,9 +122,11 @@ def shard_rows(root: str, rel_path: str) -> int:
     return pq.ParquetFile(path, filesystem=fs).metadata.num_rows
 
 
-def shard_uris(root: str, rel_paths: list[str]) -> list[str]:
-    """Full paths or URIs of shards, for readers such as Ray Data."""
-    return [uri.join(root, p) for p in rel_paths]
+def shard_files(root: str, rel_paths: list[str]) -> tuple[pafs.FileSystem, list[str]]:
+    """The store's filesystem and the shards' paths inside it, for readers such as Ray Data
+    (``read_parquet(paths, filesystem=fs)``), so that they reach the same endpoint as the store."""
+    fs, base = uri.filesystem(root)
+    return fs, [f"{base.rstrip('/')}/{p.strip('/')}" for p in rel_paths]
 
 
 def shape_of(schema: pa.Schema) -> tuple[int, int, int]:

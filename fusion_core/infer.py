@@ -18,7 +18,7 @@ import pyarrow as pa
 from fusion_core import registry
 from fusion_core.config import Settings
 from fusion_core.datasets import (array_to_fixed_list, iter_rows, iter_shard_batches, pixels_to_array,
-                                  predictions_schema, shard_uris, write_shard)
+                                  predictions_schema, shard_files, write_shard)
 from fusion_core.derive import derivation_key, derive_dataset
 from fusion_core.publish import publish_current
 from fusion_core.runs import StageResult
@@ -146,7 +146,8 @@ def _write_on_ray(settings: Settings, store: Store, paths: list[str], writer_arg
 
     ray = ensure_ray(settings)
     cfg = settings.infer
-    ds = ray.data.read_parquet(shard_uris(store.root, paths), columns=INPUT_COLUMNS)
+    fs, files = shard_files(store.root, paths)
+    ds = ray.data.read_parquet(files, filesystem=fs, columns=INPUT_COLUMNS)
     # An autoscaling pool (from one actor) leaves a CPU for the Parquet readers on small machines.
     ds = ds.map_batches(ShardWriter, fn_constructor_kwargs=writer_args, batch_format="pyarrow",
                         batch_size=WRITE_ROWS, concurrency=(1, cfg.concurrency),

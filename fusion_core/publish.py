@@ -3,7 +3,8 @@
 ``<root>/datasets/<name>/current/`` holds the shards of the version the latest run used, and nothing
 else, so DuckDB (``read_parquet('.../current/*.parquet')``), Spark, Ray Data or ``pyarrow.dataset``
 read each image once. Files are hard links on a local disk and server-side copies on an object store,
-assembled in a hidden folder and swapped in with two renames; ``current/_VERSION`` names the version.
+assembled in a hidden folder and swapped in with two renames (file by file on an object store, which
+cannot rename a folder); ``current/_VERSION`` names the version.
 """
 
 from __future__ import annotations

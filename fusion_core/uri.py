@@ -36,7 +36,9 @@ _LOCAL = pafs.LocalFileSystem()
 def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     """``(pyarrow filesystem, path inside it)`` for a local path or URI.
 
-    Schemes pyarrow does not know are served through ``fsspec``.
+    Schemes pyarrow does not know are served through ``fsspec``. For ``s3://``, pyarrow reads the
+    endpoint (``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``, ``http://`` allowed), region and
+    credentials from the standard ``AWS_*`` environment.
     """
     return (_LOCAL, os.path.abspath(path)) if not is_uri(path) else _remote(path)
 
@@ -184,6 +186,14 @@ def link_or_copy(src: str, dst: str) -> None:
 
 
 def move(src: str, dst: str) -> None:
-    """Rename ``src`` to ``dst`` on one filesystem (atomic where the filesystem allows)."""
+    """Rename a file or folder ``src`` to ``dst`` on one filesystem (atomic where the filesystem allows;
+    object stores cannot rename a folder, so it moves there file by file)."""
     fs, inner = filesystem(src)
-    fs.move(inner, filesystem(dst)[1])
+    target = filesystem(dst)[1]
+    if isinstance(fs, pafs.LocalFileSystem) or fs.get_file_info(inner).type != pafs.FileType.Directory:
+        fs.move(inner, target)
+        return
+    for info in fs.get_file_info(pafs.FileSelector(inner, recursive=True)):
+        if info.type == pafs.FileType.File:
+            fs.copy_file(info.path, target + info.path[len(inner):])
+    fs.delete_dir(inner)

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
+from pathlib import Path
 
 os.environ.setdefault("FUSION_RAY__NODE_IP_ADDRESS", "127.0.0.2")
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="fusion-prefect-"))
@@ -97,11 +104,11 @@ def ray_local():
     ray.shutdown()
 
 
-@pytest.fixture
-def postgres_url():
-    """A fresh, empty PostgreSQL database for one test (server from FUSION_TEST_POSTGRES_URL).
+@contextlib.contextmanager
+def _postgres_database():
+    """A fresh, empty PostgreSQL database on the server at FUSION_TEST_POSTGRES_URL, dropped afterwards.
 
-    `.ci/run` starts that server (scripts/postgres.sh); without one these tests are skipped.
+    `.ci/run` starts that server (scripts/postgres.sh); without one the test is skipped.
     """
     import uuid
 
@@ -122,3 +129,60 @@ def postgres_url():
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh, empty PostgreSQL database for one test."""
+    with _postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_postgres_url():
+    """A fresh, empty PostgreSQL database shared by one test module."""
+    with _postgres_database() as url:
+        yield url
+
+
+S3_BUCKET = "fusion-test"
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint(tmp_path_factory):
+    """A ``moto_server`` on 127.0.0.1 with the bucket ``fusion-test``; ``AWS_*`` point at it until the module ends."""
+    import boto3
+
+    from fusion_core import uri
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1",
+                                   "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"moto_server did not start: {log.read_text()[-2000:]}")
+                time.sleep(0.2)
+        with pytest.MonkeyPatch.context() as env:
+            for name in ("AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+                env.delenv(name, raising=False)
+            env.setenv("AWS_ACCESS_KEY_ID", "fusion-test-key")
+            env.setenv("AWS_SECRET_ACCESS_KEY", "fusion-test-secret")
+            env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+            env.setenv("AWS_ENDPOINT_URL", endpoint)
+            boto3.client("s3").create_bucket(Bucket=S3_BUCKET)
+            yield endpoint
+            uri._remote.cache_clear()  # its filesystems point at this server
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

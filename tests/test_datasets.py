@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
@@ -19,7 +20,7 @@ from fusion_core.datasets import (
     predictions_schema,
     read_shards,
     shape_of,
-    shard_uris,
+    shard_files,
     unpack_mask,
     write_shard,
 )
@@ -79,8 +80,9 @@ def test_read_shards_concatenates_in_order(tmp_path):
     assert read_shards(root, []).num_rows == 0
 
 
-def test_shard_uris():
-    assert shard_uris("/store/", ["a.parquet", "d/b.parquet"]) == ["/store/a.parquet", "/store/d/b.parquet"]
+def test_shard_files():
+    fs, paths = shard_files("/store/", ["a.parquet", "d/b.parquet"])
+    assert isinstance(fs, pafs.LocalFileSystem) and paths == ["/store/a.parquet", "/store/d/b.parquet"]
 
 
 def test_images_schema_metadata_survives_write(tmp_path):
