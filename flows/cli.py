@@ -418,3 +418,36 @@ def report(run_id: str, store: Optional[str] = StoreOpt, config: Optional[str] =
     except LookupError as err:
         _fail(str(err))
     typer.echo(result.outputs["report"])
+
+
+@app.command()
+def doctor(config: Optional[str] = ConfigOpt, store: Optional[str] = StoreOpt, sets: list[str] = SetOpt,
+           fmt: str = typer.Option("text", "--format", help="text or json")) -> None:
+    """Check what a run needs: versions, the Prefect server, store root, catalog, Ray and its workers.
+
+    Exit code 0 when no check failed, 1 otherwise.
+    """
+    import json
+
+    from prefect.settings import get_current_settings
+
+    from fusion_core.doctor import FAIL, WARN, run_checks, summary
+
+    if fmt not in ("text", "json"):
+        _fail(f"fusion doctor: unknown --format {fmt!r}; choose text or json")
+    try:
+        settings = load_settings(config, _overrides(store, sets))
+    except ConfigError as err:
+        _fail(str(err))
+    api = get_current_settings().api
+    colors = {FAIL: typer.colors.RED, WARN: typer.colors.YELLOW}
+    checks = []
+    for check in run_checks(settings, api.url, api.key.get_secret_value() if api.key else None):
+        checks.append(check)
+        if fmt == "text":
+            typer.secho("\n".join(check.lines()), fg=colors.get(check.status, typer.colors.GREEN))
+    if fmt == "json":
+        typer.echo(json.dumps([vars(c) for c in checks], indent=2))
+    else:
+        typer.echo(summary(checks))
+    raise typer.Exit(1 if any(c.status == FAIL for c in checks) else 0)
