@@ -80,6 +80,8 @@ class TrainConfig(_Section):
     use_gpu: bool = False
     resources_per_worker: dict[str, float] | None = Field(
         None, description="e.g. {CPU: 8, GPU: 1}; default 1 CPU per worker, or 1 GPU with use_gpu")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="where Ray puts the workers: PACK on as few nodes as fit, SPREAD over nodes")
     mixed_precision: bool = Field(True, description="float16 on GPUs, bfloat16 on CPUs with bf16 instructions")
     jit_compile: bool = Field(False, description="XLA; off by default: measure first (README, training on GPUs)")
     cache_data: bool = Field(True, description="keep each worker's shard in its memory after the first epoch "

@@ -25,7 +25,7 @@ def ensure_ray(settings: Settings):
         return ray
     os.environ.update(WORKER_ENV)
     address = settings.ray.address or os.environ.get("RAY_ADDRESS")
-    kwargs = {"runtime_env": {"env_vars": dict(WORKER_ENV)}, "log_to_driver": True}
+    kwargs = {"runtime_env": runtime_env(shipped=bool(address)), "log_to_driver": True}
     if settings.ray.node_ip_address:
         kwargs["_node_ip_address"] = settings.ray.node_ip_address
     if address:
@@ -36,6 +36,17 @@ def ensure_ray(settings: Settings):
         # The dashboard (loopback only) also serves the State API that Ray Train's cleaner polls.
         ray.init(num_cpus=settings.ray.num_cpus, dashboard_host="127.0.0.1", **kwargs)
     return ray
+
+
+def runtime_env(shipped: bool) -> dict:
+    """What every Ray worker of a Fusion job gets: ``WORKER_ENV`` and, on a cluster (``shipped``), Fusion's
+    own code as a ``py_modules`` package, so a node needs only the pinned dependencies, not Fusion."""
+    import fusion_core
+
+    env = {"env_vars": dict(WORKER_ENV)}
+    if shipped:
+        env.update(py_modules=[os.path.dirname(fusion_core.__file__)], excludes=["__pycache__", "*.pyc"])
+    return env
 
 
 def gather(refs: list, what: str, every_s: float = 5.0) -> list:

@@ -18,7 +18,7 @@ import time
 
 from fusion_core import registry, uri
 from fusion_core.config import Settings
-from fusion_core.datasets import shard_uris
+from fusion_core.datasets import shard_files
 from fusion_core.derive import derivation_key, derive_model
 from fusion_core.recipes import Recipe
 from fusion_core.registry import MODEL_FILE
@@ -174,7 +174,8 @@ def train_model(settings: Settings, store: Store, pixels_version: int, run_id: s
         # this process never imports TensorFlow.
         ray = ensure_ray(settings)
         fit = ray.remote(_fit_and_register_in_task).options(num_cpus=0)
-        model = ray.get(fit.remote(settings, store.reopen_args(), pixels, key, run_id))
+        # The code version is the driver's: the task may run on a node that got Fusion through runtime_env.
+        model = ray.get(fit.remote(settings, store.reopen_args(), pixels, key, run_id, code_version()))
         promotion.append(registry.promote_if_better(store, model["version"], cfg.promote_margin, cfg.promote_alpha,
                                                     blocked))
         log.info("train: model v%d %s", model["version"], promotion[0])
@@ -186,11 +187,11 @@ def train_model(settings: Settings, store: Store, pixels_version: int, run_id: s
 
 
 def _fit_and_register_in_task(settings: Settings, store_args: tuple[str, str], pixels: dict, key: str,
-                              run_id: str) -> dict:
-    return _fit_and_register(settings, Store(*store_args), pixels, key, run_id)
+                              run_id: str, code: str) -> dict:
+    return _fit_and_register(settings, Store(*store_args), pixels, key, run_id, code)
 
 
-def _fit_and_register(settings: Settings, store: Store, pixels: dict, key: str, run_id: str) -> dict:
+def _fit_and_register(settings: Settings, store: Store, pixels: dict, key: str, run_id: str, code: str) -> dict:
     """Fit with Ray Train, publish the best checkpoint in float32, evaluate it and register it."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
@@ -203,7 +204,8 @@ def _fit_and_register(settings: Settings, store: Store, pixels: dict, key: str, 
     classes = class_names(store, paths)
     shape = tuple(pixels["info"]["shape"])
     norm = pixels["info"]["stats"] if pixels["info"].get("scale") == "standardize" else None
-    source = ray.data.read_parquet(shard_uris(store.root, paths), columns=["pixels", "label", "split"])
+    fs, files = shard_files(store.root, paths)
+    source = ray.data.read_parquet(files, filesystem=fs, columns=["pixels", "label", "split"])
     datasets = {split: source.map_batches(to_xy, batch_format="pyarrow", batch_size=4096,
                                           fn_kwargs={"classes": classes, "shape": shape, "split": split})
                 for split in ("train", "val")}
@@ -218,6 +220,7 @@ def _fit_and_register(settings: Settings, store: Store, pixels: dict, key: str, 
     batch = recipe.batch_size if recipe.scale_with_workers else max(1, recipe.batch_size // workers)
     rate = recipe.learning_rate * (workers if recipe.scale_with_workers else 1)
     steps_per_epoch = max(1, math.ceil(datasets["train"].count() // workers / batch))
+    checkpoints_fs, checkpoints = uri.filesystem(store.path("checkpoints"))  # the store's endpoint, on every worker
     trainer = TensorflowTrainer(
         train_loop_per_worker,
         train_loop_config={"recipe": recipe.as_dict(), "shape": list(shape), "classes": classes,
@@ -226,8 +229,10 @@ def _fit_and_register(settings: Settings, store: Store, pixels: dict, key: str, 
                            "jit_compile": cfg.jit_compile, "cache_data": cfg.cache_data,
                            "init_from": init_from and init_from["path"]},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker=cfg.resources_per_worker),
-        run_config=RunConfig(name=train_run_name(key, run_id, cfg.retrain), storage_path=store.path("checkpoints"),
+                                     resources_per_worker=cfg.resources_per_worker,
+                                     placement_strategy=cfg.placement_strategy),
+        run_config=RunConfig(name=train_run_name(key, run_id, cfg.retrain), storage_path=checkpoints,
+                             storage_filesystem=checkpoints_fs,
                              checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_accuracy",
                                                                 checkpoint_score_order="max"),
                              failure_config=FailureConfig(max_failures=cfg.max_failures)),
@@ -247,7 +252,7 @@ def _fit_and_register(settings: Settings, store: Store, pixels: dict, key: str, 
         return registry.register_model(
             store, model_file, classes, run_id=run_id, name=recipe.model, key=key, dataset_version=pixels["version"],
             metrics={**metrics, "history": history},
-            config={**cfg.model_dump(), "resolved_recipe": recipe.as_dict(), "code_version": code_version(),
+            config={**cfg.model_dump(), "resolved_recipe": recipe.as_dict(), "code_version": code,
                     "input_shape": list(shape),
                     "initialised_from": f"champion v{init_from['version']}" if init_from else "scratch"})
 

@@ -1,13 +1,27 @@
-"""The nightly flow on a two-node Ray cluster started with `ray start`, all on loopback."""
+"""The nightly flow on a two-node Ray cluster started with `ray start`, all on loopback.
 
+The worker node runs from its own working directory in a Python environment that has the pinned
+dependencies but not Fusion: Fusion's code reaches it through the job's ``runtime_env``. The first run's
+driver connects from outside the cluster (``RAY_ADDRESS``); the rerun is submitted as a Ray Job.
+"""
+
+import contextlib
 import os
 import secrets
+import shutil
+import signal
+import site
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
+from conftest import S3_BUCKET
+
+from fusion_core import uri
 
 pytestmark = [pytest.mark.cluster, pytest.mark.ray, pytest.mark.tf, pytest.mark.prefect]
 
@@ -21,34 +35,104 @@ def _free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def ray_cluster(tmp_path):
-    """Head on 127.0.0.2 and one worker node on 127.0.0.3, one CPU each, token authentication."""
-    port = _free_port(HEAD_IP)
+@pytest.fixture(scope="module")
+def python_without_fusion(tmp_path_factory) -> Path:
+    """A virtual environment that sees this one's packages (the pinned dependencies) but not Fusion: its
+    site-packages lists ours in a .pth file, whose own .pth files (Fusion's editable install) are not run."""
+    root = tmp_path_factory.mktemp("node-env")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")], check=True, timeout=120)
+    packages = next((root / "venv" / "lib").glob("python*/site-packages"))
+    (packages / "pinned-dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    python = root / "venv" / "bin" / "python"
+    probe = subprocess.run([str(python), "-c", "import ray, tensorflow, pyarrow; import fusion_core"], cwd=root,
+                           capture_output=True, text=True, timeout=300)
+    assert "No module named 'fusion_core'" in probe.stderr, probe.stderr[-2000:]
+    return python
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory, python_without_fusion, s3_endpoint):
+    """Head on 127.0.0.2 (this environment) and one worker node on 127.0.0.3 (the environment without
+    Fusion, started from another folder), one CPU each, token authentication; every node has the object
+    store's ``AWS_*`` environment, as a cluster's nodes get it from their own configuration."""
+    port, dashboard = _free_port(HEAD_IP), _free_port(HEAD_IP)
+    temp_dir = tempfile.mkdtemp(prefix="ray-")  # short: Ray's socket paths must stay under 108 bytes
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
            "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     address = f"{HEAD_IP}:{port}"
-    start = [str(BIN / "ray"), "start", "--num-cpus=1", "--disable-usage-stats"]
+    start = ["start", "--num-cpus=1", "--disable-usage-stats", f"--temp-dir={temp_dir}"]
     try:
-        subprocess.run(start + ["--head", f"--node-ip-address={HEAD_IP}", f"--port={port}",
-                                "--dashboard-host=127.0.0.2", f"--dashboard-port={_free_port(HEAD_IP)}"],
+        # Each node's dashboard agent (which runs submitted jobs) on a free port: the default one may be
+        # taken by another Ray on this machine.
+        subprocess.run([str(BIN / "ray"), *start, "--head", f"--node-ip-address={HEAD_IP}", f"--port={port}",
+                        f"--dashboard-host={HEAD_IP}", f"--dashboard-port={dashboard}",
+                        f"--dashboard-agent-listen-port={_free_port(HEAD_IP)}"],
                        env=env, check=True, capture_output=True, timeout=180)
-        subprocess.run(start + [f"--address={address}", f"--node-ip-address={WORKER_IP}"],
-                       env=env, check=True, capture_output=True, timeout=180)
-        yield address, env
+        subprocess.run([str(python_without_fusion), "-m", "ray.scripts.scripts", *start, f"--address={address}",
+                        f"--node-ip-address={WORKER_IP}", f"--dashboard-agent-listen-port={_free_port(WORKER_IP)}"],
+                       cwd=tmp_path_factory.mktemp("node-home"), env=env, check=True, capture_output=True,
+                       timeout=180)
+        yield address, f"http://{HEAD_IP}:{dashboard}", env
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        _stop_cluster(temp_dir)
 
 
-def test_nightly_on_a_two_node_cluster(ray_cluster, demo_source, tmp_path):
-    address, env = ray_cluster
+def _stop_cluster(temp_dir: str) -> None:
+    """Kill this cluster's processes (those naming its temp folder, and their descendants), not every Ray on
+    the machine as `ray stop` would, then remove the folder."""
+    parents, ours = {}, set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid = int(stat.parent.name)
+            parents[pid] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if temp_dir.encode() in (stat.parent / "cmdline").read_bytes():
+                ours.add(pid)
+        except (OSError, ValueError, IndexError):
+            continue
+    while grown := {pid for pid, parent in parents.items() if parent in ours} - ours:
+        ours |= grown
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in ours:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        time.sleep(3)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def nightly_args(ray_cluster, demo_source, module_postgres_url) -> list[str]:
+    """The store on the S3-compatible server, the catalog on PostgreSQL."""
+    return ["run", "nightly", "--source", str(demo_source), "--config", "smoke",
+            "--store", f"s3://{S3_BUCKET}/cluster", "--set", f"store.db={module_postgres_url}",
+            "--set", "train.placement_strategy=SPREAD"]
+
+
+def test_nightly_on_a_two_node_cluster_whose_worker_node_has_no_fusion(ray_cluster, nightly_args, tmp_path):
+    address, _, env = ray_cluster
     env = {**env, "RAY_ADDRESS": address, "FUSION_RAY__NODE_IP_ADDRESS": HEAD_IP,
            "PREFECT_HOME": str(tmp_path / "prefect")}
-    store = str(tmp_path / "store")
-    run = subprocess.run([str(BIN / "fusion"), "run", "nightly", "--source", str(demo_source), "--config", "smoke",
-                          "--store", store], env=env, capture_output=True, text=True, timeout=900)
+    workdir = tmp_path / "driver"
+    workdir.mkdir()
+    run = subprocess.run([str(BIN / "fusion"), *nightly_args], env=env, capture_output=True, text=True,
+                         timeout=900, cwd=workdir)
     assert run.returncode == 0, run.stderr[-4000:]
     assert "(nightly): completed" in run.stdout
     assert f"connecting to Ray cluster at {address}" in run.stderr
-    assert "ip=127.0.0.3" in run.stderr  # a training worker ran on the second node
+    # two training workers spread over both nodes; the one on 127.0.0.3 imported Fusion from the runtime_env
+    group = run.stderr[run.stderr.index("Started training worker group of size 2"):][:400]
+    assert f"ip={HEAD_IP}" in group and f"ip={WORKER_IP}" in group, group
+    # everything landed in the bucket: datasets, the model, checkpoints, the report; nothing in the driver's folder
+    stored = {path.split("/")[0] for path in uri.walk_files(f"s3://{S3_BUCKET}/cluster")}
+    assert {"datasets", "models", "checkpoints", "reports"} <= stored, stored
+    assert list(workdir.iterdir()) == []
+
+
+def test_a_rerun_submitted_as_a_ray_job_reuses_the_results(ray_cluster, nightly_args, tmp_path):
+    _, dashboard, env = ray_cluster
+    submit = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", dashboard, "--",
+                             str(BIN / "fusion"), *nightly_args],
+                            env=env, capture_output=True, text=True, timeout=900)
+    assert submit.returncode == 0, (submit.stdout + submit.stderr)[-4000:]
+    assert "(nightly): completed" in submit.stdout
+    assert "trained=0, reused=1" in submit.stdout  # the model of the first run, not a new one
