@@ -183,7 +183,7 @@ def train_model(settings: Settings, store: Store, pixels_version: int, run_id: s
 
     model, reused = derive_model(store, key, build, reuse=cfg.retrain != "always")
     return _result(store, store.get_model(model["version"]), trained=not reused,
-                   promotion=promotion[0] if promotion else "not trained")
+                   promotion=promotion[0] if promotion else "reused: trained earlier on the same data and settings")
 
 
 def _fit_and_register_in_task(settings: Settings, store_args: tuple[str, str], pixels: dict, key: str,
