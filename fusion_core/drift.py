@@ -141,16 +141,11 @@ def model_checks(model_path: str, reference: np.ndarray, new: np.ndarray, n_clas
 
     from fusion_core import registry
     from fusion_core.clustering import kmeans, normalize_rows
+    from fusion_core.infer import predict_with_embeddings
     from fusion_core.model import embedding_model
 
     model = embedding_model(registry.load_published(model_path, compile=False))
-
-    def score(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        outputs = [model(x[i:i + 256], training=False) for i in range(0, len(x), 256)]
-        return (np.concatenate([np.asarray(o[0]) for o in outputs]),
-                np.concatenate([np.asarray(o[1]) for o in outputs]))
-
-    (ref_probs, ref_emb), (new_probs, new_emb) = score(reference), score(new)
+    (ref_probs, ref_emb), (new_probs, new_emb) = (predict_with_embeddings(model, x, 256) for x in (reference, new))
     ref_conf, new_conf = ref_probs.max(axis=1), new_probs.max(axis=1)
     drop = float(ref_conf.mean() - new_conf.mean())
     confidence = _check("confidence_drop", drop, cfg.confidence_drop,

@@ -48,10 +48,8 @@ class ShardWriter:
 
     def predict(self, batch: pa.Table) -> pa.Table:
         """The predictions table of a batch of pixel rows."""
-        x = pixels_to_array(batch.column("pixels"), self.shape)
-        outputs = [self.model(x[i:i + self.batch_size], training=False) for i in range(0, len(x), self.batch_size)]
-        probs = np.concatenate([np.asarray(o[0], dtype=np.float32) for o in outputs])
-        embedding = np.concatenate([np.asarray(o[1], dtype=np.float32) for o in outputs])
+        probs, embedding = predict_with_embeddings(self.model, pixels_to_array(batch.column("pixels"), self.shape),
+                                                   self.batch_size)
         return predictions_table({"image_id": np.asarray(batch.column("image_id").to_pylist(), dtype=object),
                                   "label": np.asarray(batch.column("label").to_pylist(), dtype=object),
                                   "split": np.asarray(batch.column("split").to_pylist(), dtype=object),
@@ -60,6 +58,13 @@ class ShardWriter:
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
         entry = write_shard(self.root, f"{self.prefix}-{uuid.uuid4().hex[:12]}.parquet", self.predict(batch))
         return {"path": np.array([entry["path"]]), "num_rows": np.array([entry["num_rows"]])}
+
+
+def predict_with_embeddings(model, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and embeddings of images ``x`` from an ``embedding_model``, ``batch_size`` at a time."""
+    outputs = [model(x[i:i + batch_size], training=False) for i in range(0, len(x), batch_size)]
+    return (np.concatenate([np.asarray(o[0], dtype=np.float32) for o in outputs]),
+            np.concatenate([np.asarray(o[1], dtype=np.float32) for o in outputs]))
 
 
 def predictions_table(batch: dict[str, np.ndarray], classes: list[str], top_k: int) -> pa.Table:
