@@ -71,8 +71,8 @@ class PreprocessConfig(_Section):
 
 
 class TrainConfig(_Section):
-    recipe: Literal["seed", "best"] = Field("seed", description="see fusion_core/recipes.py")
-    model: Literal["seed_cnn", "resnet", "attention", "fast_cnn"] | None = Field(None, description="default: the recipe's")
+    recipe: Literal["seed", "best", "fast"] = Field("seed", description="see fusion_core/recipes.py")
+    model: Literal["seed_cnn", "resnet", "attention", "fast_cnn", "airbench"] | None = Field(None, description="default: the recipe's")
     epochs: int | None = Field(None, ge=1, description="default: the recipe's")
     batch_size: int | None = Field(None, ge=1, description="default: the recipe's")
     learning_rate: float | None = Field(None, gt=0, description="default: the recipe's")

@@ -14,10 +14,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tf_keras as keras  # noqa: E402
 from tf_keras import layers  # noqa: E402
 
+from fusion_core.airbench import EMBEDDING_LAYER, WHITENING_LAYER, airbench_logits, with_tta  # noqa: E402
 from fusion_core.recipes import Recipe  # noqa: E402
 
-EMBEDDING_LAYER = "embedding"
-MODELS = ("seed_cnn", "resnet", "attention", "fast_cnn")
+MODELS = ("seed_cnn", "resnet", "attention", "fast_cnn", "airbench")
 
 
 def build_model(name: str, input_shape: tuple[int, int, int], n_classes: int,
@@ -37,15 +37,19 @@ def build_model(name: str, input_shape: tuple[int, int, int], n_classes: int,
     """
     recipe = recipe or Recipe(learning_rate=learning_rate)
     builders = {"seed_cnn": _seed_cnn, "resnet": _resnet, "attention": _attention, "fast_cnn": _fast_cnn}
-    if name not in builders:
+    if name not in MODELS:
         raise ValueError(f"train.model: unknown model {name!r} (allowed: {', '.join(MODELS)})")
     inputs = keras.Input(shape=input_shape)
     x = _input_scaling(norm)(inputs)
     if recipe.augment:
         x = _augmentation(input_shape)(x)
-    features = builders[name](x)
-    embedding = layers.Dense(512 if name == "seed_cnn" else 256, activation="relu", name=EMBEDDING_LAYER)(features)
-    outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="probs")(embedding)
+    if name == "airbench":
+        logits, _ = airbench_logits(x, n_classes, recipe)
+        outputs = layers.Activation("softmax", dtype="float32", name="probs")(logits)
+    else:
+        features = builders[name](x)
+        embedding = layers.Dense(512 if name == "seed_cnn" else 256, activation="relu", name=EMBEDDING_LAYER)(features)
+        outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="probs")(embedding)
     model = keras.Model(inputs, outputs, name=name)
     # tf-keras' own sparse loss unless smoothing is asked for (it has no label_smoothing argument).
     loss = SparseCrossEntropy(recipe.label_smoothing) if recipe.label_smoothing else "sparse_categorical_crossentropy"
@@ -162,15 +166,44 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         return {"peak": self.peak, "warmup_steps": self.warmup_steps, "total_steps": self.total_steps}
 
 
+@keras.saving.register_keras_serializable("fusion")
+class Triangle(keras.optimizers.schedules.LearningRateSchedule):
+    """airbench's schedule: from ``start`` x ``peak`` up to ``peak`` at ``peak_at`` of ``total_steps``, then
+    linearly down to ``end`` x ``peak`` at the last step."""
+
+    def __init__(self, peak: float, total_steps: int, start: float = 0.2, peak_at: float = 0.23, end: float = 0.07):
+        self.peak, self.total_steps = peak, max(total_steps, 1)
+        self.start, self.peak_at, self.end = start, peak_at, end
+
+    def __call__(self, step):
+        import tensorflow as tf
+
+        step = tf.cast(step, tf.float32)
+        top = max(int(self.peak_at * self.total_steps), 1)
+        rising = self.start + (1 - self.start) * step / top
+        falling = 1 + (self.end - 1) * (step - top) / max(self.total_steps - top, 1)
+        return self.peak * tf.where(step < top, rising, tf.maximum(falling, self.end))
+
+    def get_config(self):
+        return {"peak": self.peak, "total_steps": self.total_steps, "start": self.start, "peak_at": self.peak_at,
+                "end": self.end}
+
+
 def _optimizer(recipe: Recipe, learning_rate: float, steps_per_epoch: int):
     rate = learning_rate
+    total = recipe.epochs * steps_per_epoch
     if recipe.schedule == "cosine":
-        rate = WarmupCosine(learning_rate, int(recipe.warmup_epochs * steps_per_epoch),
-                            recipe.epochs * steps_per_epoch)
+        rate = WarmupCosine(learning_rate, int(recipe.warmup_epochs * steps_per_epoch), total)
+    elif recipe.schedule == "triangle":
+        rate = Triangle(learning_rate, total)
     decay = recipe.weight_decay or None
     if recipe.optimizer == "sgd":
-        return keras.optimizers.SGD(rate, momentum=0.9, nesterov=True, weight_decay=decay)
-    return keras.optimizers.Adam(rate, weight_decay=decay)
+        optimizer = keras.optimizers.SGD(rate, momentum=recipe.momentum, nesterov=True, weight_decay=decay)
+    else:
+        optimizer = keras.optimizers.Adam(rate, weight_decay=decay)
+    if decay and recipe.model == "airbench" and recipe.whitening:
+        optimizer.exclude_from_weight_decay(var_names=[WHITENING_LAYER])  # frozen filters; a bias that stops
+    return optimizer
 
 
 def _augmentation(input_shape: tuple[int, int, int]) -> keras.Sequential:
@@ -191,6 +224,11 @@ def _input_scaling(norm: dict | None) -> layers.Layer:
 def load_model(path: str, compile: bool = True) -> keras.Model:
     """A saved model; ``compile=False`` skips the optimizer (enough for predicting or copying weights)."""
     return keras.models.load_model(path, compile=compile)
+
+
+def published_model(core: keras.Model, recipe: Recipe) -> keras.Model:
+    """The model to register for a trained network: with the recipe's test-time augmentation."""
+    return with_tta(core, recipe.tta) if recipe.model == "airbench" else core
 
 
 def embedding_model(model: keras.Model) -> keras.Model:

@@ -25,6 +25,26 @@ def to_xy(batch: pa.Table, classes: list[str], shape: tuple[int, int, int], spli
             "y": np.array([index[v] for v in batch.column("label").to_pylist()], dtype=np.int64)}
 
 
+def count_labelled(store: Store, shards: list[str], split: str) -> int:
+    """Rows of ``split`` with a label (those ``to_xy`` keeps), reading two columns of each shard."""
+    total = 0
+    for shard in shards:
+        rows = read_shard(store.root, shard, columns=["label", "split"], filters=[("split", "==", split)])
+        total += rows.num_rows - rows.column("label").null_count
+    return total
+
+
+def training_sample(store: Store, shards: list[str], classes: list[str], shape: tuple[int, int, int],
+                    n: int = 5000, spread: int = 8) -> np.ndarray:
+    """Up to ``n`` training images (uint8) taken evenly from up to ``spread`` shards across the dataset."""
+    picked = [shards[round(i * (len(shards) - 1) / max(spread - 1, 1))] for i in range(min(spread, len(shards)))]
+    images = []
+    for shard in dict.fromkeys(picked):
+        rows = read_shard(store.root, shard, columns=["pixels", "label", "split"], filters=[("split", "==", "train")])
+        images.append(to_xy(rows, classes, shape, "train")["x"][:n // len(picked) + 1])
+    return np.concatenate(images)[:n]
+
+
 def labels_of(store: Store, shards: list[str]) -> list[str]:
     """Sorted distinct labels of a pixels dataset (reads only the label column)."""
     found = set()

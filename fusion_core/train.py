@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import tempfile
 import time
+
+import numpy as np
 
 from fusion_core import registry, uri
 from fusion_core.config import Settings
@@ -23,7 +24,9 @@ from fusion_core.derive import derivation_key, derive_model
 from fusion_core.recipes import Recipe
 from fusion_core.registry import MODEL_FILE
 from fusion_core.runs import StageResult, code_version
-from fusion_core.scoring import class_names, comparison_rows, evaluate_against, load_scorer, to_xy
+from fusion_core.feed import epoch_steps, whitening_filters
+from fusion_core.scoring import (class_names, comparison_rows, count_labelled, evaluate_against, load_scorer, to_xy,
+                                 training_sample)
 from fusion_core.store import Store
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import tensorflow as tf
 
+    from fusion_core.airbench import set_whitening
     from fusion_core.model import build_model, load_model
 
     ctx = ray.train.get_context()
@@ -65,13 +69,16 @@ def train_loop_per_worker(config: dict) -> None:
             if config["init_from"]:  # warm start: the champion's weights, a fresh optimizer and schedule
                 with tempfile.TemporaryDirectory() as tmp:
                     model.set_weights(load_model(uri.local_file(config["init_from"], tmp), compile=False).get_weights())
+            elif config["whitening"] is not None:
+                set_whitening(model, np.asarray(config["whitening"], np.float32))
     model.jit_compile = config["jit_compile"]
-    train_data, val_data = _feeds(config["batch_size_per_worker"], config["seed"], config["cache_data"])
+    callbacks = recipe_callbacks(recipe, config["steps_per_epoch"])
+    train_data, val_data = _feeds(config, recipe)
     for epoch in range(start_epoch, recipe.epochs):
         if should_stop_early(history, recipe.early_stopping_patience):
             break
         started = time.perf_counter()
-        fit = model.fit(train_data(epoch), epochs=1, verbose=0)
+        fit = model.fit(train_data(epoch), epochs=epoch + 1, initial_epoch=epoch, verbose=0, callbacks=callbacks)
         val_loss, val_acc = model.evaluate(val_data(), verbose=0)
         metrics = {"epoch": epoch, "loss": float(fit.history["loss"][-1]),
                    "accuracy": float(fit.history["accuracy"][-1]),
@@ -89,25 +96,68 @@ def train_loop_per_worker(config: dict) -> None:
             ray.train.report(metrics, checkpoint=report_checkpoint)
 
 
-def _feeds(batch: int, seed: int, cache: bool):
+def recipe_callbacks(recipe: Recipe, steps_per_epoch: int) -> list:
+    """The Keras callbacks a recipe trains with: airbench's whitening-bias freeze and lookahead, from
+    epoch 3 of its 9.9 (30% of the epochs here)."""
+    from fusion_core.airbench import FreezeWhiteningBias, Lookahead
+
+    if recipe.model != "airbench":
+        return []
+    late = max(1, round(0.3 * recipe.epochs))
+    return [FreezeWhiteningBias(late)] + ([Lookahead(recipe.epochs * steps_per_epoch, late)] if recipe.ema else [])
+
+
+def _feeds(config: dict, recipe: Recipe):
     """Per-epoch input pipelines over this worker's shards: ``train(epoch)`` and ``val()``.
 
-    Shards follow the source's order (often class by class), so training shuffles within each worker
-    every epoch. With ``cache`` the first epoch streams the shards from Ray Data and keeps them in this
-    worker's memory (tf.data), so later epochs spend no CPU on the feed; without, every epoch streams.
+    With ``cache_data`` the worker reads its shards once into memory as uint8 arrays; each epoch then
+    draws a fresh random order (and the recipe's flips and shifts) from them. Without, every epoch
+    streams the shards from Ray Data through a local shuffle buffer. Shards follow the source's order
+    (often class by class), so both shuffle within the worker every epoch.
     """
     import ray.train
+
+    from fusion_core import feed
+
+    batch, seed, shape = config["batch_size_per_worker"], config["seed"], tuple(config["shape"])
+    train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
+    val_x, val_y = _in_memory(val_shard, shape)
+    val = lambda: batch_dataset(lambda: feed.epoch_batches(val_x, val_y, 512, shuffle=False), shape)  # noqa: E731
+    if config["cache_data"]:
+        x, y = _in_memory(train_shard, shape)
+        return (lambda epoch: batch_dataset(lambda: feed.epoch_batches(
+            x, y, batch, seed=seed, epoch=epoch, flip=recipe.flip, pad=recipe.translate), shape)), val
+
+    def streamed(epoch: int):
+        rng = np.random.default_rng([seed, epoch])
+        flip = "random" if recipe.flip != "none" else "none"  # no per-image memory across epochs here
+        for rows in train_shard.iter_batches(batch_size=batch, batch_format="numpy", drop_last=True,
+                                             local_shuffle_buffer_size=SHUFFLE_ROWS, local_shuffle_seed=seed + epoch):
+            mirrored = feed.flip_mask(len(rows["y"]), flip, int(rng.integers(1 << 31)), epoch)
+            yield feed.augment(rows["x"], mirrored, recipe.translate, rng), rows["y"]
+
+    return (lambda epoch: batch_dataset(lambda: streamed(epoch), shape)), val
+
+
+def _in_memory(shard, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A worker's whole dataset shard as (uint8 images, labels)."""
+    xs, ys = [np.empty((0, *shape), np.uint8)], [np.empty(0, np.int64)]
+    for rows in shard.iter_batches(batch_size=4096, batch_format="numpy"):
+        xs.append(rows["x"])
+        ys.append(rows["y"])
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def batch_dataset(batches, shape: tuple[int, int, int]):
+    """A tf.data pipeline over ``batches()``, a generator of (uint8 images, labels), prefetching; under a
+    multi-worker strategy each worker feeds its own data."""
     import tensorflow as tf
 
-    train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
-    if not cache:
-        return (lambda epoch: train_shard.to_tf("x", "y", batch_size=batch, local_shuffle_buffer_size=SHUFFLE_ROWS,
-                                                local_shuffle_seed=seed + epoch),
-                lambda: val_shard.to_tf("x", "y", batch_size=256))
-    rows = train_shard.to_tf("x", "y", batch_size=1024).unbatch().cache()
-    train = rows.shuffle(SHUFFLE_ROWS, seed=seed).batch(batch).prefetch(tf.data.AUTOTUNE)  # reshuffled per pass
-    val = val_shard.to_tf("x", "y", batch_size=256).cache()
-    return (lambda epoch: train), (lambda: val)
+    data = tf.data.Dataset.from_generator(batches, output_signature=(
+        tf.TensorSpec((None, *shape), tf.uint8), tf.TensorSpec((None,), tf.int64)))
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return data.with_options(options).prefetch(2)
 
 
 def precision_policy(mixed: bool) -> str:
@@ -206,11 +256,12 @@ def _fit_and_register(settings: Settings, store: Store, pixels: dict, key: str, 
     norm = pixels["info"]["stats"] if pixels["info"].get("scale") == "standardize" else None
     fs, files = shard_files(store.root, paths)
     source = ray.data.read_parquet(files, filesystem=fs, columns=["pixels", "label", "split"])
+    # Materialized before the workers start, which may take every CPU. No global shuffle: blocks in a
+    # random order, and each worker shuffles its share every epoch.
     datasets = {split: source.map_batches(to_xy, batch_format="pyarrow", batch_size=4096,
                                           fn_kwargs={"classes": classes, "shape": shape, "split": split})
                 for split in ("train", "val")}
-    # One global shuffle, so that every worker's share covers every class; then each epoch shuffles locally.
-    datasets = {"train": datasets["train"].random_shuffle(seed=cfg.seed).materialize(),
+    datasets = {"train": datasets["train"].randomize_block_order(seed=cfg.seed).materialize(),
                 "val": datasets["val"].materialize()}
     recipe = cfg.resolved_recipe()
     champion = store.champion()
@@ -219,7 +270,11 @@ def _fit_and_register(settings: Settings, store: Store, pixels: dict, key: str, 
     # Linear scaling: N workers train with N x the batch at N x the rate, or split one global batch.
     batch = recipe.batch_size if recipe.scale_with_workers else max(1, recipe.batch_size // workers)
     rate = recipe.learning_rate * (workers if recipe.scale_with_workers else 1)
-    steps_per_epoch = max(1, math.ceil(datasets["train"].count() // workers / batch))
+    # Ray Train gives every worker the same number of rows.
+    steps_per_epoch = epoch_steps(count_labelled(store, paths, "train") // workers, batch)
+    whitening = None
+    if recipe.model == "airbench" and recipe.whitening and not init_from:
+        whitening = whitening_filters(training_sample(store, paths, classes, shape), norm).tolist()
     checkpoints_fs, checkpoints = uri.filesystem(store.path("checkpoints"))  # the store's endpoint, on every worker
     trainer = TensorflowTrainer(
         train_loop_per_worker,
@@ -227,7 +282,7 @@ def _fit_and_register(settings: Settings, store: Store, pixels: dict, key: str, 
                            "learning_rate": rate, "seed": cfg.seed, "mixed_precision": cfg.mixed_precision,
                            "norm": norm, "batch_size_per_worker": batch, "steps_per_epoch": steps_per_epoch,
                            "jit_compile": cfg.jit_compile, "cache_data": cfg.cache_data,
-                           "init_from": init_from and init_from["path"]},
+                           "init_from": init_from and init_from["path"], "whitening": whitening},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=cfg.resources_per_worker,
                                      placement_strategy=cfg.placement_strategy),
@@ -273,12 +328,13 @@ def _warm_start(init: str, champion: dict | None, model_name: str, classes: list
 
 
 def _float32_copy(path: str, recipe: Recipe, shape: tuple[int, int, int], classes: list[str], norm: dict | None):
-    """The checkpoint's model rebuilt in float32, so that it runs on any machine whatever policy trained it."""
-    from fusion_core.model import build_model, load_model
+    """The checkpoint's model rebuilt in float32, so that it runs on any machine whatever policy trained it,
+    with the recipe's test-time augmentation."""
+    from fusion_core.model import build_model, load_model, published_model
 
     model = build_model(recipe.model, shape, len(classes), norm=norm, recipe=recipe)
     model.set_weights(load_model(path, compile=False).get_weights())
-    return model
+    return published_model(model, recipe)
 
 
 def _result(store: Store, model: dict, trained: bool, promotion: str) -> StageResult:

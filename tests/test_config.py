@@ -12,7 +12,7 @@ def test_defaults_need_no_file():
     s = load_settings()
     assert s.store.root == "./fusion-store"
     assert s.train.resolved_recipe().model == "seed_cnn" and s.preprocess.size == 32
-    assert load_settings(None, {"train.recipe": "best"}).train.resolved_recipe().model == "fast_cnn"
+    assert load_settings(None, {"train.recipe": "best"}).train.resolved_recipe().model == "airbench"
 
 
 def test_profile_then_env_then_overrides(monkeypatch):

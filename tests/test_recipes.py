@@ -13,9 +13,9 @@ def test_seed_recipe_is_the_seeds_own():
 def test_explicit_settings_override_the_recipe():
     recipe = load_settings(None, {"train.recipe": "best", "train.epochs": 3, "train.model": "attention"}
                            ).train.resolved_recipe()
-    assert (recipe.model, recipe.epochs, recipe.optimizer, recipe.augment) == ("attention", 3, "sgd", True)
+    assert (recipe.model, recipe.epochs, recipe.optimizer, recipe.flip) == ("attention", 3, "sgd", "alternating")
 
 
 def test_unknown_recipe_is_named():
-    with pytest.raises(ValueError, match="seed, best"):
+    with pytest.raises(ValueError, match="seed, best, fast"):
         resolve_recipe("fastest")

@@ -190,7 +190,7 @@ def test_train_flow_best_recipe_and_promotion_rule(trained, stage_store):
     result = train_flow("smoke", overrides)
     store = Store(stage_store)
     model = store.get_model(result["outputs"]["model_version"])
-    assert model["name"] == "fast_cnn" and model["config"]["resolved_recipe"]["augment"] is True
+    assert model["name"] == "airbench" and model["config"]["resolved_recipe"]["flip"] == "alternating"
     assert model["config"]["cache_data"] is False
     assert [h["epoch"] for h in model["metrics"]["history"]] == [0, 1]
     assert result["outputs"]["stage"] == "challenger"  # a margin of 2.0 cannot be beaten
