@@ -44,6 +44,9 @@ def train_loop_per_worker(config: dict) -> None:
     from fusion_core.model import build_model, load_model
 
     ctx = ray.train.get_context()
+    # TensorFlow's op threads fill the node's cores, shared by the workers on it.
+    tf.config.threading.set_intra_op_parallelism_threads(
+        max(1, len(os.sched_getaffinity(0)) // ctx.get_local_world_size()))
     recipe = Recipe(**config["recipe"])
     policy = precision_policy(config["mixed_precision"])
     if policy != "float32":
