@@ -32,7 +32,7 @@ N_INIT = 3  # k-means restarts, both implementations
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=HERE / "data" / "test")
+    parser.add_argument("--data", type=Path, default=HERE / "data" / "cifar10" / "test")
     parser.add_argument("--model", type=Path, default=HERE / "results" / "best_model.keras",
                         help="a model trained on CIFAR-10 (bench/train.py saves its best recipe's model here)")
     parser.add_argument("--reduce", choices=["none", "pca", "whiten"], default="none", help="cluster.reduce")

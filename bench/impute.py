@@ -111,7 +111,7 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=HERE / "data" / "test")
+    parser.add_argument("--data", type=Path, default=HERE / "data" / "cifar10" / "test")
     parser.add_argument("--n", type=int, default=2000, help="test images (evenly spaced over the classes)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "impute.json")

@@ -60,8 +60,8 @@ def train_and_test(x_train, y_train, x_test, y_test, epochs: int, seed: int) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", type=Path, default=HERE / "data" / "train")
-    parser.add_argument("--test", type=Path, default=HERE / "data" / "test")
+    parser.add_argument("--train", type=Path, default=HERE / "data" / "cifar10" / "train")
+    parser.add_argument("--test", type=Path, default=HERE / "data" / "cifar10" / "test")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, help="use this many train (and a fifth as many test) images")

@@ -74,7 +74,7 @@ def measure(settings, store, pixels_version: int, model_version: int, batch_size
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=HERE / "data" / "test")
+    parser.add_argument("--data", type=Path, default=HERE / "data" / "cifar10" / "test")
     parser.add_argument("--model", type=Path, help="a trained .keras model; default: an untrained seed CNN "
                                                     "(throughput does not depend on the weights)")
     parser.add_argument("--batch-size", type=int, default=512)

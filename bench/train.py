@@ -224,7 +224,8 @@ def prepared(settings, store, source: Path, run: str) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=HERE / "data", help="holds train/<class>/*.jpg and test/...")
+    parser.add_argument("--data", type=Path, default=HERE / "data" / "cifar10",
+                        help="holds train/<class>/*.jpg and test/...")
     parser.add_argument("--parts", default="best,plain,ray1,plain400k,ray400k,ablation",
                         help=f"comma-separated, of {', '.join(PARTS)}")
     parser.add_argument("--seeds", default="0,1,2", help="the best recipe's seeds")
