@@ -23,21 +23,25 @@ def whitening_filters(images: np.ndarray, norm: dict | None, size: int = 2, eps:
     """Conv filters (size, size, C, 2 x size x size x C) that whiten the images' size x size patches.
 
     The eigenvectors of the patches' (uncentred) covariance, each divided by the square root of its
-    eigenvalue plus ``eps``, largest first, followed by their negatives (so that a GELU after the layer
-    keeps both signs).
+    eigenvalue plus ``eps`` times the patches' mean variance (airbench's ``eps`` on standardized pixels,
+    whatever the input scaling), largest first, followed by their negatives (so that a GELU after the
+    layer keeps both signs).
     """
     channels = images.shape[-1]
     dim = size * size * channels
-    cov, count = np.zeros((dim, dim), np.float64), 0
+    cov, total, count = np.zeros((dim, dim)), np.zeros(dim), 0
     for start in range(0, len(images), 256):
         x = scale_pixels(images[start:start + 256], norm)
         # (N, H', W', C, size, size) -> rows in the kernel's (row, column, channel) order
         patches = sliding_window_view(x, (size, size), axis=(1, 2)).transpose(0, 1, 2, 4, 5, 3).reshape(-1, dim)
         cov += patches.T.astype(np.float64) @ patches
+        total += patches.sum(axis=0)
         count += len(patches)
-    values, vectors = np.linalg.eigh(cov / max(count, 1))
+    cov, mean = cov / max(count, 1), total / max(count, 1)
+    variance = max(float(np.mean(np.diag(cov) - mean**2)), 1e-12)
+    values, vectors = np.linalg.eigh(cov)
     values, vectors = values[::-1], vectors[:, ::-1]
-    filters = vectors / np.sqrt(np.maximum(values, 0) + eps)
+    filters = vectors / np.sqrt(np.maximum(values, 0) + eps * variance)
     return np.concatenate([filters, -filters], axis=1).reshape(size, size, channels, 2 * dim).astype(np.float32)
 
 
