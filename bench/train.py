@@ -201,7 +201,7 @@ def big_collection(data: Path, parts: int = 8) -> Path:
     if not cut.exists():
         tmp = cut.with_name(cut.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        for label in sorted(p.name for p in full.iterdir()):
+        for label in sorted(p.name for p in full.iterdir() if p.is_dir()):
             (tmp / label).mkdir(parents=True)
             for f in (full / label).iterdir():
                 if int(f.name.split("-", 1)[0]) < parts:

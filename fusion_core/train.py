@@ -257,15 +257,16 @@ def _fit_and_register(settings: Settings, store: Store, pixels: dict, key: str, 
     classes = class_names(store, paths)
     shape = tuple(pixels["info"]["shape"])
     norm = pixels["info"]["stats"] if pixels["info"].get("scale") == "standardize" else None
+    started = time.perf_counter()
     fs, files = shard_files(store.root, paths)
     source = ray.data.read_parquet(files, filesystem=fs, columns=["pixels", "label", "split"])
-    # Materialized before the workers start, which may take every CPU. No global shuffle: blocks in a
-    # random order, and each worker shuffles its share every epoch.
+    # No global shuffle: blocks in a random order, and each worker shuffles its share every epoch.
     datasets = {split: source.map_batches(to_xy, batch_format="pyarrow", batch_size=4096,
                                           fn_kwargs={"classes": classes, "shape": shape, "split": split})
                 for split in ("train", "val")}
-    datasets = {"train": datasets["train"].randomize_block_order(seed=cfg.seed).materialize(),
-                "val": datasets["val"].materialize()}
+    datasets["train"] = datasets["train"].randomize_block_order(seed=cfg.seed)
+    if not spare_cpus(ray, cfg):  # Ray Data's tasks need a CPU the workers do not hold; else they read as
+        datasets = {split: data.materialize() for split, data in datasets.items()}  # the workers start
     recipe = cfg.resolved_recipe()
     champion = store.champion()
     init_from = _warm_start(cfg.init, champion, recipe.model, classes, shape)
@@ -299,6 +300,7 @@ def _fit_and_register(settings: Settings, store: Store, pixels: dict, key: str, 
     log.info("train: %s on %d worker(s), %d epochs max, batch %d per worker, learning rate %g",
              recipe.model, workers, recipe.epochs, batch, rate)
     result = trainer.fit()
+    log.info("train: trained in %.0f s (from the stage's start)", time.perf_counter() - started)
     with result.checkpoint.as_directory() as last:
         with open(os.path.join(last, STATE_FILE)) as fh:
             history = json.load(fh)["history"]
@@ -313,6 +315,12 @@ def _fit_and_register(settings: Settings, store: Store, pixels: dict, key: str, 
             config={**cfg.model_dump(), "resolved_recipe": recipe.as_dict(), "code_version": code,
                     "input_shape": list(shape),
                     "initialised_from": f"champion v{init_from['version']}" if init_from else "scratch"})
+
+
+def spare_cpus(ray, cfg) -> bool:
+    """Whether the cluster has a CPU left over when the training workers hold theirs."""
+    per_worker = (cfg.resources_per_worker or {}).get("CPU", 1)
+    return ray.cluster_resources().get("CPU", 0) - cfg.num_workers * per_worker >= 1
 
 
 def _warm_start(init: str, champion: dict | None, model_name: str, classes: list[str],

@@ -1,0 +1,109 @@
+"""Where a training step of the best recipe goes on this machine: convolutions vs the rest.
+
+Builds the ``best`` recipe's network (airbench) under the same dtype policy Fusion trains with, runs
+warm-up steps on a batch of random images, then traces ``--steps`` steps with TensorFlow's profiler and
+sums each op's own time by kind (convolutions forward and backward, batch norm, activations, pooling,
+casts, the optimizer, the rest). The baseline is the whole step's wall time in the same run.
+
+    python bench/profile_step.py [--batch 1024] [--steps 5]
+
+Writes bench/results/profile.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "profile.json"
+# op type (as the profiler names it) -> kind; the first matching prefix wins
+KINDS = (
+    ("Conv2DBackprop", "convolutions, backward"),
+    ("Conv2D", "convolutions, forward"), ("_FusedConv2D", "convolutions, forward"),
+    ("_MklConv", "convolutions, forward"), ("_MklNativeConv", "convolutions, forward"),
+    ("FusedBatchNorm", "batch norm"), ("_MklFusedBatchNorm", "batch norm"), ("_MklNativeFusedBatchNorm", "batch norm"),
+    ("Gelu", "activations (GELU)"), ("Erf", "activations (GELU)"), ("Softmax", "loss"),
+    ("MaxPool", "pooling"), ("Max", "pooling"),
+    ("Cast", "casts (bfloat16 <-> float32)"),
+    ("ResourceApply", "optimizer"), ("AssignSub", "optimizer"), ("AssignAdd", "optimizer"),
+)
+
+
+def kind_of(op_type: str) -> str:
+    return next((kind for prefix, kind in KINDS if op_type.startswith(prefix)), "other (element-wise, reshapes)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=5)
+    args = parser.parse_args()
+
+    import numpy as np
+    import tensorflow as tf
+    import tf_keras
+    from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as profiler_plugin
+
+    from fusion_core.model import build_model
+    from fusion_core.recipes import RECIPES
+    from fusion_core.train import precision_policy
+
+    policy = precision_policy(True)
+    tf_keras.mixed_precision.set_global_policy(policy)
+    recipe = RECIPES["best"]
+    model = build_model("airbench", (32, 32, 3), 10, recipe.learning_rate, recipe=recipe, steps_per_epoch=50)
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.integers(0, 256, (args.batch, 32, 32, 3)).astype(np.uint8))
+    y = tf.constant(rng.integers(0, 10, args.batch))
+    step = model.make_train_function()
+    data = iter(tf.data.Dataset.from_tensors((x, y)).repeat())
+    for _ in range(3):
+        step(data)
+    started = time.perf_counter()
+    for _ in range(args.steps):
+        float(step(data)["loss"])
+    wall = (time.perf_counter() - started) / args.steps
+
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        for _ in range(args.steps):
+            float(step(data)["loss"])
+        tf.profiler.experimental.stop()
+        xspace = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
+        table, ok = profiler_plugin.xspace_to_tools_data(xspace, "tensorflow_stats", {"tqx": "out:csv;"})
+    if not ok:
+        raise SystemExit("the profiler returned no op statistics")
+    rows = list(csv.DictReader(io.StringIO(table.decode() if isinstance(table, bytes) else table)))
+    self_col = next(c for c in rows[0] if "self" in c.lower() and "us" in c.lower() and "total" in c.lower())
+    host_col = next((c for c in rows[0] if c.lower().startswith("host/device")), None)
+    by_kind: dict[str, float] = {}
+    for row in rows:
+        if host_col and row[host_col].lower() != "host":
+            continue
+        kind = kind_of(row["Type"])
+        by_kind[kind] = by_kind.get(kind, 0.0) + float(row[self_col]) / 1000 / args.steps
+    traced = sum(by_kind.values())
+    result = {"policy": policy, "batch": args.batch, "steps": args.steps, "step_ms": round(wall * 1000, 1),
+              "images_per_s": round(args.batch / wall, 1), "op_ms_per_step": round(traced, 1),
+              "kinds": {k: round(v, 1) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])}}
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nbest recipe's network, batch {args.batch}, {policy}: {result['step_ms']:.0f} ms per step "
+          f"({result['images_per_s']:.0f} images/s); op time traced {traced:.0f} ms per step "
+          "(ops on two threads overlap)")
+    print(f"{'kind':<36}{'ms/step':>9}{'share':>8}")
+    for kind, ms in result["kinds"].items():
+        print(f"{kind:<36}{ms:>9.1f}{ms / traced:>8.1%}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
