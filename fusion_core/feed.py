@@ -96,6 +96,20 @@ def augment(images: np.ndarray, mirrored: np.ndarray, pad: int, rng: np.random.G
     return translate(images, pad, rng)
 
 
+def grouped(batches: Iterator[tuple[np.ndarray, np.ndarray]], size: int = 16
+            ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Consecutive batches of equal length stacked ``size`` at a time: (k, batch, ...) image and label arrays."""
+    images, labels = [], []
+    for x, y in batches:
+        if images and (len(images) == size or len(y) != len(labels[0])):
+            yield np.stack(images), np.stack(labels)
+            images, labels = [], []
+        images.append(x)
+        labels.append(y)
+    if images:
+        yield np.stack(images), np.stack(labels)
+
+
 def epoch_steps(rows: int, batch: int) -> int:
     """Optimizer steps in one ``epoch_batches`` pass over ``rows`` images."""
     return max(1, rows // batch)

@@ -17,12 +17,26 @@ from fusion_core.evaluate import calibration_error, classification_metrics, pair
 from fusion_core.store import Store
 
 
-def to_xy(batch: pa.Table, classes: list[str], shape: tuple[int, int, int], split: str) -> dict:
-    """Labelled rows of one split as model inputs: uint8 pixels ``x`` and class indices ``y``."""
+def labelled_rows(batch: pa.Table, classes: list[str], split: str) -> pa.Table:
+    """Labelled rows of one split: their ``pixels`` column as stored and class indices ``y``.
+
+    What Ray Data carries to the training workers: plain Arrow columns keep their type even for a batch
+    with no rows of the split, where a tensor column would fall back to pickled objects.
+    """
     batch = batch.filter(pc.and_(pc.equal(batch.column("split"), split), pc.is_valid(batch.column("label"))))
     index = {c: i for i, c in enumerate(classes)}
-    return {"x": pixels_to_array(batch.column("pixels"), shape),
-            "y": np.array([index[v] for v in batch.column("label").to_pylist()], dtype=np.int64)}
+    return pa.table({"pixels": batch.column("pixels"),
+                     "y": pa.array([index[v] for v in batch.column("label").to_pylist()], pa.int64())})
+
+
+def to_xy(batch: pa.Table, classes: list[str], shape: tuple[int, int, int], split: str) -> dict:
+    """Labelled rows of one split as model inputs: uint8 pixels ``x`` and class indices ``y``."""
+    return xy_arrays(labelled_rows(batch, classes, split), shape)
+
+
+def xy_arrays(rows: pa.Table, shape: tuple[int, int, int]) -> dict:
+    """``labelled_rows`` as arrays: uint8 images ``x`` (N, *shape) and labels ``y``."""
+    return {"x": pixels_to_array(rows.column("pixels"), shape), "y": rows.column("y").to_numpy()}
 
 
 def count_labelled(store: Store, shards: list[str], split: str) -> int:

@@ -25,8 +25,8 @@ from fusion_core.recipes import Recipe
 from fusion_core.registry import MODEL_FILE
 from fusion_core.runs import StageResult, code_version
 from fusion_core.feed import epoch_steps, whitening_filters
-from fusion_core.scoring import (class_names, comparison_rows, count_labelled, evaluate_against, load_scorer, to_xy,
-                                 training_sample)
+from fusion_core.scoring import (class_names, comparison_rows, count_labelled, evaluate_against, labelled_rows,
+                                 load_scorer, training_sample, xy_arrays)
 from fusion_core.store import Store
 
 log = logging.getLogger(__name__)
@@ -134,8 +134,9 @@ def _feeds(config: dict, recipe: Recipe):
     def streamed(epoch: int):
         rng = np.random.default_rng([seed, epoch])
         flip = "random" if recipe.flip != "none" else "none"  # no per-image memory across epochs here
-        for rows in train_shard.iter_batches(batch_size=batch, batch_format="numpy", drop_last=True,
+        for rows in train_shard.iter_batches(batch_size=batch, batch_format="pyarrow", drop_last=True,
                                              local_shuffle_buffer_size=SHUFFLE_ROWS, local_shuffle_seed=seed + epoch):
+            rows = xy_arrays(rows, shape)
             mirrored = feed.flip_mask(len(rows["y"]), flip, int(rng.integers(1 << 31)), epoch)
             yield feed.augment(rows["x"], mirrored, recipe.translate, rng), rows["y"]
 
@@ -145,7 +146,8 @@ def _feeds(config: dict, recipe: Recipe):
 def _in_memory(shard, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
     """A worker's whole dataset shard as (uint8 images, labels)."""
     xs, ys = [np.empty((0, *shape), np.uint8)], [np.empty(0, np.int64)]
-    for rows in shard.iter_batches(batch_size=4096, batch_format="numpy"):
+    for rows in shard.iter_batches(batch_size=4096, batch_format="pyarrow"):
+        rows = xy_arrays(rows, shape)
         xs.append(rows["x"])
         ys.append(rows["y"])
     return np.concatenate(xs), np.concatenate(ys)
@@ -153,14 +155,17 @@ def _in_memory(shard, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarr
 
 def batch_dataset(batches, shape: tuple[int, int, int]):
     """A tf.data pipeline over ``batches()``, a generator of (uint8 images, labels), prefetching; under a
-    multi-worker strategy each worker feeds its own data."""
+    multi-worker strategy each worker feeds its own data. Batches cross from Python in groups
+    (``feed.grouped``), so small batches do not pay Python's cost per step."""
     import tensorflow as tf
 
-    data = tf.data.Dataset.from_generator(batches, output_signature=(
-        tf.TensorSpec((None, *shape), tf.uint8), tf.TensorSpec((None,), tf.int64)))
+    from fusion_core.feed import grouped
+
+    data = tf.data.Dataset.from_generator(lambda: grouped(batches()), output_signature=(
+        tf.TensorSpec((None, None, *shape), tf.uint8), tf.TensorSpec((None, None), tf.int64)))
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    return data.with_options(options).prefetch(2)
+    return data.unbatch().with_options(options).prefetch(2)
 
 
 def precision_policy(mixed: bool) -> str:
@@ -261,8 +266,8 @@ def _fit_and_register(settings: Settings, store: Store, pixels: dict, key: str, 
     fs, files = shard_files(store.root, paths)
     source = ray.data.read_parquet(files, filesystem=fs, columns=["pixels", "label", "split"])
     # No global shuffle: blocks in a random order, and each worker shuffles its share every epoch.
-    datasets = {split: source.map_batches(to_xy, batch_format="pyarrow", batch_size=4096,
-                                          fn_kwargs={"classes": classes, "shape": shape, "split": split})
+    datasets = {split: source.map_batches(labelled_rows, batch_format="pyarrow", batch_size=4096,
+                                          fn_kwargs={"classes": classes, "split": split})
                 for split in ("train", "val")}
     datasets["train"] = datasets["train"].randomize_block_order(seed=cfg.seed)
     if not spare_cpus(ray, cfg):  # Ray Data's tasks need a CPU the workers do not hold; else they read as

@@ -72,3 +72,12 @@ def test_flips_and_shifts_apply_to_each_batch():
     for images, labels in epoch_batches(x, y, 16, seed=3, epoch=1, flip="alternating"):
         expected = np.where(mirrored[labels][:, None, None, None], x[labels][:, :, ::-1], x[labels])
         np.testing.assert_array_equal(images, expected)
+
+
+def test_batches_are_grouped_without_mixing_lengths():
+    from fusion_core.feed import grouped
+
+    x, y = _images(45), np.arange(45)
+    groups = list(grouped(epoch_batches(x, y, 10, shuffle=False), size=2))
+    assert [g[0].shape[:2] for g in groups] == [(2, 10), (2, 10), (1, 5)]  # the short last batch alone
+    np.testing.assert_array_equal(np.concatenate([g[1].reshape(-1) for g in groups]), y)
