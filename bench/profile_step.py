@@ -13,9 +13,7 @@ Writes bench/results/profile.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import csv
 import glob
-import io
 import json
 import os
 import sys
@@ -27,12 +25,15 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "profile.json"
 # op type (as the profiler names it) -> kind; the first matching prefix wins
 KINDS = (
-    ("Conv2DBackprop", "convolutions, backward"),
+    ("FusedBatchNorm", "batch norm"), ("_MklFusedBatchNorm", "batch norm"), ("_MklNativeFusedBatchNorm", "batch norm"),
+    ("Conv2DBackprop", "convolutions, backward"), ("_MklNativeConv2DBackprop", "convolutions, backward"),
+    ("_MklConv2DBackprop", "convolutions, backward"),
     ("Conv2D", "convolutions, forward"), ("_FusedConv2D", "convolutions, forward"),
     ("_MklConv", "convolutions, forward"), ("_MklNativeConv", "convolutions, forward"),
-    ("FusedBatchNorm", "batch norm"), ("_MklFusedBatchNorm", "batch norm"), ("_MklNativeFusedBatchNorm", "batch norm"),
-    ("Gelu", "activations (GELU)"), ("Erf", "activations (GELU)"), ("Softmax", "loss"),
-    ("MaxPool", "pooling"), ("Max", "pooling"),
+    ("_MklNativeFusedConv", "convolutions, forward"),
+    ("Gelu", "activations (GELU: erf, exp)"), ("Erf", "activations (GELU: erf, exp)"),
+    ("Exp", "activations (GELU: erf, exp)"), ("Softmax", "loss"),
+    ("MaxPool", "pooling"), ("_MklNativeMaxPool", "pooling"), ("_MklMaxPool", "pooling"),
     ("Cast", "casts (bfloat16 <-> float32)"),
     ("ResourceApply", "optimizer"), ("AssignSub", "optimizer"), ("AssignAdd", "optimizer"),
 )
@@ -79,22 +80,26 @@ def main() -> None:
             float(step(data)["loss"])
         tf.profiler.experimental.stop()
         xspace = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
-        table, ok = profiler_plugin.xspace_to_tools_data(xspace, "tensorflow_stats", {"tqx": "out:csv;"})
+        table, ok = profiler_plugin.xspace_to_tools_data(xspace, "framework_op_stats")
     if not ok:
-        raise SystemExit("the profiler returned no op statistics")
-    rows = list(csv.DictReader(io.StringIO(table.decode() if isinstance(table, bytes) else table)))
-    self_col = next(c for c in rows[0] if "self" in c.lower() and "us" in c.lower() and "total" in c.lower())
-    host_col = next((c for c in rows[0] if c.lower().startswith("host/device")), None)
+        raise SystemExit(f"the profiler returned no op statistics: {table[:200]!r}")
+    data = json.loads(table)[0]  # a DataTable: one row per op, times in microseconds
+    columns = [c["id"] for c in data["cols"]]
     by_kind: dict[str, float] = {}
-    for row in rows:
-        if host_col and row[host_col].lower() != "host":
+    by_type: dict[str, float] = {}
+    for row in data["rows"]:
+        op = dict(zip(columns, (cell.get("v") for cell in row["c"])))
+        if op["type"] == "IDLE":
             continue
-        kind = kind_of(row["Type"])
-        by_kind[kind] = by_kind.get(kind, 0.0) + float(row[self_col]) / 1000 / args.steps
+        kind = kind_of(op["type"])
+        ms = float(op["total_self_time"]) / 1000 / args.steps
+        by_kind[kind] = by_kind.get(kind, 0.0) + ms
+        by_type[op["type"]] = by_type.get(op["type"], 0.0) + ms
     traced = sum(by_kind.values())
     result = {"policy": policy, "batch": args.batch, "steps": args.steps, "step_ms": round(wall * 1000, 1),
               "images_per_s": round(args.batch / wall, 1), "op_ms_per_step": round(traced, 1),
-              "kinds": {k: round(v, 1) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])}}
+              "kinds": {k: round(v, 1) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
+              "top_op_types": {k: round(v, 1) for k, v in sorted(by_type.items(), key=lambda kv: -kv[1])[:12]}}
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nbest recipe's network, batch {args.batch}, {policy}: {result['step_ms']:.0f} ms per step "
@@ -103,6 +108,7 @@ def main() -> None:
     print(f"{'kind':<36}{'ms/step':>9}{'share':>8}")
     for kind, ms in result["kinds"].items():
         print(f"{kind:<36}{ms:>9.1f}{ms / traced:>8.1%}")
+    print("top op types (ms/step): " + ", ".join(f"{k} {v:.0f}" for k, v in result["top_op_types"].items()))
 
 
 if __name__ == "__main__":
