@@ -18,6 +18,9 @@ def tracked_run(flow: str, config: str | None, overrides: dict[str, Any] | None,
                 params: dict[str, Any]):
     """Yield a run id. A new run is opened and closed here unless ``run_id`` joins a parent's run.
 
+    A new run takes the store's writer lease (``StoreBusyError`` while another run holds it) and renews its
+    heartbeat until it ends, so that a run whose process dies shows as ``abandoned``.
+
     The flow run is named after the run (``<run id>-<flow>`` when it joins one); a new run records the
     flow run's id and UI link in its params. The caller may put a summary in the yielded dict under
     ``"summary"``.
@@ -29,10 +32,11 @@ def tracked_run(flow: str, config: str | None, overrides: dict[str, Any] | None,
         return
     store = Store.from_settings(load_settings(config, overrides))
     run = {"run_id": store.start_run(flow, {"config": config, "overrides": overrides, **params,
-                                            "prefect": current_link()})}
+                                            "prefect": current_link()}, exclusive=True)}
     name_flow_run(run["run_id"], run["run_id"])
     try:
-        yield run
+        with store.heartbeat(run["run_id"]):
+            yield run
     except BaseException as err:
         store.finish_run(run["run_id"], "failed", {"error": f"{type(err).__name__}: {err}"})
         raise

@@ -407,6 +407,33 @@ def gc(keep: int = typer.Option(..., "--keep", min=1, help="how many of the newe
 
 
 @app.command()
+def fsck(repair: bool = typer.Option(False, "--repair", help="remove orphan files (never committed data), record "
+                                                             "missing checksums, close abandoned runs"),
+         store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt) -> None:
+    """Check the store against its catalog: shards (present, rows, checksum, schema), models, reports and result
+    rows; list orphan files. Exit code 0 when consistent, 1 otherwise.
+
+    Example: fusion fsck --store ./store && fusion fsck --store ./store --repair
+    """
+    from fusion_core.fsck import check_store
+
+    catalog = _open_store(config, store)
+    try:
+        result = check_store(catalog, repair=repair)
+    except RuntimeError as err:
+        _fail(str(err))
+    for finding in result.findings:
+        typer.secho(f"{finding.kind:<9} {finding.path}: {finding.detail}",
+                    fg=typer.colors.RED if finding.is_error else typer.colors.YELLOW)
+    for run_id in result.abandoned:
+        typer.echo(f"abandoned run {run_id}: its process died; its resumable work is left for the next run")
+    if result.live_runs and result.orphans and not repair:
+        typer.echo(f"run {result.live_runs[0]} is live: some orphans may be its files, not committed yet")
+    typer.secho(result.summary(), fg=typer.colors.RED if result.errors else typer.colors.GREEN)
+    raise typer.Exit(1 if result.errors else 0)
+
+
+@app.command()
 def report(run_id: str, store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt) -> None:
     """Write the HTML report of an existing run under the store and print its path."""
     from fusion_core.report import write_report

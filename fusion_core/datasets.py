@@ -6,6 +6,7 @@ of a dataset only when a catalog manifest lists it (see ``store.commit_version``
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterator
 
@@ -76,14 +77,27 @@ def write_shard(root: str, rel_path: str, table: pa.Table, row_group_size: int =
     The table's schema, with its metadata (dataset name and schema version), is stored in the file.
 
     Returns:
-        The manifest entry ``{"path": rel_path, "num_rows": n}``.
+        The manifest entry ``{"path": rel_path, "num_rows": n, "checksum": sha256 of the file}``.
     """
     fs, final = uri.filesystem(uri.join(root, rel_path))
     fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
     tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
-    pq.write_table(table, tmp, filesystem=fs, compression="zstd", row_group_size=row_group_size)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd", row_group_size=row_group_size)
+    data = sink.getvalue()
+    with fs.open_output_stream(tmp) as out:
+        out.write(data)
     fs.move(tmp, final)
-    return {"path": rel_path, "num_rows": table.num_rows}
+    return {"path": rel_path, "num_rows": table.num_rows, "checksum": hashlib.sha256(data).hexdigest()}
+
+
+def shard_checksum(root: str, rel_path: str, chunk: int = 8 * 2**20) -> str:
+    """The sha256 of a written shard's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with uri.open_input(uri.join(root, rel_path)) as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def delete_shard(root: str, rel_path: str) -> None:

@@ -235,7 +235,7 @@ def ingest_source(settings: Settings, store: Store, source: str, run_id: str) ->
                 log.info("ingest: %d images in %s were also stored by another task", len(dup), shard["path"])
                 shard = _drop_rows(store.root, shard, dup, cfg)
             if shard:
-                shards.append({"path": shard["path"], "num_rows": shard["num_rows"]})
+                shards.append({k: shard[k] for k in ("path", "num_rows", "checksum")})
     quarantined = problems + [q for r in results for q in r["quarantine"]]
     sources = SourceRows(results)  # the catalog keeps the new ones
 

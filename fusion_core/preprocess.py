@@ -187,7 +187,8 @@ def preprocess_dataset(settings: Settings, store: Store, images_version: int, ru
         earlier = [dst for src, dst in plan if (src, dst) not in todo]  # written by an interrupted run
         sums = [r["sums"] for r in done] + gather(
             [ray.remote(shard_pixel_sums).remote(store.root, dst) for dst in earlier], "preprocess stats")
-        manifest = [{"path": dst, "num_rows": shard_rows(store.root, dst)} for _, dst in plan]
+        written = {r["path"]: r for r in done}  # the rest get their rows and checksum from their files
+        manifest = [written.get(dst) or {"path": dst, "num_rows": shard_rows(store.root, dst)} for _, dst in plan]
         return manifest, {"images_version": images["version"], "shape": [cfg.size, cfg.size, channels],
                           "scale": cfg.scale, "stats": channel_stats(sums)}
 

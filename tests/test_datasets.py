@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -20,6 +22,7 @@ from fusion_core.datasets import (
     predictions_schema,
     read_shards,
     shape_of,
+    shard_checksum,
     shard_files,
     unpack_mask,
     write_shard,
@@ -49,8 +52,10 @@ def _images_table(n: int = 2) -> pa.Table:
 def test_write_shard_zstd_atomic_and_manifest(tmp_path):
     table = _table(0, 5)
     entry = write_shard(str(tmp_path), "datasets/x/part-0.parquet", table)
-    assert entry == {"path": "datasets/x/part-0.parquet", "num_rows": 5}
     written = tmp_path / "datasets" / "x" / "part-0.parquet"
+    assert entry == {"path": "datasets/x/part-0.parquet", "num_rows": 5,
+                     "checksum": hashlib.sha256(written.read_bytes()).hexdigest()}
+    assert shard_checksum(str(tmp_path), entry["path"]) == entry["checksum"]
     assert written.is_file()
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["part-0.parquet"]
     assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]

@@ -153,9 +153,9 @@ def test_list_runs_newest_first_and_limit(store):
 
 def test_commit_version_numbers_per_dataset(store):
     assert store.latest_version("images") is None
-    assert store.commit_version("images", [{"path": "a.parquet", "num_rows": 2}], "r1") == 1
-    assert store.commit_version("images", [{"path": "b.parquet", "num_rows": 3}], "r2") == 2
-    assert store.commit_version("pixels", [{"path": "p.parquet", "num_rows": 5}], "r2") == 1
+    assert store.commit_version("images", [{"path": "a.parquet", "num_rows": 2, "checksum": "-"}], "r1") == 1
+    assert store.commit_version("images", [{"path": "b.parquet", "num_rows": 3, "checksum": "-"}], "r2") == 2
+    assert store.commit_version("pixels", [{"path": "p.parquet", "num_rows": 5, "checksum": "-"}], "r2") == 1
     assert store.commit_version("images", [], "r3") == 3
     latest = store.latest_version("images")
     assert latest["version"] == 3
@@ -165,9 +165,9 @@ def test_commit_version_numbers_per_dataset(store):
 
 
 def test_latest_version_shards_sorted_and_summed(store):
-    shards = [{"path": "datasets/images/c.parquet", "num_rows": 1},
-              {"path": "datasets/images/a.parquet", "num_rows": 10},
-              {"path": "datasets/images/b.parquet", "num_rows": 100}]
+    shards = [{"path": "datasets/images/c.parquet", "num_rows": 1, "checksum": "-"},
+              {"path": "datasets/images/a.parquet", "num_rows": 10, "checksum": "-"},
+              {"path": "datasets/images/b.parquet", "num_rows": 100, "checksum": "-"}]
     store.commit_version("images", shards, "run-1", info={"source": "/data"})
     latest = store.latest_version("images")
     assert latest["dataset"] == "images"
@@ -180,12 +180,12 @@ def test_latest_version_shards_sorted_and_summed(store):
 
 
 def test_find_version_by_key(store):
-    store.commit_version("pixels", [{"path": "k1.parquet", "num_rows": 1}], "r1", key="images:1:abc")
-    store.commit_version("pixels", [{"path": "k2.parquet", "num_rows": 2}], "r2", key="images:2:abc")
-    store.commit_version("pixels", [{"path": "k1b.parquet", "num_rows": 3}], "r3", key="images:1:abc")
+    store.commit_version("pixels", [{"path": "k1.parquet", "num_rows": 1, "checksum": "-"}], "r1", key="images:1:abc")
+    store.commit_version("pixels", [{"path": "k2.parquet", "num_rows": 2, "checksum": "-"}], "r2", key="images:2:abc")
+    store.commit_version("pixels", [{"path": "k1b.parquet", "num_rows": 3, "checksum": "-"}], "r3", key="images:1:abc")
     found = store.find_version("pixels", "images:1:abc")
     assert found["version"] == 3
-    assert found["shards"] == [{"path": "k1b.parquet", "num_rows": 3}]
+    assert found["shards"] == [{"path": "k1b.parquet", "num_rows": 3, "checksum": "-"}]
     assert store.find_version("pixels", "images:2:abc")["version"] == 2
     assert store.find_version("pixels", "images:9:abc") is None
     assert store.find_version("images", "images:1:abc") is None
@@ -195,7 +195,7 @@ def test_commit_version_records_sources(store):
     assert store.known_sources() == set()
     sources = [{"image_id": "aa", "source": "/x/1.png"}, {"image_id": "bb", "source": "/x/2.png"},
                {"image_id": "aa", "source": "/x/copy-of-1.png"}]
-    store.commit_version("images", [{"path": "s.parquet", "num_rows": 2}], "r1", sources=sources)
+    store.commit_version("images", [{"path": "s.parquet", "num_rows": 2, "checksum": "-"}], "r1", sources=sources)
     assert store.known_sources() == {("aa", "/x/1.png"), ("bb", "/x/2.png"), ("aa", "/x/copy-of-1.png")}
 
 
@@ -408,7 +408,7 @@ def test_concurrent_writers_never_collide(store):
         store.replace_results("predictions", run_id, [
             {"image_id": f"img{j}", "model_version": 1, "label": None, "predicted": "a",
              "confidence": 0.5, "split": "test"} for j in range(50)])
-        return store.commit_version("images", [{"path": f"s{i}.parquet", "num_rows": 1}], run_id)
+        return store.commit_version("images", [{"path": f"s{i}.parquet", "num_rows": 1, "checksum": "-"}], run_id)
 
     with ThreadPoolExecutor(4) as pool:
         versions = list(pool.map(commit, range(8)))

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
+import os
+import socket
+import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +27,17 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from fusion_core import uri
 from fusion_core.config import Settings
+from fusion_core.datasets import shard_checksum
 from fusion_core.store.migrations import migrate
-from fusion_core.store.results import CHUNK_ROWS, ResultTables, batched
-from fusion_core.store.tables import (dataset_shards, dataset_versions, image_sources, models, promotions,
-                                      quarantine, run_stages, runs)
+from fusion_core.store.results import CHUNK_ROWS, RESULT_TABLES, ResultTables, batched
+from fusion_core.store.tables import (dataset_shards, dataset_versions, image_sources, metadata, models,
+                                      promotions, quarantine, run_stages, runs, writer_lease)
+
+log = logging.getLogger(__name__)
 
 LOOKUP_CHUNK = 500  # ids per IN (...) lookup
+HEARTBEAT_S = 20  # how often a live run renews its heartbeat
+LEASE_S = 120  # a running run whose heartbeat is older than this has lost its process
 _migrated: set[str] = set()  # catalogs this process has brought to the current schema
 
 
@@ -77,18 +87,99 @@ class Store(ResultTables):
         return uri.join(self.root, *parts)
 
     # runs -----------------------------------------------------------------
-    def start_run(self, flow: str, params: dict[str, Any], run_id: str | None = None) -> str:
-        """Open a run; database passwords in ``params`` are masked before they are stored."""
+    def start_run(self, flow: str, params: dict[str, Any], run_id: str | None = None,
+                  exclusive: bool = False) -> str:
+        """Open a run; database passwords in ``params`` are masked before they are stored.
+
+        Runs whose process has died are recorded as ``abandoned`` first. An ``exclusive`` run also takes the
+        store's writer lease, released by ``finish_run``.
+
+        Raises:
+            StoreBusyError: ``exclusive`` and another live run holds the lease.
+        """
+        self.close_abandoned()
         run_id = run_id or new_run_id()
         with self.engine.begin() as conn:
-            conn.execute(runs.insert().values(run_id=run_id, flow=flow, status="running",
-                                              started_at=_now(), params=redact(params)))
+            conn.execute(runs.insert().values(run_id=run_id, flow=flow, status="running", started_at=_now(),
+                                              params=redact(params), host=socket.gethostname(), pid=os.getpid(),
+                                              heartbeat_at=_now()))
+        if exclusive:
+            try:
+                self._take_lease(run_id)
+            except StoreBusyError as err:
+                self.finish_run(run_id, "refused", {"error": str(err)})
+                raise
         return run_id
+
+    def _take_lease(self, run_id: str) -> None:
+        """Become the store's only writer, taking the lease over from a run that is no longer live."""
+        for _ in range(3):
+            with self.engine.connect() as conn:
+                holder = conn.execute(sa.select(writer_lease)).first()
+            if holder is not None:
+                run = self.get_run(holder.run_id)
+                if run is not None and run["status"] == "running":
+                    raise StoreBusyError(
+                        f"run {holder.run_id} ({run['flow']}) is running on the store at {self.root} since "
+                        f"{run['started_at']:%Y-%m-%d %H:%M:%S} UTC; one run writes to a store at a time: try again "
+                        f"when it ends")
+                with self.engine.begin() as conn:  # only the run that saw this holder may remove it
+                    conn.execute(writer_lease.delete().where(writer_lease.c.run_id == holder.run_id))
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(writer_lease.insert().values(name="writer", run_id=run_id, since=_now()))
+                return
+            except sa.exc.IntegrityError:
+                continue  # another run took it first: look again
+        raise StoreBusyError(f"the store at {self.root} is busy: other runs keep taking its writer lease")
 
     def finish_run(self, run_id: str, status: str, summary: dict[str, Any] | None = None) -> None:
         with self.engine.begin() as conn:
             conn.execute(runs.update().where(runs.c.run_id == run_id)
                          .values(status=status, finished_at=_now(), summary=summary))
+            conn.execute(writer_lease.delete().where(writer_lease.c.run_id == run_id))
+
+    @contextmanager
+    def heartbeat(self, run_id: str, every: float = HEARTBEAT_S):
+        """Renew the run's heartbeat from a background thread while the block runs."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(every):
+                try:
+                    with self.engine.begin() as conn:
+                        conn.execute(runs.update().where(runs.c.run_id == run_id).values(heartbeat_at=_now()))
+                except sa.exc.SQLAlchemyError as err:  # the next beat may get through; the lease is generous
+                    log.warning("heartbeat of run %s not recorded: %s", run_id, err)
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-{run_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def close_abandoned(self) -> list[str]:
+        """Record as ``abandoned`` each running run whose process is gone, and the stage it was in; returns
+        their ids. Their resumable work (shards, checkpoints) is left for the next run to take over."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(runs).where(runs.c.status == "running")).all()
+        dead = [r for r in rows if not _is_live(r._mapping)]
+        for row in dead:
+            with self.engine.begin() as conn:
+                stage = conn.execute(sa.select(run_stages.c.stage).where(
+                    run_stages.c.run_id == row.run_id, run_stages.c.status == "running")).scalar()
+                conn.execute(run_stages.update().where(run_stages.c.run_id == row.run_id,
+                                                       run_stages.c.status == "running")
+                             .values(status="abandoned", error="the run's process died"))
+                conn.execute(runs.update().where(runs.c.run_id == row.run_id, runs.c.status == "running").values(
+                    status="abandoned", finished_at=row.heartbeat_at or row.started_at,
+                    summary={"error": f"the run's process died{f' in {stage}' if stage else ''}",
+                             "abandoned_in": stage}))
+                conn.execute(writer_lease.delete().where(writer_lease.c.run_id == row.run_id))
+            log.warning("run %s was abandoned (its process died%s)", row.run_id, f" in {stage}" if stage else "")
+        return [r.run_id for r in dead]
 
     def start_stage(self, run_id: str, stage: str) -> None:
         with self.engine.begin() as conn:
@@ -105,20 +196,25 @@ class Store(ResultTables):
                                  metrics=metrics, outputs=outputs, error=error))
 
     def list_runs(self, limit: int | None = 20) -> list[dict]:
-        """Runs, newest first (all of them when ``limit`` is None)."""
+        """Runs, newest first (all of them when ``limit`` is None); a run whose process is gone shows as
+        ``abandoned``."""
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(runs).order_by(runs.c.started_at.desc()).limit(limit))
-            return [dict(r._mapping) for r in rows]
+            return [_with_liveness(dict(r._mapping)) for r in rows]
 
     def get_run(self, run_id: str) -> dict | None:
-        """The run and its stages, or None."""
+        """The run and its stages, or None; a run whose process is gone shows as ``abandoned``, and so does
+        the stage it was in."""
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(runs).where(runs.c.run_id == run_id)).first()
             if row is None:
                 return None
-            stages = conn.execute(sa.select(run_stages).where(run_stages.c.run_id == run_id)
-                                  .order_by(run_stages.c.started_at))
-            return {**row._mapping, "stages": [dict(s._mapping) for s in stages]}
+            stages = [dict(s._mapping) for s in conn.execute(sa.select(run_stages).where(
+                run_stages.c.run_id == run_id).order_by(run_stages.c.started_at))]
+        run = _with_liveness(dict(row._mapping))
+        if run["status"] == "abandoned":
+            stages = [{**s, "status": "abandoned"} if s["status"] == "running" else s for s in stages]
+        return {**run, "stages": stages}
 
     def previous_run(self, run_id: str) -> dict | None:
         """The last completed run of the same flow that started before ``run_id``, with its stages, or None."""
@@ -181,7 +277,7 @@ class Store(ResultTables):
     def _with_shards(conn, row) -> dict | None:
         if row is None:
             return None
-        shards = conn.execute(sa.select(dataset_shards.c.path, dataset_shards.c.num_rows)
+        shards = conn.execute(sa.select(dataset_shards.c.path, dataset_shards.c.num_rows, dataset_shards.c.checksum)
                               .where(dataset_shards.c.dataset == row.dataset,
                                      dataset_shards.c.version == row.version)
                               .order_by(dataset_shards.c.path))
@@ -192,12 +288,16 @@ class Store(ResultTables):
         """Atomically commit a dataset version: its manifest and any image sources.
 
         Args:
-            shards: ``[{"path": ..., "num_rows": ...}]`` relative to the store root, all written.
+            shards: ``[{"path": ..., "num_rows": ..., "checksum": ...}]`` relative to the store root, all written;
+                a shard without a checksum gets one from its file.
             sources: ``{"image_id", "source"}`` rows to record with the version, streamed in chunks; iterated
                 once per attempt (a concurrent commit may force another), so a re-iterable collection.
         Returns:
             The new version number.
         """
+        shards = [s if s.get("checksum") else {**s, "checksum": shard_checksum(self.root, s["path"])} for s in shards]
+        shards = [{k: s[k] for k in ("path", "num_rows", "checksum")} for s in shards]
+
         def commit() -> int:
             with self.engine.begin() as conn:
                 current = conn.execute(sa.select(sa.func.max(dataset_versions.c.version))
@@ -214,6 +314,27 @@ class Store(ResultTables):
             return version
 
         return _retrying(commit)  # a concurrent commit may take the same number first
+
+    def dataset_names(self) -> list[str]:
+        """The datasets with at least one committed version."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(dataset_versions.c.dataset).distinct()
+                                     .order_by(dataset_versions.c.dataset)).scalars())
+
+    def record_checksums(self, checksums: dict[str, str]) -> int:
+        """Record the checksum of shards committed without one; returns how many shard rows got one."""
+        with self.engine.begin() as conn:
+            return sum(conn.execute(dataset_shards.update().where(dataset_shards.c.path == path,
+                                                                  dataset_shards.c.checksum.is_(None))
+                                    .values(checksum=checksum)).rowcount for path, checksum in checksums.items())
+
+    def result_references(self) -> Iterator[tuple[str, str, list]]:
+        """``(table, column, distinct values)`` of each column that names a run or a model version."""
+        columns = [(t, "run_id") for t in (dataset_versions, models, quarantine, *(metadata.tables[n] for n in
+                                                                                   RESULT_TABLES))]
+        with self.engine.connect() as conn:
+            for table, column in columns + [(metadata.tables["predictions"], "model_version")]:
+                yield table.name, column, list(conn.execute(sa.select(table.c[column]).distinct()).scalars())
 
     def record_sources(self, sources: Iterable[dict], run_id: str | None) -> int:
         """Record more paths of already stored images."""
@@ -312,6 +433,33 @@ class Store(ResultTables):
     def list_models(self) -> list[dict]:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(sa.select(models).order_by(models.c.version))]
+
+
+class StoreBusyError(RuntimeError):
+    """Another live run holds the store's writer lease."""
+
+
+def _is_live(run: dict) -> bool:
+    """Whether a running run's process still lives: its heartbeat is recent and, on this host, its process
+    exists (a process id alone could be a later process's)."""
+    beat = run.get("heartbeat_at") or run["started_at"]
+    if (_now() - beat).total_seconds() > LEASE_S:
+        return False
+    if run.get("host") == socket.gethostname() and run.get("pid"):
+        try:
+            os.kill(run["pid"], 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+    return True
+
+
+def _with_liveness(run: dict) -> dict:
+    """The run, ``abandoned`` when it says ``running`` but its process is gone."""
+    if run["status"] == "running" and not _is_live(run):
+        return {**run, "status": "abandoned"}
+    return run
 
 
 def _retrying(fn, attempts: int = 6):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from fusion_core.store.tables import (SCHEMA_VERSION, cluster_assignments, cluster_summaries, meta, metadata, models,
-                                      predictions, quarantine)
+from fusion_core.store.tables import (SCHEMA_VERSION, cluster_assignments, cluster_summaries, dataset_shards, meta,
+                                      metadata, models, predictions, quarantine, runs)
 
 
 def _add_lookup_indexes(conn) -> None:
@@ -15,9 +15,9 @@ def _add_lookup_indexes(conn) -> None:
             index.create(conn, checkfirst=True)
 
 
-def _add_result_detail_columns(conn) -> None:
-    """Version 3: top-k labels per prediction; top labels, exemplars and outliers per cluster."""
-    for table, names in ((predictions, ("top_k",)), (cluster_summaries, ("top_labels", "exemplars", "outliers"))):
+def _add_columns(conn, changes) -> None:
+    """Add the named columns of each table that a catalog lacks."""
+    for table, names in changes:
         present = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
         for name in names:
             if name not in present:
@@ -25,8 +25,19 @@ def _add_result_detail_columns(conn) -> None:
                 conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}"))
 
 
+def _add_result_detail_columns(conn) -> None:
+    """Version 3: top-k labels per prediction; top labels, exemplars and outliers per cluster."""
+    _add_columns(conn, ((predictions, ("top_k",)), (cluster_summaries, ("top_labels", "exemplars", "outliers"))))
+
+
+def _add_checksums_and_heartbeats(conn) -> None:
+    """Version 4: a checksum per shard (recorded at the next commit or by ``fusion fsck --repair``); the host,
+    process and heartbeat of each run."""
+    _add_columns(conn, ((dataset_shards, ("checksum",)), (runs, ("host", "pid", "heartbeat_at"))))
+
+
 # schema version -> step that brings a catalog from the previous version to it
-MIGRATIONS = {2: _add_lookup_indexes, 3: _add_result_detail_columns}
+MIGRATIONS = {2: _add_lookup_indexes, 3: _add_result_detail_columns, 4: _add_checksums_and_heartbeats}
 
 
 def migrate(engine: sa.Engine) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 3  # see MIGRATIONS
+SCHEMA_VERSION = 4  # see MIGRATIONS
 
 metadata = sa.MetaData()
 
@@ -17,6 +17,9 @@ runs = sa.Table(
     sa.Column("finished_at", sa.DateTime),
     sa.Column("params", sa.JSON),
     sa.Column("summary", sa.JSON),
+    sa.Column("host", sa.String(255)),  # where the run's driver process lives
+    sa.Column("pid", sa.Integer),
+    sa.Column("heartbeat_at", sa.DateTime),  # renewed while the driver lives
 )
 run_stages = sa.Table(
     "run_stages", metadata,
@@ -46,6 +49,7 @@ dataset_shards = sa.Table(
     sa.Column("version", sa.Integer, primary_key=True),
     sa.Column("path", sa.String(300), primary_key=True),
     sa.Column("num_rows", sa.BigInteger, nullable=False),
+    sa.Column("checksum", sa.String(64)),  # sha256 of the file, recorded at commit
 )
 image_sources = sa.Table(
     "image_sources", metadata,
@@ -116,6 +120,12 @@ cluster_summaries = sa.Table(
     sa.Column("top_labels", sa.JSON),
     sa.Column("exemplars", sa.JSON),
     sa.Column("outliers", sa.JSON),
+)
+writer_lease = sa.Table(  # at most one row: the run that may write to the store now
+    "writer_lease", metadata,
+    sa.Column("name", sa.String(20), primary_key=True),
+    sa.Column("run_id", sa.String(40), nullable=False),
+    sa.Column("since", sa.DateTime, nullable=False),
 )
 meta = sa.Table(
     "fusion_meta", metadata,

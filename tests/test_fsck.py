@@ -1,0 +1,173 @@
+"""`fusion fsck`: a hand-built store (real Parquet shards, a real SQLite catalog) is found consistent; each kind of
+damage is found; `--repair` removes orphans and nothing committed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import sqlalchemy as sa
+
+from fusion_core.datasets import IMAGES_SCHEMA, array_to_pixels, pixels_schema, write_shard
+from fusion_core.fsck import check_store
+from fusion_core.registry import publish_model
+from fusion_core.runs import StageResult, record_stage
+from fusion_core.store import Store
+from fusion_core.store.tables import dataset_shards
+
+ROWS = 6
+
+
+def _images(seed: int) -> pa.Table:
+    ids = [f"{seed:02d}{i:062x}" for i in range(ROWS)]
+    return pa.table({"image_id": ids, "source": [f"/data/{i}.png" for i in ids], "label": ["cat"] * ROWS,
+                     "split": ["train"] * ROWS, "height": pa.array([2] * ROWS, pa.int32()),
+                     "width": pa.array([2] * ROWS, pa.int32()), "channels": pa.array([3] * ROWS, pa.int8()),
+                     "pixels": [bytes(12)] * ROWS, "mask": pa.nulls(ROWS, pa.binary())}, schema=IMAGES_SCHEMA)
+
+
+def _pixels(seed: int) -> pa.Table:
+    ids = [f"{seed:02d}{i:062x}" for i in range(ROWS)]
+    return pa.table({"image_id": ids, "label": ["cat"] * ROWS, "split": ["train"] * ROWS,
+                     "pixels": array_to_pixels(np.zeros((ROWS, 2, 2, 3), np.uint8)),
+                     "imputed_fraction": pa.array([0.0] * ROWS, pa.float32()),
+                     "impute_method": pa.nulls(ROWS, pa.string())}, schema=pixels_schema(2, 2, 3))
+
+
+@pytest.fixture
+def built(tmp_path) -> Store:
+    """One completed run: two images shards, a pixels shard, a model, a report and prediction rows."""
+    store = Store(str(tmp_path / "store"))
+    run_id = store.start_run("nightly", {}, run_id="run-1")
+    images = store.commit_version("images", [write_shard(store.root, f"datasets/images/i{k}.parquet", _images(k))
+                                             for k in (1, 2)], run_id)
+    pixels = store.commit_version("pixels", [write_shard(store.root, "datasets/pixels/p1.parquet", _pixels(1))],
+                                  run_id, info={"images_version": images, "shape": [2, 2, 3]})
+    local_model = tmp_path / "m.keras"
+    local_model.write_bytes(b"model")
+    model = store.register_model(run_id, "cnn", publish_model(store, str(local_model), ["cat"], run_id), "k",
+                                 pixels, {"accuracy": 1.0}, {})
+    report = Path(store.root, "reports", run_id, "index.html")
+    report.parent.mkdir(parents=True)
+    report.write_text("<html></html>")
+    record_stage(store, run_id, "report", lambda: StageResult("report", outputs={"report": str(report)}))
+    store.replace_results("predictions", run_id, [{"image_id": "a" * 64, "model_version": model, "predicted": "cat",
+                                                   "confidence": 0.9}])
+    store.finish_run(run_id, "completed")
+    return store
+
+
+def test_a_consistent_store_is_clean(built):
+    result = check_store(built)
+    assert result.findings == [] and result.unchecked == []
+    assert result.shards == 3
+    assert result.summary().startswith("fsck: clean: 3 shards checked, 0 orphan files")
+
+
+@pytest.mark.parametrize("damage, kind", [
+    (lambda root: (root / "datasets/images/i1.parquet").unlink(), "missing"),
+    (lambda root: write_shard(str(root), "datasets/images/i1.parquet", _images(1).slice(0, 2)), "rows"),
+    (lambda root: write_shard(str(root), "datasets/images/i1.parquet", _images(9)), "checksum"),
+    (lambda root: (root / "datasets/pixels/p1.parquet").write_bytes(b"PAR1 not parquet"), "schema"),
+    (lambda root: (root / "models/run-1/model.keras").unlink(), "model"),
+    (lambda root: (root / "reports/run-1/index.html").unlink(), "report"),
+])
+def test_each_kind_of_damage_is_found(built, damage, kind):
+    damage(Path(built.root))
+    result = check_store(built)
+    assert [f.kind for f in result.errors] == [kind], result.findings
+
+
+def test_a_shard_with_another_schema_is_found(built):
+    """Same rows and a recorded checksum that matches, but the columns of another dataset."""
+    path = "datasets/pixels/p1.parquet"
+    entry = write_shard(built.root, path, _images(1))
+    with built.engine.begin() as conn:
+        conn.execute(dataset_shards.update().where(dataset_shards.c.path == path).values(checksum=entry["checksum"]))
+    assert [(f.kind, "a images shard, listed as pixels" in f.detail) for f in check_store(built).errors] == [
+        ("schema", True)]
+
+
+def test_result_rows_pointing_at_missing_runs_or_models_are_found(built):
+    built.replace_results("predictions", "run-gone", [{"image_id": "b" * 64, "model_version": 99,
+                                                       "predicted": "cat", "confidence": 0.5}])
+    details = sorted(f.detail for f in check_store(built).errors)
+    assert details == ["rows of model_version 99, which the catalog lacks", "rows of run_id run-gone, which the "
+                                                                            "catalog lacks"]
+
+
+def test_repair_removes_orphans_and_nothing_committed(built):
+    root = Path(built.root)
+    write_shard(built.root, "datasets/pixels/never-committed.parquet", _pixels(3))
+    (root / "datasets/images/i3.parquet.tmp-1234abcd").write_bytes(b"half")
+    (root / "datasets/pixels/_current-7").mkdir(parents=True)
+    (root / "datasets/pixels/_current-7/p1.parquet").write_bytes(b"x")
+    (root / "models/unregistered").mkdir()
+    (root / "models/unregistered/model.keras").write_bytes(b"x")
+    (root / "reports/run-unknown").mkdir()
+    (root / "reports/run-unknown/index.html").write_text("x")
+    committed = {p: p.read_bytes() for p in root.rglob("*.parquet") if "never" not in p.name and "_current" not in
+                 str(p)}
+
+    found = check_store(built)
+    assert found.errors == [] and len(found.orphans) == 5
+    assert {Path(f.path).name for f in found.orphans} == {"never-committed.parquet", "i3.parquet.tmp-1234abcd",
+                                                          "p1.parquet", "model.keras", "index.html"}
+    repaired = check_store(built, repair=True)
+    assert repaired.repaired["orphans_removed"] == 5
+    assert {p: p.read_bytes() for p in committed} == committed
+    assert (root / "models/run-1/model.keras").exists() and (root / "reports/run-1/index.html").exists()
+    again = check_store(built)
+    assert again.findings == []
+
+
+def test_shards_committed_before_checksums_get_one(built):
+    """A catalog from before schema version 4 has no checksums: fsck says so, --repair and the next commit that
+    carries the shard record them."""
+    with built.engine.begin() as conn:
+        conn.execute(dataset_shards.update().values(checksum=None))
+    assert len(check_store(built).unchecked) == 3
+    previous = built.latest_version("images")
+    built.commit_version("images", previous["shards"] + [write_shard(built.root, "datasets/images/i3.parquet",
+                                                                     _images(3))], "run-1")
+    assert all(s["checksum"] for s in built.latest_version("images")["shards"])
+    result = check_store(built, repair=True)
+    assert result.repaired["checksums_recorded"] >= 1
+    assert check_store(built).unchecked == []
+
+
+def test_repair_waits_for_a_live_run(built):
+    built.start_run("ingest", {})  # this process: alive
+    with pytest.raises(RuntimeError, match="is live on this store"):
+        check_store(built, repair=True)
+
+
+def test_fsck_command_exit_codes(built):
+    fusion = [str(Path(sys.executable).with_name("fusion"))]
+    ok = subprocess.run([*fusion, "fsck", "--store", built.root], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "fsck: clean: 3 shards checked" in ok.stdout
+    Path(built.root, "datasets/images/i2.parquet").unlink()
+    bad = subprocess.run([*fusion, "fsck", "--store", built.root], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1
+    assert "missing   " in bad.stdout and "fsck: 1 errors" in bad.stdout
+
+
+def test_migration_adds_checksum_and_heartbeat_columns(tmp_path):
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'catalog.db'}")
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE dataset_shards (dataset VARCHAR(20), version INTEGER, path VARCHAR(300), "
+                             "num_rows BIGINT, PRIMARY KEY (dataset, version, path))"))
+        conn.execute(sa.text("CREATE TABLE runs (run_id VARCHAR(40) PRIMARY KEY, flow VARCHAR(40), status "
+                             "VARCHAR(16), started_at DATETIME, finished_at DATETIME, params JSON, summary JSON)"))
+        conn.execute(sa.text("CREATE TABLE fusion_meta (key VARCHAR(40) PRIMARY KEY, value VARCHAR(200))"))
+        conn.execute(sa.text("INSERT INTO fusion_meta VALUES ('schema_version', '3')"))
+    from fusion_core.store.migrations import migrate
+
+    assert migrate(engine) == 3
+    assert "checksum" in {c["name"] for c in sa.inspect(engine).get_columns("dataset_shards")}
+    assert {"host", "pid", "heartbeat_at"} <= {c["name"] for c in sa.inspect(engine).get_columns("runs")}
