@@ -49,6 +49,7 @@ class IngestConfig(_Section):
     row_group_mb: float = Field(32.0, gt=0, description="Parquet row group size, in MB of pixels")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    manifest_paths_anywhere: bool = Field(False, description="a manifest may name files outside its own folder")
 
     @model_validator(mode="after")
     def _splits_leave_training_data(self) -> "IngestConfig":

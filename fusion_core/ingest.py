@@ -188,7 +188,8 @@ def _run_tasks(ray, cfg: IngestConfig, store: Store, source: str, problems: list
             progress.update(n)
 
     listed = 0  # the source is streamed, never held whole: the total (and an ETA) is known once it is listed
-    for chunk in _chunks(iter_items(source, problems, int(cfg.max_file_mb * 2**20)), cfg.files_per_task):
+    items = iter_items(source, problems, int(cfg.max_file_mb * 2**20), cfg.manifest_paths_anywhere)
+    for chunk in _chunks(items, cfg.files_per_task):
         collect(wait_all=False)
         results.append(None)
         pending[task.remote(root, db, chunk, cfg)] = (len(results) - 1, len(chunk))

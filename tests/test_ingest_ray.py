@@ -15,6 +15,7 @@ import pytest
 
 from fusion_core.config import load_settings
 from fusion_core.datasets import read_shards, unpack_mask
+from fusion_core.fsck import check_store
 from fusion_core.ingest import ingest_source, split_for
 from fusion_core.store import Store
 
@@ -186,3 +187,6 @@ def test_kill_minus_9_then_rerun_gives_the_rows_of_a_clean_run(tmp_path, ray_loc
         assert len(store.quarantine_rows()) == 1
         for shard in store.latest_version("images")["shards"]:
             pq.read_metadata(root / shard["path"])  # every listed shard is whole
+        assert check_store(store).errors == []
+        assert check_store(store, repair=True).errors == [] and check_store(store).findings == []
+        assert _rows(root) == clean

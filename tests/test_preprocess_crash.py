@@ -17,6 +17,7 @@ import pytest
 from fusion_core.config import load_settings
 from fusion_core.corrupt import corrupt_random
 from fusion_core.datasets import IMAGES_SCHEMA, write_shard
+from fusion_core.fsck import check_store
 from fusion_core.store import Store
 
 pytestmark = pytest.mark.ray
@@ -93,3 +94,4 @@ def test_rerun_after_kill_9_is_byte_identical(tmp_path, ray_local):
     assert list(after) == list(expected) and len(expected) == SHARDS
     assert after == expected
     assert Store(crashed).latest_version("pixels")["info"] == Store(clean).latest_version("pixels")["info"]
+    assert check_store(Store(crashed)).findings == []

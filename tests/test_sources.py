@@ -339,10 +339,33 @@ def test_manifest_split_column_and_invalid_split_quarantined(tmp_path, fmt, png)
     assert "'holdout'" in row["message"] and all(s in row["message"] for s in ("train", "val", "test"))
 
 
-def test_manifest_without_path_column_is_refused(tmp_path):
-    (tmp_path / "m.csv").write_text("file,label\na.png,x\n")
-    with pytest.raises(ValueError, match="no 'path' column"):
-        _items(tmp_path / "m.csv")
+@pytest.mark.parametrize("content, words", [
+    (b"file,label\na.png,x\n", "no 'path' column (columns: file, label)"),
+    (b'path,label\n"a.png,x\n', "ArrowInvalid"),
+    (b"\xff\xfe\x00garbage", "not a readable manifest"),
+])
+def test_an_unreadable_manifest_is_quarantined(tmp_path, content, words):
+    (tmp_path / "m.csv").write_bytes(content)
+    items, problems = _items(tmp_path / "m.csv")
+    assert items == [] and [p["error_class"] for p in problems] == ["bad_manifest"]
+    assert words in problems[0]["message"]
+
+
+def test_manifest_paths_outside_its_folder_are_refused_unless_allowed(tmp_path, png):
+    (tmp_path / "data").mkdir()
+    for name in ("in.png", "../out.png"):
+        (tmp_path / "data" / name).write_bytes(png(_rgb(seed=len(name))))
+    (tmp_path / "data" / "link.png").symlink_to(tmp_path / "out.png")
+    rows = ["in.png", "../out.png", str(tmp_path / "out.png"), "link.png", "sub/../in.png"]
+    path = tmp_path / "data" / "m.csv"
+    path.write_text("path\n" + "".join(f"{r}\n" for r in rows))
+    items, problems = _items(path)
+    assert [os.path.basename(i[0]) for i in items] == ["in.png", "in.png"]
+    assert [p["source"] for p in problems] == [f"{path}#1", f"{path}#2", f"{path}#3"]
+    assert {p["error_class"] for p in problems} == {"outside_manifest"}
+    assert "ingest.manifest_paths_anywhere=true" in problems[0]["message"]
+    allowed = list(iter_items(str(path), problems := [], manifest_paths_anywhere=True))
+    assert len(allowed) == 5 and problems == []
 
 
 # URIs -------------------------------------------------------------------------------------------

@@ -61,17 +61,20 @@ def source_kind(source: str) -> str:
     return "archive"
 
 
-def iter_items(source: str, problems: list[dict], max_bytes: int = 2**31) -> Iterator[Item]:
+def iter_items(source: str, problems: list[dict], max_bytes: int = 2**31,
+               manifest_paths_anywhere: bool = False) -> Iterator[Item]:
     """Every item of a source, in a stable order; listing problems are appended to ``problems``.
 
     Args:
         max_bytes: archive members larger than this are quarantined unread
             (files are checked where they are read).
+        manifest_paths_anywhere: a manifest may name files outside its own folder.
     """
     kind = source_kind(source)
     log.info("ingest: %s source %s", kind, source)
     if kind == "archive":
         yield from archive_items(source, problems, max_bytes)
+    elif kind == "manifest":
+        yield from manifest_items(source, problems, manifest_paths_anywhere)
     else:
-        yield from {"folder": folder_items, "cifar": cifar_items, "manifest": manifest_items}[kind](
-            source, problems)
+        yield from {"folder": folder_items, "cifar": cifar_items}[kind](source, problems)

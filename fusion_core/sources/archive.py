@@ -6,6 +6,7 @@ import os
 import stat
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import PurePosixPath
 
@@ -21,28 +22,41 @@ def archive_items(path: str, problems: list[dict], max_bytes: int) -> Iterator[I
     gives ``cat``). A member under a split folder there (``data.tar`` holding
     ``data/test/cat/9.jpg``) takes its split from it and its label from the level
     below; decided member by member, as the archive is streamed. Members with
-    absolute or ``..`` paths, and links, are quarantined and never read.
+    absolute or ``..`` paths, and links, are quarantined and never read. An archive that cannot be read is
+    quarantined whole (after the members read before the damage).
     """
     stem = os.path.basename(path.rstrip("/")).split(".")[0]
-    with uri.open_input(path) as fh:
-        head = fh.read(4)
-        fh.seek(0)
-        if head == b"PK\x03\x04":
-            yield from _zip_items(path, fh, stem, problems, max_bytes)
-        else:
-            try:
-                archive = tarfile.open(fileobj=fh, mode="r|*")
-            except tarfile.TarError as err:
-                raise ValueError(f"source {path!r} is not a folder, manifest or tar/zip archive: {err}") from None
-            with archive:
-                for member in archive:
-                    if member.isdir():
-                        continue
-                    item = _member_item(path, member.name, stem, member.issym() or member.islnk(),
-                                        not member.isfile(), member.size, max_bytes, problems)
-                    if item is not None:
-                        source, label, split = item
-                        yield source, label, archive.extractfile(member).read(), None, split
+    read = 0
+    try:
+        with uri.open_input(path) as fh:
+            head = fh.read(4)
+            fh.seek(0)
+            members = _zip_items(path, fh, stem, problems, max_bytes) if head == b"PK\x03\x04" else \
+                _tar_items(path, fh, stem, problems, max_bytes)
+            for item in members:
+                read += 1
+                yield item
+    except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError,
+            MemoryError) as err:  # MemoryError: sizes in a damaged header beyond the memory a file may take
+        where = f" after {read} members" if read else ""
+        problems.append(quarantine_row(path, "bad_archive", f"not a readable tar or zip archive (stopped{where}): "
+                                                            f"{type(err).__name__}: {err}"))
+
+
+def _tar_items(path: str, fh, stem: str, problems: list[dict], max_bytes: int) -> Iterator[Item]:
+    try:
+        archive = tarfile.open(fileobj=fh, mode="r|*")
+    except TypeError as err:  # tarfile's reader of a gzip header cut short
+        raise tarfile.ReadError(f"gzip header cut short ({err})") from None
+    with archive:
+        for member in archive:
+            if member.isdir():
+                continue
+            item = _member_item(path, member.name, stem, member.issym() or member.islnk(),
+                                not member.isfile(), member.size, max_bytes, problems)
+            if item is not None:
+                source, label, split = item
+                yield source, label, archive.extractfile(member).read(), None, split
 
 
 def _zip_items(path: str, fh, stem: str, problems: list[dict], max_bytes: int) -> Iterator[Item]:

@@ -51,7 +51,7 @@ def _cifar_python(root, meta, names_key, labels_key, names, problems) -> Iterato
         except pickle.UnpicklingError as err:
             problems.append(quarantine_row(path, "unsafe_pickle", str(err), hashlib.sha256(data).hexdigest()))
             continue
-        except (KeyError, ValueError, TypeError, EOFError, pickle.PickleError) as err:
+        except (KeyError, ValueError, TypeError, EOFError, pickle.PickleError, MemoryError) as err:
             problems.append(quarantine_row(path, "decode_error", f"not a CIFAR batch: {type(err).__name__}: {err}",
                                            hashlib.sha256(data).hexdigest()))
             continue

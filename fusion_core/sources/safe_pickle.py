@@ -42,5 +42,15 @@ def _latin1(text, encoding="latin1"):
 
 
 def load_pickle(data: bytes):
-    """Unpickle plain data (see ``_SafeUnpickler``); raises ``pickle.UnpicklingError`` for anything else."""
-    return _SafeUnpickler(io.BytesIO(data), encoding="bytes").load()
+    """Unpickle plain data (see ``_SafeUnpickler``).
+
+    Raises:
+        pickle.UnpicklingError: the pickle asks for anything but plain data.
+        ValueError: the pickle is malformed (damaged opcodes fail in many ways: each becomes this).
+    """
+    try:
+        return _SafeUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except pickle.UnpicklingError:
+        raise
+    except Exception as err:
+        raise ValueError(f"malformed pickle: {type(err).__name__}: {err}") from None
