@@ -26,4 +26,11 @@ def format_value(value, *, none: str = "", float_format: str = ".4g", max_items:
     if isinstance(value, list):
         text = f"{len(value)} items" if len(value) > max_items else ", ".join(inner(v) for v in value)
         return f"[{text}]" if brackets else text or none
-    return str(value)
+    return printable(str(value))
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (terminal escapes, NUL, newlines) written as ``\\xNN`` escapes."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fusion_core.formatting import printable
+
 HOLE_COLOUR = (255, 0, 255)  # magenta: missing pixels in the "before" images
 
 
@@ -84,6 +86,11 @@ def plot_training_curves(history: Sequence[dict]) -> bytes:
     return _png(fig)
 
 
+def literal(text: str) -> str:
+    """A label drawn as written: ``$`` would start matplotlib's math mode, control characters are escaped."""
+    return printable(str(text)).replace("$", r"\$")
+
+
 def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str]) -> bytes:
     """Heatmap of a confusion matrix (rows true, columns predicted), shaded by row share, counts written in."""
     cm = np.asarray(matrix, dtype=np.int64)
@@ -94,8 +101,8 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str
     shown = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
     ticks = np.arange(len(classes))
-    ax.set_xticks(ticks, labels=classes, rotation=45, ha="right")
-    ax.set_yticks(ticks, labels=classes)
+    ax.set_xticks(ticks, labels=[literal(c) for c in classes], rotation=45, ha="right")
+    ax.set_yticks(ticks, labels=[literal(c) for c in classes])
     ax.set(xlabel="predicted", ylabel="true", title="holdout confusion matrix")
     if len(classes) <= 25:
         for (i, j), count in np.ndenumerate(cm):
@@ -123,7 +130,7 @@ def plot_imputation_examples(examples: Sequence[dict]) -> bytes:
             ax.imshow(image, interpolation="nearest", **style)
             ax.set_xticks([])
             ax.set_yticks([])
-        row[0].set_ylabel(example["title"], fontsize=8, rotation=0, ha="right", va="center")
+        row[0].set_ylabel(literal(example["title"]), fontsize=8, rotation=0, ha="right", va="center")
     fig.tight_layout()
     return _png(fig)
 
@@ -142,7 +149,8 @@ def plot_embedding_map(xy: np.ndarray, labels: Sequence[str], clusters: np.ndarr
         size = 12 if len(xy) <= 1000 else 5
         for name in names:
             keep = values == name
-            ax.scatter(xy[keep, 0], xy[keep, 1], s=size, alpha=0.7, color=colours[name], label=name, linewidths=0)
+            ax.scatter(xy[keep, 0], xy[keep, 1], s=size, alpha=0.7, color=colours[name], label=literal(name),
+                       linewidths=0)
         ax.set(title=f"embeddings (PCA), {title}", xlabel="PC 1", ylabel="PC 2")
         ax.legend(fontsize=7, markerscale=2.5, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=4, frameon=False)
     fig.tight_layout()

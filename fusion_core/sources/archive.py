@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import PurePosixPath
 
 from fusion_core import uri
-from fusion_core.sources.common import Item, quarantine_row, split_name
+from fusion_core.sources.common import Item, quarantine_row, shown, split_name
 
 
 def archive_items(path: str, problems: list[dict], max_bytes: int) -> Iterator[Item]:
@@ -99,4 +99,4 @@ def _member_item(archive: str, name: str, stem: str, link: bool, special: bool, 
     split = split_name(parts[0]) if len(parts) > 1 else None
     if split:
         parts = parts[1:]
-    return source, parts[0] if len(parts) > 1 else None, split
+    return shown(source), shown(parts[0]) if len(parts) > 1 else None, split

@@ -10,8 +10,20 @@ _SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", 
 
 def quarantine_row(source: str, reason: str, message: str, content_hash: str = "") -> dict:
     """A quarantine row of the ingest stage (the run id is added when stored)."""
-    return {"source": source, "content_hash": content_hash, "stage": "ingest",
-            "error_class": reason, "message": message[:2000]}
+    return {"source": shown(source), "content_hash": content_hash, "stage": "ingest",
+            "error_class": reason, "message": shown(message[:2000])}
+
+
+def shown(name: str | None) -> str | None:
+    """A file or folder name as stored and shown: bytes that are not UTF-8 (which Python reads as lone
+    surrogates) written as ``\\xNN``, everything else verbatim."""
+    if name is None:
+        return None
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = name.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def split_name(name) -> str | None:

@@ -9,7 +9,7 @@ import stat
 from collections.abc import Iterator
 
 from fusion_core import uri
-from fusion_core.sources.common import Item, quarantine_row, split_name
+from fusion_core.sources.common import Item, quarantine_row, shown, split_name
 
 MASK_SUFFIX = ".mask"  # sibling mask of a.png: a.mask.png (any image format)
 
@@ -38,7 +38,7 @@ def folder_items(root: str, problems: list[dict]) -> Iterator[Item]:
         label, sep, _ = (below if split else rel).partition("/")
         path = prefix + rel
         mask = by_stem.get(posixpath.splitext(rel)[0]) if by_stem else None
-        yield path, label if sep else None, path, None if mask is None else prefix + mask, split
+        yield shown(path), shown(label) if sep else None, path, None if mask is None else prefix + mask, split
 
 
 def _walk_local(root: str, problems: list[dict]) -> list[str]:

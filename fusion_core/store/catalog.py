@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 LOOKUP_CHUNK = 500  # ids per IN (...) lookup
 HEARTBEAT_S = 20  # how often a live run renews its heartbeat
 LEASE_S = 120  # a running run whose heartbeat is older than this has lost its process
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,39}")  # run ids name folders: nothing that leaves one
 _migrated: set[str] = set()  # catalogs this process has brought to the current schema
 
 
@@ -97,6 +99,9 @@ class Store(ResultTables):
         Raises:
             StoreBusyError: ``exclusive`` and another live run holds the lease.
         """
+        if run_id is not None and not RUN_ID.fullmatch(run_id):
+            raise ValueError(f"run id {run_id!r}: use 1-40 letters, digits, '.', '_' or '-', starting with a letter "
+                             f"or digit")
         self.close_abandoned()
         run_id = run_id or new_run_id()
         with self.engine.begin() as conn:

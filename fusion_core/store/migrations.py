@@ -32,8 +32,12 @@ def _add_result_detail_columns(conn) -> None:
 
 def _add_checksums_and_heartbeats(conn) -> None:
     """Version 4: a checksum per shard (recorded at the next commit or by ``fusion fsck --repair``); the host,
-    process and heartbeat of each run."""
+    process and heartbeat of each run; labels and source paths of any length (SQLite never limited them)."""
     _add_columns(conn, ((dataset_shards, ("checksum",)), (runs, ("host", "pid", "heartbeat_at"))))
+    if conn.dialect.name == "postgresql":
+        for table, name in (("image_sources", "source"), ("quarantine", "source"), ("predictions", "label"),
+                            ("predictions", "predicted"), ("cluster_summaries", "top_label")):
+            conn.execute(sa.text(f"ALTER TABLE {table} ALTER COLUMN {name} TYPE TEXT"))
 
 
 # schema version -> step that brings a catalog from the previous version to it
