@@ -14,8 +14,9 @@ import typer
 
 from flows.terminal import describe_run, export_rows, table_lines
 from fusion_core.config import ConfigError, Settings, load_settings, parse_overrides
+from fusion_core.errors import one_line
 from fusion_core.inputs import STAGE_INPUTS, check_inputs
-from fusion_core.store import Store
+from fusion_core.store import Store, StoreReadOnlyError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Fusion: mine image collections - ingest, impute, train, infer, cluster.")
@@ -77,6 +78,7 @@ def _fail(message: str) -> None:
 def _run_flow(name: str, source: str | None, config: str | None, overrides: dict) -> dict:
     """Run a flow here; a failure ends the command with one line (and the traceback with --debug)."""
     settings = load_settings(config, overrides)  # fail fast on a bad config, before Prefect starts
+    _check_writable(name, settings)
     if name in STAGE_INPUTS:
         _check_inputs(name, settings)
     from flows import cluster, drift, infer, ingest, nightly, preprocess, train
@@ -94,6 +96,18 @@ def _run_flow(name: str, source: str | None, config: str | None, overrides: dict
         _run_failed(name, err)
 
 
+def _check_writable(name: str, settings: Settings) -> None:
+    """Before Prefect starts: refuse a store whose root or catalog cannot be written, or reached."""
+    try:
+        Store.from_settings(settings).check_writable()
+    except StoreReadOnlyError as err:
+        _fail(str(err))
+    except OSError as err:  # a new store's root cannot even be created
+        _fail(f"the store root {settings.store.root} cannot be created: {one_line(err)}")
+    except Exception as err:  # e.g. an unreachable catalog database
+        _run_failed(name, err)
+
+
 def _check_inputs(name: str, settings: Settings) -> None:
     """Before Prefect starts: fail when the stage has nothing to work on, naming the stage to run first."""
     try:
@@ -108,7 +122,7 @@ def _run_failed(name: str, err: Exception) -> None:
     """End the command with one line, exit code 1; the run is recorded as failed (store and Prefect)."""
     if state["debug"]:
         traceback.print_exception(err)
-    typer.secho(f"fusion run {name} failed: {type(err).__name__}: {err}", fg=typer.colors.RED, err=True)
+    typer.secho(f"fusion run {name} failed: {one_line(err)}", fg=typer.colors.RED, err=True)
     raise typer.Exit(1)
 
 

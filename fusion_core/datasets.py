@@ -6,6 +6,7 @@ of a dataset only when a catalog manifest lists it (see ``store.commit_version``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import uuid
 from collections.abc import Iterator
@@ -85,9 +86,14 @@ def write_shard(root: str, rel_path: str, table: pa.Table, row_group_size: int =
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd", row_group_size=row_group_size)
     data = sink.getvalue()
-    with fs.open_output_stream(tmp) as out:
-        out.write(data)
-    fs.move(tmp, final)
+    try:
+        with fs.open_output_stream(tmp) as out:
+            out.write(data)
+        fs.move(tmp, final)
+    except BaseException:  # a full disk or a failing object store: leave no partial file behind
+        with contextlib.suppress(OSError):
+            fs.delete_file(tmp)
+        raise
     return {"path": rel_path, "num_rows": table.num_rows, "checksum": hashlib.sha256(data).hexdigest()}
 
 

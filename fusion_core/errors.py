@@ -38,3 +38,14 @@ def _transient_itself(exc: BaseException) -> bool:
         if cls.__module__ == "sqlalchemy.exc" and cls.__name__ in TRANSIENT_DB_ERRORS:
             return True
     return False
+
+
+def one_line(exc: BaseException) -> str:
+    """``ClassName: message`` on one line: a Ray task's error by the error the task raised, a database error by
+    its driver's own first line (without the SQL)."""
+    shown = exc
+    while isinstance(getattr(shown, "cause", None), BaseException):  # Ray's RayTaskError wraps the task's error
+        shown = shown.cause
+    shown = getattr(shown, "orig", None) or shown  # SQLAlchemy wraps the driver's error
+    text = str(shown).strip().splitlines()
+    return f"{type(shown).__name__}: {text[0] if text else ''}".rstrip(": ")

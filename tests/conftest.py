@@ -105,8 +105,9 @@ def ray_local():
 
 
 @contextlib.contextmanager
-def _postgres_database():
-    """A fresh, empty PostgreSQL database on the server at FUSION_TEST_POSTGRES_URL, dropped afterwards.
+def postgres_database(admin_url: str | None = None):
+    """A fresh, empty PostgreSQL database on the server at ``admin_url`` (default FUSION_TEST_POSTGRES_URL),
+    dropped afterwards.
 
     `.ci/run` starts that server (scripts/postgres.sh); without one the test is skipped.
     """
@@ -114,10 +115,10 @@ def _postgres_database():
 
     import sqlalchemy as sa
 
-    admin_url = os.environ.get("FUSION_TEST_POSTGRES_URL")
+    admin_url = admin_url or os.environ.get("FUSION_TEST_POSTGRES_URL")
     if not admin_url:
         pytest.skip("no PostgreSQL server: set FUSION_TEST_POSTGRES_URL (see scripts/postgres.sh)")
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     name = f"fusion_test_{uuid.uuid4().hex[:12]}"
     try:
         with admin.connect() as conn:
@@ -134,14 +135,14 @@ def _postgres_database():
 @pytest.fixture
 def postgres_url():
     """A fresh, empty PostgreSQL database for one test."""
-    with _postgres_database() as url:
+    with postgres_database() as url:
         yield url
 
 
 @pytest.fixture(scope="module")
 def module_postgres_url():
     """A fresh, empty PostgreSQL database shared by one test module."""
-    with _postgres_database() as url:
+    with postgres_database() as url:
         yield url
 
 

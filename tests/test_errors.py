@@ -7,7 +7,7 @@ import ray.exceptions
 import sqlalchemy as sa
 
 from fusion_core.config import ConfigError
-from fusion_core.errors import is_transient
+from fusion_core.errors import is_transient, one_line
 
 
 def _raised_from(exc: BaseException, cause: BaseException) -> BaseException:
@@ -69,3 +69,14 @@ def test_the_stage_tasks_retry_only_transient_errors_and_never_a_timeout():
     assert retry(None, None, Failed(data=ConnectionResetError("peer reset")))
     assert not retry(None, None, Failed(data=LookupError("no images dataset; run ingest first")))
     assert not retry(None, None, Failed(data=TaskRunTimeoutError("Scope timed out after 60 second(s).")))
+
+
+@pytest.mark.parametrize("exc, line", [
+    (ValueError("bad\nsecond line"), "ValueError: bad"),
+    (sa.exc.OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused\nIs the server running?")),
+     "ConnectionRefusedError: connection refused"),
+    (ray.exceptions.RayTaskError("ingest_task", "Traceback ...\n", OSError(28, "No space left on device"))
+     .as_instanceof_cause(), "OSError: [Errno 28] No space left on device"),
+])
+def test_one_line_names_the_error_that_happened(exc, line):
+    assert one_line(exc) == line

@@ -29,9 +29,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from fusion_core import uri
 from fusion_core.config import Settings
 from fusion_core.datasets import shard_checksum
+from fusion_core.errors import one_line
 from fusion_core.store.migrations import migrate
 from fusion_core.store.results import CHUNK_ROWS, RESULT_TABLES, ResultTables, batched
-from fusion_core.store.tables import (dataset_shards, dataset_versions, image_sources, metadata, models,
+from fusion_core.store.tables import (dataset_shards, dataset_versions, image_sources, meta, metadata, models,
                                       promotions, quarantine, run_stages, runs, writer_lease)
 
 log = logging.getLogger(__name__)
@@ -93,15 +94,18 @@ class Store(ResultTables):
                   exclusive: bool = False) -> str:
         """Open a run; database passwords in ``params`` are masked before they are stored.
 
-        Runs whose process has died are recorded as ``abandoned`` first. An ``exclusive`` run also takes the
-        store's writer lease, released by ``finish_run``.
+        Runs whose process has died are recorded as ``abandoned`` first. An ``exclusive`` run checks that the
+        store takes writes and takes the store's writer lease, released by ``finish_run``.
 
         Raises:
+            StoreReadOnlyError: ``exclusive`` and the store root or catalog takes no writes.
             StoreBusyError: ``exclusive`` and another live run holds the lease.
         """
         if run_id is not None and not RUN_ID.fullmatch(run_id):
             raise ValueError(f"run id {run_id!r}: use 1-40 letters, digits, '.', '_' or '-', starting with a letter "
                              f"or digit")
+        if exclusive:
+            self.check_writable()
         self.close_abandoned()
         run_id = run_id or new_run_id()
         with self.engine.begin() as conn:
@@ -115,6 +119,23 @@ class Store(ResultTables):
                 self.finish_run(run_id, "refused", {"error": str(err)})
                 raise
         return run_id
+
+    def check_writable(self) -> None:
+        """Raise ``StoreReadOnlyError`` unless the store root and the catalog both take writes."""
+        probe = self.path(f".write-probe-{uuid.uuid4().hex[:8]}")
+        try:
+            uri.write_bytes(probe, b"")
+            uri.delete_file(probe)
+        except OSError as err:
+            why = os.strerror(err.errno) if err.errno else str(err).rsplit("] ", 1)[-1]
+            raise StoreReadOnlyError(f"the store root {self.root} is read-only ({why}): Fusion writes its shards, "
+                                     f"models and reports there") from None
+        try:
+            with self.engine.begin() as conn:  # rewrite a value with itself: a write that changes nothing
+                conn.execute(meta.update().where(meta.c.key == "schema_version").values(value=meta.c.value))
+        except sa.exc.OperationalError as err:
+            raise StoreReadOnlyError(f"the catalog {self.engine.url.render_as_string(hide_password=True)} takes no "
+                                     f"writes: {one_line(err)}") from None
 
     def _take_lease(self, run_id: str) -> None:
         """Become the store's only writer, taking the lease over from a run that is no longer live."""
@@ -442,6 +463,10 @@ class Store(ResultTables):
 
 class StoreBusyError(RuntimeError):
     """Another live run holds the store's writer lease."""
+
+
+class StoreReadOnlyError(RuntimeError):
+    """The store root or its catalog takes no writes."""
 
 
 def _is_live(run: dict) -> bool:
