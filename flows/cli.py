@@ -16,7 +16,7 @@ from flows.terminal import describe_run, export_rows, table_lines
 from fusion_core.config import ConfigError, Settings, load_settings, parse_overrides
 from fusion_core.errors import one_line
 from fusion_core.inputs import STAGE_INPUTS, check_inputs
-from fusion_core.store import Store, StoreReadOnlyError
+from fusion_core.store import Store, StoreBusyError, StoreReadOnlyError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Fusion: mine image collections - ingest, impute, train, infer, cluster.")
@@ -97,10 +97,13 @@ def _run_flow(name: str, source: str | None, config: str | None, overrides: dict
 
 
 def _check_writable(name: str, settings: Settings) -> None:
-    """Before Prefect starts: refuse a store whose root or catalog cannot be written, or reached."""
+    """Before Prefect starts: refuse a store whose root or catalog cannot be written, or reached, or that
+    another run is writing to."""
     try:
-        Store.from_settings(settings).check_writable()
-    except StoreReadOnlyError as err:
+        store = Store.from_settings(settings)
+        store.check_writable()
+        store.check_not_busy()
+    except (StoreReadOnlyError, StoreBusyError) as err:
         _fail(str(err))
     except OSError as err:  # a new store's root cannot even be created
         _fail(f"the store root {settings.store.root} cannot be created: {one_line(err)}")

@@ -137,20 +137,27 @@ class Store(ResultTables):
             raise StoreReadOnlyError(f"the catalog {self.engine.url.render_as_string(hide_password=True)} takes no "
                                      f"writes: {one_line(err)}") from None
 
+    def check_not_busy(self) -> None:
+        """Raise ``StoreBusyError`` when a live run holds the writer lease (a check; ``start_run`` decides)."""
+        _, run = self._lease_holder()
+        if run is not None and run["status"] == "running":
+            raise StoreBusyError.about(run, self.root)
+
+    def _lease_holder(self) -> tuple[str | None, dict | None]:
+        """The run id holding the writer lease and that run (None, None when free)."""
+        with self.engine.connect() as conn:
+            holder = conn.execute(sa.select(writer_lease.c.run_id)).scalar()
+        return holder, self.get_run(holder) if holder else None
+
     def _take_lease(self, run_id: str) -> None:
         """Become the store's only writer, taking the lease over from a run that is no longer live."""
         for _ in range(3):
-            with self.engine.connect() as conn:
-                holder = conn.execute(sa.select(writer_lease)).first()
+            holder, run = self._lease_holder()
+            if run is not None and run["status"] == "running":
+                raise StoreBusyError.about(run, self.root)
             if holder is not None:
-                run = self.get_run(holder.run_id)
-                if run is not None and run["status"] == "running":
-                    raise StoreBusyError(
-                        f"run {holder.run_id} ({run['flow']}) is running on the store at {self.root} since "
-                        f"{run['started_at']:%Y-%m-%d %H:%M:%S} UTC; one run writes to a store at a time: try again "
-                        f"when it ends")
                 with self.engine.begin() as conn:  # only the run that saw this holder may remove it
-                    conn.execute(writer_lease.delete().where(writer_lease.c.run_id == holder.run_id))
+                    conn.execute(writer_lease.delete().where(writer_lease.c.run_id == holder))
             try:
                 with self.engine.begin() as conn:
                     conn.execute(writer_lease.insert().values(name="writer", run_id=run_id, since=_now()))
@@ -463,6 +470,12 @@ class Store(ResultTables):
 
 class StoreBusyError(RuntimeError):
     """Another live run holds the store's writer lease."""
+
+    @classmethod
+    def about(cls, run: dict, root: str) -> "StoreBusyError":
+        return cls(f"run {run['run_id']} ({run['flow']}) is running on the store at {root} since "
+                   f"{run['started_at']:%Y-%m-%d %H:%M:%S} UTC; one run writes to a store at a time: try again when "
+                   f"it ends")
 
 
 class StoreReadOnlyError(RuntimeError):
