@@ -7,6 +7,7 @@ import datetime as dt
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -43,6 +44,18 @@ def test_a_killed_run_shows_as_abandoned_and_is_closed_by_the_next(tmp_path):
     assert closed["status"] == "abandoned" and closed["summary"]["abandoned_in"] == "train"
     assert closed["finished_at"] is not None
     assert store.get_run(run_id)["status"] == "running"
+
+
+def test_fusion_runs_and_show_say_a_killed_run_was_abandoned(tmp_path):
+    root = str(tmp_path / "store")
+    Store(root)
+    _killed_run(root, "dead-run")
+    fusion = str(Path(sys.executable).with_name("fusion"))
+    listed = subprocess.run([fusion, "runs", "--store", root], capture_output=True, text=True, timeout=120)
+    assert "dead-run" in listed.stdout and "abandoned" in listed.stdout
+    shown = subprocess.run([fusion, "show", "dead-run", "--store", root], capture_output=True, text=True,
+                           timeout=120)
+    assert "(nightly): abandoned" in shown.stdout and "train       abandoned" in shown.stdout
 
 
 def test_a_run_without_a_recent_heartbeat_is_abandoned(tmp_path):
