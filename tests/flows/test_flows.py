@@ -342,15 +342,28 @@ def _task_messages(run_id: str) -> dict[str, str | None]:
 
 
 def test_an_ingest_between_a_nightly_runs_stages_does_not_change_its_inputs(demo_source, tmp_path, monkeypatch):
-    """An ad hoc ingest and preprocess commit new versions while a nightly run is between preprocess and
-    train: that run still trains, infers and clusters the versions its own stages returned."""
+    """While a nightly run is between preprocess and train, an ad hoc ingest flow is refused (the run holds the
+    store's writer lease), and a writer outside the flows (Fusion's own functions, as another tool would call
+    them) commits new images and pixels versions: the run still trains, infers and clusters the versions its
+    own stages returned."""
+    from fusion_core.config import load_settings
+    from fusion_core.ingest import ingest_source
+    from fusion_core.preprocess import preprocess_dataset
+    from fusion_core.store import StoreBusyError
+
     overrides = _overrides(str(tmp_path / "store"))
     generate_demo_images(tmp_path / "more", per_class=3, seed=9)  # 30 other images
     real_train_flow = nightly.train_flow
 
     def ad_hoc_runs_then_train(*args, **kwargs):
-        ingest_flow(str(tmp_path / "more"), "smoke", overrides)
-        preprocess_flow("smoke", overrides)
+        with pytest.raises(StoreBusyError, match="one run writes to a store at a time"):
+            ingest_flow(str(tmp_path / "more"), "smoke", overrides)
+        settings = load_settings("smoke", overrides)
+        store = Store.from_settings(settings)
+        other = store.start_run("other-tool", {})
+        images = ingest_source(settings, store, str(tmp_path / "more"), other).outputs["version"]
+        preprocess_dataset(settings, store, images, other)
+        store.finish_run(other, "completed")
         return real_train_flow(*args, **kwargs)
 
     monkeypatch.setattr(nightly, "train_flow", ad_hoc_runs_then_train)
