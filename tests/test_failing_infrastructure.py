@@ -144,3 +144,47 @@ def test_a_catalog_that_goes_away_mid_run_fails_it_and_a_rerun_completes(tmp_pat
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert _images(store, url) == 120
     assert check_store(Store(str(store), url)).errors == []
+
+
+def test_a_locked_sqlite_catalog_is_refused_with_one_line(tmp_path, demo_source):
+    """Another program holds the SQLite catalog's write lock longer than the busy timeout (30 s)."""
+    import sqlite3
+
+    root = tmp_path / "store"
+    Store(str(root))
+    holder = sqlite3.connect(root / "catalog.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        result = _fusion("run", "ingest", "--source", str(demo_source), "--store", str(root),
+                         home=tmp_path / "prefect", timeout=300)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    (line,) = _lines(result.stderr)
+    assert "database is locked" in line
+    assert _images(root) == 0
+
+
+@pytest.mark.ray
+@pytest.mark.prefect
+def test_a_sqlite_lock_held_briefly_mid_run_only_delays_it(tmp_path, demo_source):
+    import sqlite3
+
+    root = tmp_path / "store"
+    Store(str(root))
+    proc = subprocess.Popen([FUSION, "run", "ingest", "--source", str(demo_source), "-c", "smoke", "--store",
+                             str(root)], env={**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list(root.glob("datasets/images/*.parquet")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    holder = sqlite3.connect(root / "catalog.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # shards are being written: the catalog is locked for 5 s
+    time.sleep(5)
+    holder.execute("ROLLBACK")
+    holder.close()
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert _images(root) == 120 and check_store(Store(str(root))).errors == []
