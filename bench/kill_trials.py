@@ -106,17 +106,25 @@ class Bench:
             self.last_run[stage] = _store(self.store).list_runs(1)[0]["run_id"]
             print(f"clean {stage}: {self.clean_s[stage]:.0f} s", flush=True)
 
-    def trial(self, stage: str, target: str, rng: random.Random) -> dict:
-        """One trial: kill at a random moment, rerun when needed, compare with the clean run."""
-        self.restore(BEFORE[stage])
-        delay = rng.uniform(0.05, 0.95) * self.clean_s[stage]
-        proc, started, killed = self.start(stage), time.monotonic(), None
-        while proc.poll() is None and time.monotonic() - started < delay:
-            time.sleep(0.05)
-        if proc.poll() is None:
-            killed = _kill(proc, target, rng)
-        first = proc.wait(timeout=STAGE_TIMEOUT_S)
-        _reap(proc)
+    def trial(self, stage: str, target: str, rng: random.Random, attempts: int = 5) -> dict:
+        """One trial: kill at a random moment, rerun when needed, compare with the clean run. A draw whose
+        moment came after the stage had ended (or, for a worker, when no task ran) is drawn again."""
+        for _ in range(attempts):
+            self.restore(BEFORE[stage])
+            delay = rng.uniform(0.05, 0.95) * self.clean_s[stage]
+            proc, started, killed = self.start(stage), time.monotonic(), None
+            while proc.poll() is None and time.monotonic() - started < delay:
+                time.sleep(0.05)
+            while proc.poll() is None and killed is None:
+                killed = _kill(proc, target, rng)
+                time.sleep(0.05)
+            first = proc.wait(timeout=STAGE_TIMEOUT_S)
+            _reap(proc)
+            if killed:
+                break
+        else:
+            return {"stage": stage, "target": target, "survived": False, "killed": None,
+                    "error": f"no kill landed in {attempts} draws"}
         reran = first != 0
         if reran:
             proc = self.start(stage)
@@ -141,15 +149,16 @@ def _needed_by(stages: list[str]) -> set[str]:
 
 
 def _kill(proc: subprocess.Popen, target: str, rng: random.Random) -> str | None:
-    """SIGKILL the driver, or a random Ray worker process of its session; what was killed."""
+    """SIGKILL the driver, or a random Ray worker process running a task or actor of its session; what was
+    killed (None: no such worker yet)."""
     if target == "driver":
         os.kill(proc.pid, signal.SIGKILL)
         return "driver"
-    workers = _ray_workers(proc.pid)
-    busy = [w for w in workers if not w[1].startswith(("ray::IDLE", "ray::DashboardAgent", "ray::RuntimeEnvAgent"))]
-    chosen = rng.choice(busy or workers) if workers else None
-    if chosen is None:
-        return None
+    busy = [w for w in _ray_workers(proc.pid)
+            if not w[1].startswith(("ray::IDLE", "ray::DashboardAgent", "ray::RuntimeEnvAgent"))]
+    if not busy:
+        return None  # no task or actor is running yet: the caller looks again
+    chosen = rng.choice(busy)
     with contextlib.suppress(ProcessLookupError):
         os.kill(chosen[0], signal.SIGKILL)
     return chosen[1]
