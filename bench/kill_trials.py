@@ -164,19 +164,21 @@ def _kill(proc: subprocess.Popen, target: str, rng: random.Random) -> str | None
     return chosen[1]
 
 
-def _ray_workers(session: int) -> list[tuple[int, str]]:
-    """``(pid, name)`` of the Ray worker processes in a process group."""
-    found = []
+def _ray_workers(driver: int) -> list[tuple[int, str]]:
+    """``(pid, name)`` of the Ray worker processes below a driver (its local Ray's raylet starts them)."""
+    parents, names = {}, {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) != session:
-                continue
-            name = (stat.parent / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            pid = int(stat.parent.name)
+            parents[pid] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            names[pid] = (stat.parent / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
         except (OSError, ValueError, IndexError):
             continue
-        if name.startswith("ray::"):
-            found.append((int(stat.parent.name), name))
-    return sorted(found)
+    below, grown = set(), {driver}
+    while grown:
+        below |= grown
+        grown = {pid for pid, parent in parents.items() if parent in grown} - below
+    return sorted((pid, names[pid]) for pid in below if names.get(pid, "").startswith("ray::"))
 
 
 def _reap(proc: subprocess.Popen) -> None:
