@@ -6,7 +6,9 @@ stage's clean duration) either the driver (the ``fusion`` process) or a random R
 SIGKILL. The stage is then run again (when the killed attempt did not finish by itself) and the store is
 compared with the clean run's: the stage's dataset rows and content hashes, its result table rows, `fsck`.
 Each run starts its own local Ray (on 127.0.0.2) and talks to one Prefect server on loopback. The data set is
-the demo generator's, a few thousand 32x32 images.
+the demo generator's, a few thousand 32x32 images. Infer runs on its Ray actor pool (as it does at scale); the
+cluster and report stages use no Ray, so they have driver trials only. Results of the stages run are merged into
+an existing results file.
 
     python bench/kill_trials.py [--stages ingest,...] [--driver-trials 10] [--worker-trials 5] [--per-class 300]
 
@@ -42,7 +44,9 @@ OUTPUTS = {"ingest": ["images"], "preprocess": ["pixels"], "train": [], "infer":
            "cluster": ["clusters"], "report": [], "nightly": ["images", "pixels", "predictions", "clusters"]}
 CONTENT = {"images", "pixels"}  # deterministic datasets, compared byte for byte; the rest by rows
 SETTINGS = {"ray.num_cpus": 2, "ray.node_ip_address": "127.0.0.2", "ingest.files_per_task": 250,
-            "train.epochs": 2, "train.num_workers": 1, "infer.concurrency": 1}
+            "train.epochs": 2, "train.num_workers": 1, "infer.concurrency": 1,
+            "infer.in_process_max": 0}  # infer on its Ray actor pool, as at scale, so it has workers to kill
+NO_RAY = {"cluster", "report"}  # stages that run in the driver alone: no worker trials
 STAGE_TIMEOUT_S = 900
 
 
@@ -278,7 +282,7 @@ def run_trials(stages: list[str], driver_trials: int, worker_trials: int, per_cl
         bench.prepare(stages)
         rng, trials = random.Random(seed), []
         for stage in stages:
-            workers = worker_trials if stage != "report" else 0  # the report uses no Ray
+            workers = 0 if stage in NO_RAY else worker_trials
             for target in ["driver"] * driver_trials + ["worker"] * workers:
                 trials.append(bench.trial(stage, target, rng))
                 print(json.dumps(trials[-1]), flush=True)
@@ -311,6 +315,12 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="fusion-kill-"))
     result = run_trials(stages, args.driver_trials, args.worker_trials, args.per_class, args.seed, workdir)
     shutil.rmtree(workdir, ignore_errors=True)  # kept, with its stage.log, when a clean run failed
+    if RESULTS.exists():  # the stages not run this time keep their earlier trials
+        earlier = json.loads(RESULTS.read_text())
+        result["table"] = {**{k: v for k, v in earlier["table"].items() if k.split("/")[0] not in stages},
+                           **result["table"]}
+        result["trials"] = [t for t in earlier["trials"] if t["stage"] not in stages] + result["trials"]
+        result["clean_s"] = {**earlier["clean_s"], **result["clean_s"]}
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\n{'stage/target':<20}{'trials':>7}{'survived':>9}{'lost':>6}{'dup.':>6}{'orphans':>8}{'fsck err':>9}")
