@@ -65,7 +65,8 @@ def _run(root: str) -> dict:
     from fusion_core.preprocess import preprocess_dataset
 
     settings = load_settings(None, {"store.root": root, "preprocess.impute_method": "biharmonic"})
-    return preprocess_dataset(settings, Store.from_settings(settings), 1, "run").counts
+    store = Store.from_settings(settings)
+    return preprocess_dataset(settings, store, 1, store.start_run("preprocess", {})).counts
 
 
 def test_rerun_after_kill_9_is_byte_identical(tmp_path, ray_local):
