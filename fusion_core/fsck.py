@@ -80,8 +80,9 @@ def check_store(store: Store, repair: bool = False) -> FsckResult:
         raise RuntimeError(f"fsck --repair: run {result.live_runs[0]} is live on this store; its files are not "
                            f"committed yet. Repair when it has ended")
     committed = _check_shards(store, result)
-    referenced = _check_models_and_reports(store, runs, result)
-    _check_result_rows(store, {r["run_id"] for r in runs}, result)
+    models = store.list_models()
+    referenced = _check_models_and_reports(store, models, runs, result)
+    _check_result_rows(store, {r["run_id"] for r in runs}, {m["version"] for m in models}, result)
     _find_orphans(store, committed, referenced, {r["run_id"] for r in runs}, result)
     if repair:
         result.repaired = _repair(store, result)
@@ -138,10 +139,10 @@ def _declared_schema(dataset: str, info: dict):
     return None
 
 
-def _check_models_and_reports(store: Store, runs: list[dict], result: FsckResult) -> set[str]:
+def _check_models_and_reports(store: Store, models: list[dict], runs: list[dict], result: FsckResult) -> set[str]:
     """Every model and report the catalog names exists; returns those paths."""
     referenced = set()
-    for model in store.list_models():
+    for model in models:
         referenced.add(model["path"])
         if not uri.is_file(model["path"]):
             result.findings.append(Finding("model", model["path"], f"model v{model['version']} is missing"))
@@ -155,9 +156,8 @@ def _check_models_and_reports(store: Store, runs: list[dict], result: FsckResult
     return referenced
 
 
-def _check_result_rows(store: Store, run_ids: set[str], result: FsckResult) -> None:
+def _check_result_rows(store: Store, run_ids: set[str], models: set[int], result: FsckResult) -> None:
     """No result row or dataset version points at a run or model the catalog does not hold."""
-    models = {m["version"] for m in store.list_models()}
     for table, column, values in store.result_references():
         known = run_ids if column == "run_id" else models
         for value in sorted(set(values) - known - {None}, key=str):
