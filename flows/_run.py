@@ -10,6 +10,7 @@ from flows.artifacts import progress_artifacts, publish_run, publish_stage
 from flows.flow_run import current_link, name_flow_run
 from flows.logs import send_logs_to_prefect
 from fusion_core.config import load_settings
+from fusion_core.ray_runtime import dashboard_details
 from fusion_core.store import Store
 
 
@@ -35,7 +36,7 @@ def tracked_run(flow: str, config: str | None, overrides: dict[str, Any] | None,
                                             "prefect": current_link()}, exclusive=True)}
     name_flow_run(run["run_id"], run["run_id"])
     try:
-        with store.heartbeat(run["run_id"]):
+        with store.heartbeat(run["run_id"], details=dashboard_details):
             yield run
     except BaseException as err:
         store.finish_run(run["run_id"], "failed", {"error": f"{type(err).__name__}: {err}"})

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import datetime as dt
+import io
+import json
 from pathlib import Path
 
 from fusion_core.formatting import format_value
@@ -9,6 +13,8 @@ from fusion_core.store import Store
 
 # too long for a terminal; in the report, `fusion models` and the Prefect artifacts
 HIDDEN = ("confusion_matrix", "per_class_f1", "checks", "comparison")
+FORMATS = ("table", "json", "csv")
+TABLE_ROWS = 20  # rows a table shows unless told otherwise
 
 
 def headlines(stages: dict) -> list[str]:
@@ -43,6 +49,9 @@ def describe_run(run: dict, store: Store) -> str:
     lines += [f"  * {line}" for line in headlines({s["stage"]: s for s in run["stages"]})]
     for stage in run["stages"]:
         lines += stage_lines(stage)
+    dashboard = (run.get("params") or {}).get("ray_dashboard")
+    if run["status"] == "running" and dashboard:
+        lines.append(f"  ray dashboard  {dashboard}")
     lines += ["Results",
               f"  store root   {store.root}",
               f"  catalog      {store.engine.url.render_as_string(hide_password=True)}"
@@ -91,11 +100,35 @@ def export_rows(rows: list[dict], columns: list[str], out: Path) -> None:
 
         pq.write_table(pa.Table.from_pylist([{c: r[c] for c in columns} for r in rows]), out)
     elif out.suffix == ".csv":
-        import csv
-
         with open(out, "w", newline="") as fh:
             writer = csv.DictWriter(fh, columns, extrasaction="ignore")
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows({k: _csv_cell(v) for k, v in row.items()} for row in rows)
     else:
         raise ValueError(f"--out {out}: use a .csv or .parquet file name")
+
+
+def render(rows: list[dict], fmt: str, columns: list[str], limit: int | None = None) -> str:
+    """Rows as text: a ``table`` of ``columns`` (the first ``limit``, ``TABLE_ROWS`` by default), or every field
+    of each row as ``json`` or ``csv`` (all rows unless ``limit``)."""
+    if fmt == "table":
+        return "\n".join(table_lines(rows, columns, limit or TABLE_ROWS))
+    shown = rows if limit is None else rows[:limit]
+    if fmt == "json":
+        return as_json(shown)
+    out = io.StringIO()
+    writer = csv.DictWriter(out, list(shown[0]) if shown else columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: _csv_cell(v) for k, v in row.items()} for row in shown)
+    return out.getvalue().rstrip("\n")
+
+
+def as_json(value) -> str:
+    """``value`` as indented JSON; times in ISO 8601."""
+    return json.dumps(value, indent=2, default=lambda v: v.isoformat() if isinstance(v, dt.datetime) else str(v))
+
+
+def _csv_cell(value):
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return value.isoformat() if isinstance(value, dt.datetime) else value

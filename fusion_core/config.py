@@ -7,6 +7,7 @@ Precedence, lowest to highest: defaults, a YAML profile, environment variables
 from __future__ import annotations
 
 import contextvars
+import difflib
 import hashlib
 import json
 from pathlib import Path
@@ -276,11 +277,29 @@ def load_settings(config: str | None = None, overrides: dict[str, Any] | None = 
 
 
 def _describe(err: ValidationError) -> str:
-    lines = []
+    """One line naming each bad field and what it accepts; a misspelt key gets the closest known one."""
+    problems = []
     for item in err.errors():
         field = ".".join(str(p) for p in item["loc"])
-        lines.append(f"{field}: {item['msg']} (got {item.get('input')!r})")
-    return "invalid configuration:\n  " + "\n  ".join(lines)
+        if item["type"] == "extra_forbidden":
+            problems.append(f"{field}: no such setting; {_closest_key(item['loc'])}")
+        else:
+            problems.append(f"{field}: {item['msg']} (got {item.get('input')!r})")
+    return "invalid configuration: " + "; ".join(problems)
+
+
+def _closest_key(loc: tuple) -> str:
+    """``did you mean SECTION.KEY?`` for an unknown key at ``loc``, else the keys its section takes."""
+    model: Any = Settings
+    for part in loc[:-1]:
+        model = getattr(model, "model_fields", {}).get(part)
+        model = getattr(model, "annotation", None)
+    known = sorted(getattr(model, "model_fields", {}))
+    section = ".".join(str(p) for p in loc[:-1])
+    match = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+    if match:
+        return f"did you mean {section + '.' if section else ''}{match[0]}?"
+    return f"{section + ' takes' if section else 'sections are'}: {', '.join(known)}"
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 
 def format_value(value, *, none: str = "", float_format: str = ".4g", max_items: int = 3,
                  brackets: bool = True) -> str:
@@ -20,6 +22,8 @@ def format_value(value, *, none: str = "", float_format: str = ".4g", max_items:
         return none
     if isinstance(value, float):
         return format(value, float_format)
+    if isinstance(value, dt.datetime):
+        return f"{value:%Y-%m-%d %H:%M:%S}"
     if isinstance(value, dict):
         text = ", ".join(f"{k}: {inner(v)}" for k, v in value.items())
         return "{" + text + "}" if brackets else text or none

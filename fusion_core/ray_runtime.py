@@ -12,6 +12,7 @@ log = logging.getLogger(__name__)
 
 # Environment every Ray worker needs: tf-keras under MultiWorkerMirroredStrategy (docs/architecture.md).
 WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+_dashboard: dict[str, str] = {}  # the Ray dashboard's URL, once this process has connected to Ray
 
 
 def ensure_ray(settings: Settings):
@@ -30,12 +31,21 @@ def ensure_ray(settings: Settings):
         kwargs["_node_ip_address"] = settings.ray.node_ip_address
     if address:
         log.info("connecting to Ray cluster at %s", address)
-        ray.init(address=address, **kwargs)
+        context = ray.init(address=address, **kwargs)
     else:
         log.info("starting a local Ray (num_cpus=%s)", settings.ray.num_cpus or "all")
         # The dashboard (loopback only) also serves the State API that Ray Train's cleaner polls.
-        ray.init(num_cpus=settings.ray.num_cpus, dashboard_host="127.0.0.1", **kwargs)
+        context = ray.init(num_cpus=settings.ray.num_cpus, dashboard_host="127.0.0.1", **kwargs)
+    url = getattr(context, "dashboard_url", None)
+    if url:
+        _dashboard["url"] = url if "://" in url else f"http://{url}"
+        log.info("Ray dashboard: %s", _dashboard["url"])
     return ray
+
+
+def dashboard_details() -> dict:
+    """``{"ray_dashboard": URL}`` once this process has connected to Ray (and the dashboard is on), else ``{}``."""
+    return {"ray_dashboard": _dashboard["url"]} if "url" in _dashboard else {}
 
 
 def runtime_env(shipped: bool) -> dict:

@@ -1,8 +1,10 @@
 """The `fusion` command: argument errors without Ray, and the demo end to end in a real process."""
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,25 +40,30 @@ def test_nightly_needs_a_source_folder(tmp_path):
     assert result.exit_code == 2 and "does not exist" in result.output
 
 
-def test_show_unknown_run(tmp_path):
-    result = CliRunner().invoke(app, ["show", "no-such-run", "--store", str(tmp_path)])
-    assert result.exit_code == 2 and "fusion runs" in result.output
-
-
 @pytest.mark.ray
 @pytest.mark.tf
 @pytest.mark.prefect
 def test_demo_then_runs_show_and_models(tmp_path):
     store, source = str(tmp_path / "store"), str(tmp_path / "demo-data")
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
-    demo = subprocess.run([FUSION, "demo", "--config", "smoke", "--store", store, "--set", f"demo.source={source}"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert demo.returncode == 0, demo.stderr[-3000:]
-    assert "(nightly): completed" in demo.stdout
+    demo = subprocess.Popen([FUSION, "demo", "--config", "smoke", "--store", store, "--set", f"demo.source={source}"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    dashboards = set()  # what `fusion show` says while the run lives
+    while demo.poll() is None:
+        time.sleep(3)
+        live = subprocess.run([FUSION, "show", "latest", "--store", store, "--format", "json"], env=env,
+                              capture_output=True, text=True)
+        if live.returncode == 0 and json.loads(live.stdout)["status"] == "running":
+            dashboards.add(json.loads(live.stdout)["params"].get("ray_dashboard"))
+    stdout, stderr = demo.communicate()
+    assert demo.returncode == 0, stderr[-3000:]
+    assert any(d and d.startswith("http://127.0.0.1:") for d in dashboards), dashboards
+    assert "Ray dashboard: http://127.0.0.1:" in stderr
+    assert "(nightly): completed" in stdout
     for stage in ("ingest", "preprocess", "train", "infer", "cluster", "report"):
-        assert f"  {stage}" in demo.stdout
-    assert "new_images=120" in demo.stdout and "accuracy=" in demo.stdout
-    assert "  report       " in demo.stdout and "index.html" in demo.stdout
+        assert f"  {stage}" in stdout
+    assert "new_images=120" in stdout and "accuracy=" in stdout
+    assert "  report       " in stdout and "index.html" in stdout
 
     runs = CliRunner().invoke(app, ["runs", "--store", store])
     assert runs.exit_code == 0
@@ -79,6 +86,22 @@ def test_demo_then_runs_show_and_models(tmp_path):
     import pyarrow.parquet as pq
 
     assert pq.read_table(parquet_out).num_rows == 120
+
+    # answers in the user's terms, on the demo's own files
+    rows = json.loads(subprocess.run([FUSION, "predictions", "--run", "latest", "--store", store, "-f", "json"],
+                                     capture_output=True, text=True).stdout)
+    assert len(rows) == 120 and all(Path(r["path"]).is_file() and r["path"].startswith(source) for r in rows)
+    imputed = json.loads(subprocess.run([FUSION, "images", "--imputed", "--store", store, "-f", "json"],
+                                        capture_output=True, text=True).stdout)
+    assert imputed and all(0 < r["missing"] < 1 for r in imputed)
+    export = subprocess.run([FUSION, "export", str(tmp_path / "tree"), "--run", "latest", "--store", store],
+                            capture_output=True, text=True)
+    assert export.returncode == 0 and "exported 120 images" in export.stdout
+    assert sum(1 for p in (tmp_path / "tree").rglob("*") if p.is_symlink()) == 120
+    report = subprocess.run([FUSION, "run", "report", "--run", run_id, "--store", store], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert f"Run {run_id} (nightly): completed" in report.stdout and "index.html" in report.stdout
 
 
 def _free_port() -> int:
@@ -139,8 +162,10 @@ def test_models_promote_and_rollback(tmp_path):
     assert store.champion()["version"] == 3
     last = store.promotion_history()[-1]
     assert (last["version"], last["previous"], last["forced"], last["reason"]) == (3, 2, True, "hotfix for class x")
-    assert "forced by" in CliRunner().invoke(app, ["models", "history"] + root).output
+    history = json.loads(CliRunner().invoke(app, ["models", "history", "--format", "json"] + root).output)
+    assert [(h["version"], h["was"], h["forced"]) for h in history] == [(1, "-", False), (2, "v1", False),
+                                                                        (3, "v2", True)]
     rolled = CliRunner().invoke(app, ["models", "rollback"] + root)
     assert rolled.exit_code == 0 and store.champion()["version"] == 2
-    assert CliRunner().invoke(app, ["models", "promote", "9"] + root).exit_code == 2
+    assert CliRunner().invoke(app, ["models", "promote", "9"] + root).exit_code == 1
     assert CliRunner().invoke(app, ["models", "bake"] + root).exit_code == 2

@@ -325,6 +325,53 @@ def test_replace_results_more_than_one_batch(store):
 
 # to_json, StageResult, record_stage ----------------------------------------------------------
 
+def test_select_results_filters_by_path_glob_in_sql(store):
+    sources = [("a" * 64, "/data/cats/100%_sure.png"), ("b" * 64, "/data/cats/x.png"), ("c" * 64, "/data/Cats/y.png"),
+               ("b" * 64, "/mirror/b.png")]
+    store.record_sources([{"image_id": i, "source": s} for i, s in sources], "r")
+    store.replace_results("predictions", "r", [{"image_id": i * 64, "model_version": 1, "predicted": "cat",
+                                                "confidence": c} for i, c in (("a", 0.9), ("b", 0.8), ("c", 0.7))])
+
+    def ids(**kw):
+        return [r["image_id"][0] for r in store.select_results("predictions", "r", order_by=("-confidence",), **kw)]
+
+    assert ids(path_glob="/data/cats/*") == ["a", "b"]  # case-sensitive on both databases
+    assert ids(path_glob="*/100%_sure.png") == ["a"] and ids(path_glob="*/100%_sur?.png") == ["a"]
+    assert ids(path_glob="*/1_0%*") == [] and ids(path_glob="/mirror/*") == ["b"]
+    assert ids(at_least={"confidence": 0.75}, limit=1) == ["a"]
+    assert store.sources_of(["b" * 64, "z" * 64]) == {"b" * 64: ["/data/cats/x.png", "/mirror/b.png"]}
+
+
+def test_find_run_takes_latest_and_suggests_the_closest_id(store):
+    first = store.start_run("nightly", {}, run_id="20261130-020000-aaaaaa")
+    store.start_stage(first, "infer")
+    store.finish_stage(first, "infer", "completed")
+    store.finish_run(first, "completed")
+    second = store.start_run("train", {}, run_id="20261130-030000-bbbbbb")
+    assert store.find_run("latest")["run_id"] == second
+    assert store.find_run("latest", "infer")["run_id"] == first
+    with pytest.raises(LookupError, match="did you mean 20261130-020000-aaaaaa"):
+        store.find_run("20261130-020000-aaaaab")
+    with pytest.raises(LookupError, match="did you mean 20261130-030000-bbbbbb"):
+        store.find_run("20261130-03")
+    with pytest.raises(LookupError, match="has no completed infer stage"):
+        store.find_run(second, "infer")
+    with pytest.raises(LookupError, match="no run with a completed cluster stage"):
+        store.find_run("latest", "cluster")
+
+
+def test_open_existing_never_creates_a_store(tmp_path, postgres_url):
+    from fusion_core.config import load_settings
+    from fusion_core.store import StoreNotFoundError
+
+    for db in (None, postgres_url):
+        settings = load_settings(None, {"store.root": str(tmp_path / "none"), "store.db": db})
+        with pytest.raises(StoreNotFoundError, match="no Fusion store at"):
+            Store.open_existing(settings)
+        Store.from_settings(settings)
+        assert Store.open_existing(settings).list_runs() == []
+
+
 def test_to_json_converts_numpy_scalars():
     out = to_json({"a": np.float32(0.5), "b": np.int64(3), "c": [np.bool_(True)], "d": "x"})
     assert out == {"a": 0.5, "b": 3, "c": [True], "d": "x"}

@@ -3,6 +3,7 @@
 ``Store`` (``catalog``) is the catalog's API; ``tables`` holds the schema and ``migrations`` its upgrades.
 """
 
-from fusion_core.store.catalog import Store, StoreBusyError, StoreReadOnlyError, new_run_id, redact, to_json
+from fusion_core.store.catalog import (Store, StoreBusyError, StoreNotFoundError, StoreReadOnlyError, new_run_id,
+                                       redact, to_json)
 
-__all__ = ["Store", "StoreBusyError", "StoreReadOnlyError", "new_run_id", "redact", "to_json"]
+__all__ = ["Store", "StoreBusyError", "StoreNotFoundError", "StoreReadOnlyError", "new_run_id", "redact", "to_json"]

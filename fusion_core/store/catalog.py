@@ -9,6 +9,7 @@ exists only once its manifest is committed here.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 LOOKUP_CHUNK = 500  # ids per IN (...) lookup
 HEARTBEAT_S = 20  # how often a live run renews its heartbeat
+DETAILS_S = 2  # how often a live run looks for new details to record (the Ray dashboard's address)
 LEASE_S = 120  # a running run whose heartbeat is older than this has lost its process
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,39}")  # run ids name folders: nothing that leaves one
 _migrated: set[str] = set()  # catalogs this process has brought to the current schema
@@ -80,6 +82,29 @@ class Store(ResultTables):
     @classmethod
     def from_settings(cls, settings: Settings) -> "Store":
         return cls(settings.store.root, settings.store.db)
+
+    @classmethod
+    def open_existing(cls, settings: Settings) -> "Store":
+        """The store that ``settings`` name, if one exists there; unlike ``Store(...)`` it never creates one.
+
+        Raises:
+            StoreNotFoundError: no catalog at the store root, or a catalog database without Fusion's tables.
+        """
+        root, db_url = settings.store.root, settings.store.db
+        if db_url is None and "://" not in root:
+            if not (Path(root) / "catalog.db").is_file():
+                raise StoreNotFoundError(f"no Fusion store at {Path(root).resolve()} (it has no catalog.db; a run "
+                                         f"creates one)")
+        elif db_url is not None:
+            engine = sa.create_engine(db_url)
+            try:
+                found = sa.inspect(engine).has_table(meta.name)
+            finally:
+                engine.dispose()
+            if not found:
+                raise StoreNotFoundError(f"no Fusion store at {root} (the catalog "
+                                         f"{engine.url.render_as_string(hide_password=True)} has no Fusion tables)")
+        return cls.from_settings(settings)
 
     def reopen_args(self) -> tuple[str, str]:
         """``(root, database URL with its password)``: what another process passes to ``Store`` to open this one."""
@@ -173,15 +198,29 @@ class Store(ResultTables):
             conn.execute(writer_lease.delete().where(writer_lease.c.run_id == run_id))
 
     @contextmanager
-    def heartbeat(self, run_id: str, every: float = HEARTBEAT_S):
-        """Renew the run's heartbeat from a background thread while the block runs."""
+    def heartbeat(self, run_id: str, every: float = HEARTBEAT_S, details: Callable[[], dict] | None = None):
+        """Renew the run's heartbeat from a background thread while the block runs.
+
+        ``details()``, polled every ``DETAILS_S``, returns facts about the live run (such as the Ray
+        dashboard's address) to record in its params whenever they change.
+        """
         stop = threading.Event()
 
         def beat() -> None:
-            while not stop.wait(every):
+            last_beat, recorded = time.monotonic(), {}
+            while not stop.wait(min(every, DETAILS_S)):
+                values = {}
+                if time.monotonic() - last_beat >= every:
+                    values["heartbeat_at"], last_beat = _now(), time.monotonic()
+                noted = details() if details else {}
+                if noted != recorded:
+                    values["params"] = {**(self.get_run(run_id)["params"] or {}), **noted}
+                if not values:
+                    continue
                 try:
                     with self.engine.begin() as conn:
-                        conn.execute(runs.update().where(runs.c.run_id == run_id).values(heartbeat_at=_now()))
+                        conn.execute(runs.update().where(runs.c.run_id == run_id).values(**values))
+                    recorded = noted
                 except sa.exc.SQLAlchemyError as err:  # the next beat may get through; the lease is generous
                     log.warning("heartbeat of run %s not recorded: %s", run_id, err)
 
@@ -249,6 +288,35 @@ class Store(ResultTables):
             stages = [{**s, "status": "abandoned"} if s["status"] == "running" else s for s in stages]
         return {**run, "stages": stages}
 
+    def find_run(self, ref: str, stage: str | None = None) -> dict:
+        """The run ``ref`` names, with its stages: a run id or ``latest`` (the newest run; with ``stage``, the
+        newest whose ``stage`` completed).
+
+        Raises:
+            LookupError: no such run (naming the closest run id), or the run has no completed ``stage``.
+        """
+        if ref == "latest":
+            query = sa.select(runs.c.run_id).order_by(runs.c.started_at.desc()).limit(1)
+            if stage:
+                query = query.join(run_stages, run_stages.c.run_id == runs.c.run_id).where(
+                    run_stages.c.stage == stage, run_stages.c.status == "completed")
+            with self.engine.connect() as conn:
+                ref = conn.execute(query).scalar()
+            if ref is None:
+                raise LookupError(f"no run{f' with a completed {stage} stage' if stage else ''} in {self.root} yet")
+        run = self.get_run(ref)
+        if run is None:
+            with self.engine.connect() as conn:
+                ids = list(conn.execute(sa.select(runs.c.run_id)).scalars())
+            near = [i for i in ids if i.startswith(ref)] or difflib.get_close_matches(ref, ids, n=1, cutoff=0.6)
+            raise LookupError(f"no run {ref!r} in {self.root}" + (f"; did you mean {near[0]}?" if near else "")
+                              + " (see `fusion runs`)")
+        if stage and not any(s["stage"] == stage and s["status"] == "completed" for s in run["stages"]):
+            ran = ", ".join(s["stage"] for s in run["stages"]) or "no stages"
+            raise LookupError(f"run {ref} ({run['flow']}: {ran}) has no completed {stage} stage; "
+                              f"`--run latest` takes the newest run that has one")
+        return run
+
     def previous_run(self, run_id: str) -> dict | None:
         """The last completed run of the same flow that started before ``run_id``, with its stages, or None."""
         with self.engine.connect() as conn:
@@ -281,7 +349,11 @@ class Store(ResultTables):
         """``get_version``, raising ``LookupError`` with a clear message when the version does not exist."""
         found = self.get_version(dataset, version)
         if found is None:
-            raise LookupError(f"no {dataset} dataset version {version} in the store at {self.root}")
+            with self.engine.connect() as conn:
+                known = sorted(conn.execute(sa.select(dataset_versions.c.version).where(
+                    dataset_versions.c.dataset == dataset)).scalars())
+            raise LookupError(f"no {dataset} dataset version {version} in the store at {self.root}; "
+                              + (f"it has versions {known[0]}-{known[-1]}" if known else f"it has no {dataset} yet"))
         return found
 
     def list_versions(self, dataset: str) -> list[dict]:
@@ -390,6 +462,17 @@ class Store(ResultTables):
                                           .where(image_sources.c.image_id.in_(chunk))).scalars())
         return found
 
+    def sources_of(self, image_ids: Iterable[str]) -> dict[str, list[str]]:
+        """Each image's recorded source paths (sorted), looked up in chunks."""
+        ids, found = list(image_ids), {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), LOOKUP_CHUNK):
+                rows = conn.execute(sa.select(image_sources.c.image_id, image_sources.c.source).where(
+                    image_sources.c.image_id.in_(ids[start:start + LOOKUP_CHUNK])))
+                for image_id, source in rows:
+                    found.setdefault(image_id, []).append(source)
+        return {i: sorted(s) for i, s in found.items()}
+
     # quarantine -----------------------------------------------------------
     def add_quarantine(self, run_id: str, rows: Sequence[dict]) -> int:
         """Record bad inputs once each; returns how many were new."""
@@ -478,6 +561,10 @@ class StoreBusyError(RuntimeError):
                    f"it ends")
 
 
+class StoreNotFoundError(LookupError):
+    """No Fusion store where one was named."""
+
+
 class StoreReadOnlyError(RuntimeError):
     """The store root or its catalog takes no writes."""
 
@@ -534,6 +621,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA case_sensitive_like=ON")  # as LIKE is on PostgreSQL (path globs)
     cursor.close()
 
 

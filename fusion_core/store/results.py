@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
-from fusion_core.store.tables import metadata, run_stages
+from fusion_core.store.tables import image_sources, metadata, run_stages
 
 RESULT_TABLES = ("predictions", "cluster_assignments", "cluster_summaries")
 CHUNK_ROWS = 5000  # rows per INSERT statement
@@ -55,12 +56,49 @@ class ResultTables:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(sa.select(table).where(*clauses))]
 
+    def select_results(self, table_name: str, run_id: str, equal: dict[str, Any] | None = None,
+                       at_least: dict[str, float] | None = None, path_glob: str | None = None,
+                       image_ids: Sequence[str] | None = None, order_by: Sequence[str] = (),
+                       limit: int | None = None) -> list[dict]:
+        """A run's rows of a result table, filtered, ordered and limited in SQL.
+
+        Args:
+            equal / at_least: column values to match / minimums.
+            path_glob: keep images with a source path matching it (``*`` any text, ``?`` one character).
+            image_ids: only these images (a few hundred at a time).
+            order_by: column names, ``-name`` for descending.
+        """
+        table = metadata.tables[table_name]
+        clauses = [table.c.run_id == run_id] + [table.c[k] == v for k, v in (equal or {}).items()]
+        clauses += [table.c[k] >= v for k, v in (at_least or {}).items()]
+        if image_ids is not None:
+            clauses.append(table.c.image_id.in_(image_ids))
+        if path_glob:
+            clauses.append(table.c.image_id.in_(sa.select(image_sources.c.image_id).where(
+                image_sources.c.source.like(like_pattern(path_glob), escape="\\"))))
+        query = sa.select(table).where(*clauses).order_by(
+            *(table.c[c[1:]].desc() if c.startswith("-") else table.c[c] for c in order_by)).limit(limit)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
     def results_run(self, run_id: str, stage: str) -> str:
         """The run whose result rows a run's stage points to (a rerun may reuse an earlier run's results)."""
         with self.engine.connect() as conn:
             outputs = conn.execute(sa.select(run_stages.c.outputs).where(
                 run_stages.c.run_id == run_id, run_stages.c.stage == stage)).scalar()
         return (outputs or {}).get("table_run_id", run_id)
+
+
+def like_pattern(glob: str) -> str:
+    """A SQL ``LIKE`` pattern (escape character ``\\``) matching what the glob matches."""
+    escaped = glob.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+def path_matches(glob: str, path: str) -> bool:
+    """Whether ``path`` matches the glob as ``like_pattern`` does (``*`` any text, ``?`` one character)."""
+    pattern = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in glob)
+    return re.fullmatch(pattern, path, flags=re.DOTALL) is not None
 
 
 def batched(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:

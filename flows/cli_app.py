@@ -1,0 +1,140 @@
+"""The ``fusion`` command's frame: the Typer app, its global options, shared options, and how commands end.
+
+Exit codes: 0 done; 1 a failed run, an inconsistent store, or something named that does not exist (store,
+run, model, version); 2 a command used wrongly (an unknown option, flow or setting, a bad value).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+
+import typer
+
+from flows.terminal import FORMATS
+from fusion_core.config import ConfigError, Settings, load_settings, parse_overrides
+from fusion_core.errors import one_line
+from fusion_core.store import Store, StoreNotFoundError
+
+app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]},
+                  help="Fusion: mine image collections - ingest, impute, train, infer, cluster.\n\n"
+                       "Example: fusion demo, then fusion runs and fusion show latest")
+
+FLOWS = ("ingest", "preprocess", "drift", "train", "infer", "cluster", "report", "nightly")
+FORMAT_HELP = "table, json or csv (json and csv print every row unless --limit)"
+state = {"debug": False}  # set by the --debug option
+
+
+def complete_run(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Shell completion of run ids: ``latest`` and the newest runs of the store named so far."""
+    try:
+        store = Store.open_existing(load_settings(ctx.params.get("config"), _overrides(ctx.params.get("store"))))
+        ids = ["latest"] + [r["run_id"] for r in store.list_runs(50)]
+    except Exception:  # completion must never fail loudly
+        ids = ["latest"]
+    return [i for i in ids if i.startswith(incomplete)]
+
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="profile name (smoke, local, cluster) or YAML file")
+StoreOpt = typer.Option(None, "--store", help="store root (folder or object-store URI)")
+SetOpt = typer.Option([], "--set", help="override a setting: SECTION.KEY=VALUE (repeatable)")
+FormatOpt = typer.Option("table", "--format", "-f", help=FORMAT_HELP)
+LimitOpt = typer.Option(None, "--limit", min=1, help="rows to print (table default: 20)")
+RunOpt = typer.Option(..., "--run", help="run id or latest (see fusion runs)", autocompletion=complete_run)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from fusion_core.runs import code_version
+
+        typer.echo(f"fusion {code_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _environment(debug: bool = typer.Option(False, "--debug", "-v", "--verbose",
+                                            help="show full tracebacks of errors"),
+                 _version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                               help="print Fusion's version and exit")) -> None:
+    """Quiet defaults for local runs; any value already set in the environment wins."""
+    state["debug"] = debug
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def main() -> None:
+    """The ``fusion`` command: an unexpected error ends it with one line and exit code 1 (the traceback with
+    ``--debug``)."""
+    try:
+        app()
+    except Exception as err:
+        if state["debug"]:
+            traceback.print_exception(err)
+        typer.secho(f"fusion: {one_line(err)}", fg=typer.colors.RED, err=True)
+        sys.exit(1)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """End the command with one red line on stderr: exit code 2 for a command used wrongly, 1 for a name
+    that does not exist."""
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        fail(f"--format {fmt!r}: choose {', '.join(FORMATS)}")
+    return fmt
+
+
+def _overrides(store: str | None, sets: list[str] = ()) -> dict:
+    overrides = parse_overrides(list(sets))
+    if store:
+        overrides["store.root"] = store
+    return overrides
+
+
+def settings_for(config: str | None, store: str | None, sets: list[str] = ()) -> tuple[Settings, dict]:
+    """Settings and the overrides they came from; a bad config ends the command (exit code 2)."""
+    try:
+        overrides = _overrides(store, sets)
+        return load_settings(config, overrides), overrides
+    except ConfigError as err:
+        fail(str(err))
+
+
+def open_store(config: str | None, store: str | None) -> Store:
+    """The existing store named by ``--store`` (or the config's ``store.root``); none there ends the command
+    with exit code 1. Nothing is created."""
+    settings, _ = settings_for(config, store)
+    try:
+        return Store.open_existing(settings)
+    except StoreNotFoundError as err:
+        fail(str(err), 1)
+
+
+def find_run(catalog: Store, ref: str, stage: str | None = None) -> dict:
+    """The run ``ref`` names (an id or ``latest``); none ends the command with the closest match (exit 1)."""
+    try:
+        return catalog.find_run(ref, stage)
+    except LookupError as err:
+        fail(str(err), 1)
+
+
+def setup_logging() -> None:
+    """Warnings, and Fusion's INFO lines, on stderr; tracebacks only with --debug (Prefect's API keeps them)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
+    if not state["debug"]:
+        handler.addFilter(_without_traceback)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    logging.getLogger("fusion_core").setLevel(logging.INFO)
+
+
+def _without_traceback(record: logging.LogRecord) -> bool:
+    """Keep the line, drop its traceback (this handler comes after Prefect's API handler)."""
+    record.exc_info = record.exc_text = None
+    return True
