@@ -84,7 +84,8 @@ def table_lines(rows: list[dict], columns: list[str], limit: int) -> list[str]:
     widths = {c: max([len(c)] + [len(cell(r[c])) for r in rows[:limit]]) for c in columns}
     lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
     lines += ["  ".join(cell(row[c]).ljust(widths[c]) for c in columns) for row in rows[:limit]]
-    lines.append(f"({len(rows)} rows{', first ' + str(limit) + ' shown' if len(rows) > limit else ''})")
+    shown = f", first {limit} shown" if len(rows) > limit else ""
+    lines.append(f"({len(rows)} row{'' if len(rows) == 1 else 's'}{shown})")
     return lines
 
 
