@@ -93,8 +93,8 @@ class Store(ResultTables):
         root, db_url = settings.store.root, settings.store.db
         if db_url is None and "://" not in root:
             if not (Path(root) / "catalog.db").is_file():
-                raise StoreNotFoundError(f"no Fusion store at {Path(root).resolve()} (it has no catalog.db; a run "
-                                         f"creates one)")
+                raise StoreNotFoundError(f"no Fusion store at {Path(root).resolve()} (it has no catalog.db; "
+                                         f"`fusion run ingest` or `fusion demo` makes one)")
         elif db_url is not None:
             engine = sa.create_engine(db_url)
             try:
