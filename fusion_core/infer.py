@@ -9,7 +9,6 @@ shards' manifest, then streams the rows people query into the ``predictions`` ta
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Iterator
 
 import numpy as np
@@ -56,7 +55,10 @@ class ShardWriter:
                                   "probs": probs, "embedding": embedding}, self.classes, self.top_k)
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
-        entry = write_shard(self.root, f"{self.prefix}-{uuid.uuid4().hex[:12]}.parquet", self.predict(batch))
+        # Named after the batch's first image: an attempt that died before its commit is overwritten by the
+        # rerun's shards, not left behind as orphans.
+        name = f"{self.prefix}-{batch.column('image_id')[0].as_py()}.parquet"
+        entry = write_shard(self.root, name, self.predict(batch))
         return {"path": np.array([entry["path"]]), "num_rows": np.array([entry["num_rows"]])}
 
 
@@ -98,10 +100,13 @@ def infer_dataset(settings: Settings, store: Store, pixels_version: int, model_v
         raise LookupError(f"infer: no model version {model_version} in the store at {store.root}")
     _require_compatible(store, model, pixels)
 
+    key = derivation_key("pixels", pixels["version"], "model", model["version"], f"top{cfg.top_k}")
+
     def build() -> tuple[list[dict], dict]:
         writer_args = {"model_path": model["path"], "shape": tuple(pixels["info"]["shape"]),
                        "classes": registry.read_classes(model["path"]), "top_k": cfg.top_k,
-                       "batch_size": cfg.batch_size, "root": store.root, "prefix": f"datasets/predictions/{run_id}"}
+                       "batch_size": cfg.batch_size, "root": store.root,
+                       "prefix": f"datasets/predictions/{key.replace(':', '-')}"}
         paths = [s["path"] for s in pixels["shards"]]
         in_process = pixels["num_rows"] <= cfg.in_process_max
         log.info("infer: %d images %s", pixels["num_rows"], "in this process" if in_process else "on Ray")
@@ -110,7 +115,6 @@ def infer_dataset(settings: Settings, store: Store, pixels_version: int, model_v
         store.replace_results("predictions", run_id, _table_rows(store, shards, model["version"]))
         return shards, {"pixels_version": pixels["version"], "model_version": model["version"]}
 
-    key = derivation_key("pixels", pixels["version"], "model", model["version"], f"top{cfg.top_k}")
     predictions, reused = derive_dataset(store, "predictions", key, run_id, build)
     publish_current(store, predictions)
     return StageResult(

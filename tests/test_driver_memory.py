@@ -119,3 +119,32 @@ def test_ingest_does_not_load_the_catalogs_known_images(tmp_path, demo_source, r
     small, large = run(1000), run(40000)
     held_ids = 39000 * 300 / 2**20  # an (id, path) pair held per known image costs about 300 bytes
     assert large - small < 0.2 * held_ids, (small, large)
+
+
+def test_an_inference_that_died_before_its_commit_leaves_no_orphans(tmp_path, model, monkeypatch):
+    """Found by the kill trials: shards named at random stayed behind when the driver died mid-stage."""
+    from fusion_core import infer
+    from fusion_core.fsck import check_store
+    from fusion_core.registry import register_model
+
+    root = str(tmp_path / "store")
+    pixels = _pixels(root, 2500)
+    store = Store(root)
+    for run_id in ("r0", "m", "died", "rerun"):  # the runs that made the pixels and model, and the two attempts
+        store.start_run("infer", {}, run_id=run_id)
+    registered = register_model(store, model, CLASSES, run_id="m", name="seed_cnn", key="k",
+                                dataset_version=pixels["version"], metrics={}, config={})
+    settings = load_settings("smoke", {"store.root": root, "infer.in_process_max": 10**9})
+
+    def die(*_args):
+        raise SystemExit("killed after writing its shards, before its commit")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Store, "replace_results", die)
+        with pytest.raises(SystemExit):
+            infer.infer_dataset(settings, store, pixels["version"], registered["version"], "died")
+    store.finish_run("died", "failed")
+    assert len(check_store(store).orphans) == 3
+    done = infer.infer_dataset(settings, store, pixels["version"], registered["version"], "rerun")
+    result = check_store(store)
+    assert (result.errors, result.orphans) == ([], []) and done.counts["predictions"] == 2500
