@@ -43,7 +43,8 @@ StoreOpt = typer.Option(None, "--store", help="store root (folder or object-stor
 SetOpt = typer.Option([], "--set", help="override a setting: SECTION.KEY=VALUE (repeatable)")
 FormatOpt = typer.Option("table", "--format", "-f", help=FORMAT_HELP)
 LimitOpt = typer.Option(None, "--limit", min=1, help="rows to print (table default: 20)")
-RunOpt = typer.Option(..., "--run", help="run id or latest (see fusion runs)", autocompletion=complete_run)
+RunOpt = typer.Option("latest", "--run", help="run id, or latest: the newest with this stage (see fusion runs)",
+                      autocompletion=complete_run)
 
 
 def _print_version(value: bool) -> None:
