@@ -107,10 +107,10 @@ def settings_for(config: str | None, store: str | None, sets: list[str] = ()) ->
         fail(str(err))
 
 
-def open_store(config: str | None, store: str | None) -> Store:
+def open_store(config: str | None, store: str | None, sets: list[str] = ()) -> Store:
     """The existing store named by ``--store`` (or the config's ``store.root``); none there ends the command
     with exit code 1. Nothing is created."""
-    settings, _ = settings_for(config, store)
+    settings, _ = settings_for(config, store, sets)
     try:
         return Store.open_existing(settings)
     except StoreNotFoundError as err:

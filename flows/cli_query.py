@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from flows.cli_app import (ConfigOpt, FormatOpt, LimitOpt, RunOpt, StoreOpt, app, check_format, complete_run, fail,
-                           find_run, open_store, settings_for, setup_logging)
+from flows.cli_app import (ConfigOpt, FormatOpt, LimitOpt, RunOpt, SetOpt, StoreOpt, app, check_format,
+                           complete_run, fail, find_run, open_store, settings_for, setup_logging)
 from flows.terminal import TABLE_ROWS, as_json, describe_run, export_rows, render, table_lines
 from fusion_core.store import Store
 
@@ -38,7 +38,7 @@ def _with_paths(catalog: Store, rows: list[dict]) -> list[dict]:
 
 
 @app.command()
-def runs(store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt,
+def runs(store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt, sets: list[str] = SetOpt,
          limit: int = typer.Option(20, "--limit", min=1, help="how many, newest first"),
          fmt: str = FormatOpt) -> None:
     """List runs, newest first.
@@ -46,7 +46,7 @@ def runs(store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt,
     Example: fusion runs --format json | jq -r '.[] | select(.status == "failed") | .run_id'
     """
     check_format(fmt)
-    catalog = open_store(config, store)
+    catalog = open_store(config, store, sets)
     rows = [{"run_id": r["run_id"], "flow": r["flow"], "status": r["status"], "started_at": r["started_at"],
              "finished_at": r["finished_at"],
              "seconds": round((r["finished_at"] - r["started_at"]).total_seconds()) if r["finished_at"] else None,
@@ -59,13 +59,14 @@ def runs(store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt,
 
 @app.command()
 def show(run_id: str = typer.Argument("latest", help="run id or latest", autocompletion=complete_run),
-         store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt, fmt: str = FormatOpt) -> None:
+         store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt,
+         sets: list[str] = SetOpt, fmt: str = FormatOpt) -> None:
     """Show what a run did: stages, counts, metrics; its Ray dashboard or report.
 
     Example: fusion show latest --format json | jq '.stages[] | {stage, status}'
     """
     check_format(fmt)
-    catalog = open_store(config, store)
+    catalog = open_store(config, store, sets)
     run_row = find_run(catalog, run_id)
     if fmt == "table":
         typer.echo(describe_run(run_row, catalog))
@@ -83,13 +84,14 @@ def models(action: str = typer.Argument("list", help="list, history, promote, ro
            reason: Optional[str] = typer.Option(None, "--reason", help="why, recorded with the promotion"),
            pixels: Optional[int] = typer.Option(None, "--pixels", help="compare: the pixels version whose holdout "
                                                                        "scores both (default: B's training data)"),
-           store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt, fmt: str = FormatOpt) -> None:
+           store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt,
+           sets: list[str] = SetOpt, fmt: str = FormatOpt) -> None:
     """List, promote, roll back or compare model versions.
 
     Example: fusion models compare 3 4, or fusion models --format csv > models.csv
     """
     check_format(fmt)
-    catalog = open_store(config, store)
+    catalog = open_store(config, store, sets)
     versions = versions or []
     known = [m["version"] for m in catalog.list_models()]
     for version in versions:
@@ -101,7 +103,7 @@ def models(action: str = typer.Argument("list", help="list, history, promote, ro
             fail("fusion models compare: name two model versions, e.g. `fusion models compare 3 4`")
         _compare_models(catalog, *versions, pixels)
     elif action in ("promote", "rollback"):
-        _change_champion(catalog, action, versions[0] if versions else None, force, reason, config, store)
+        _change_champion(catalog, action, versions[0] if versions else None, force, reason, config, store, sets)
     elif action == "history":
         rows = [{**p, "was": f"v{p['previous']}" if p["previous"] else "-"} for p in catalog.promotion_history()]
         typer.echo(render(rows, fmt, ["at", "version", "was", "forced", "actor", "reason"], len(rows) or None))
@@ -118,7 +120,7 @@ def models(action: str = typer.Argument("list", help="list, history, promote, ro
 
 
 def _change_champion(catalog: Store, action: str, version: int | None, force: bool, reason: str | None,
-                     config: str | None, store: str | None) -> None:
+                     config: str | None, store: str | None, sets: list[str]) -> None:
     """``promote V``: through the gate, or past it with ``--force --reason``; ``rollback``: to an earlier champion."""
     import getpass
 
@@ -132,7 +134,7 @@ def _change_champion(catalog: Store, action: str, version: int | None, force: bo
     if force and not reason:
         fail(f"fusion models {action}: --force needs --reason \"why\" (it is recorded)")
     if action == "promote" and not force:
-        train = settings_for(config, store)[0].train
+        train = settings_for(config, store, sets)[0].train
         ok, why = promotion_decision(catalog.get_model(version), champion, train.promote_margin, train.promote_alpha)
         if not ok:
             fail(f"model v{version} not promoted: {why}; `--force --reason ...` promotes it anyway")
@@ -172,13 +174,14 @@ def predictions(run: str = RunOpt,
                 label: Optional[str] = typer.Option(None, "--label", help="only this predicted label"),
                 min_confidence: float = typer.Option(0.0, "--min-confidence", min=0.0, max=1.0),
                 path: Optional[str] = PathOpt, out: Optional[Path] = OutOpt, limit: Optional[int] = LimitOpt,
-                store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt, fmt: str = FormatOpt) -> None:
+                store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt,
+                sets: list[str] = SetOpt, fmt: str = FormatOpt) -> None:
     """A run's predictions with each image's source path, most confident first.
 
     Example: fusion predictions --run latest --label cat --path '*/2024/*' --format json | jq -r '.[].path'
     """
     check_format(fmt)
-    catalog = open_store(config, store)
+    catalog = open_store(config, store, sets)
     source_run = catalog.results_run(find_run(catalog, run, "infer")["run_id"], "infer")
     rows = catalog.select_results("predictions", source_run, equal={"predicted": label} if label else {},
                                   at_least={"confidence": min_confidence}, path_glob=path,
@@ -194,7 +197,8 @@ def clusters(run: str = RunOpt,
              cluster: Optional[int] = typer.Option(None, "--cluster", help="only this cluster's images (implies "
                                                                            "--members)"),
              path: Optional[str] = PathOpt, out: Optional[Path] = OutOpt, limit: Optional[int] = LimitOpt,
-             store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt, fmt: str = FormatOpt) -> None:
+             store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt,
+             sets: list[str] = SetOpt, fmt: str = FormatOpt) -> None:
     """A run's clusters, or (--members) their images with source paths.
 
     --out exports every image's cluster, distance and source paths.
@@ -202,7 +206,7 @@ def clusters(run: str = RunOpt,
     Example: fusion clusters --run latest --cluster 3 --format csv > cluster-3.csv
     """
     check_format(fmt)
-    catalog = open_store(config, store)
+    catalog = open_store(config, store, sets)
     source_run = catalog.results_run(find_run(catalog, run, "cluster")["run_id"], "cluster")
     if members or cluster is not None or path:
         rows = catalog.select_results("cluster_assignments", source_run,
@@ -229,6 +233,7 @@ def images(label: Optional[str] = typer.Option(None, "--label", help="only this 
            version: Optional[int] = typer.Option(None, "--images-version", help="images dataset version "
                                                                                  "(default: the latest)"),
            limit: Optional[int] = LimitOpt, store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt,
+           sets: list[str] = SetOpt,
            fmt: str = FormatOpt) -> None:
     """List stored images: source paths, label, split, size, missing pixels.
 
@@ -239,7 +244,7 @@ def images(label: Optional[str] = typer.Option(None, "--label", help="only this 
     from fusion_core.browse import images_version, list_images
 
     check_format(fmt)
-    catalog = open_store(config, store)
+    catalog = open_store(config, store, sets)
     try:
         dataset = images_version(catalog, version)
     except LookupError as err:
@@ -262,7 +267,7 @@ def export(out: Path = typer.Argument(..., help="a new or empty folder"), run: s
            by: str = typer.Option("predicted", "--by", help="group by predicted label or cluster"),
            copy: bool = typer.Option(False, "--copy", help="write the stored images as PNG files instead of "
                                                            "linking to the source files"),
-           store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt) -> None:
+           store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt, sets: list[str] = SetOpt) -> None:
     """Write a folder tree of images grouped by predicted label or cluster.
 
     Each image links to its source file; one that is no local file (an archive member, an object-store URI),
@@ -274,7 +279,7 @@ def export(out: Path = typer.Argument(..., help="a new or empty folder"), run: s
 
     if by not in GROUPS:
         fail(f"fusion export: --by {by!r}; choose {' or '.join(GROUPS)}")
-    catalog = open_store(config, store)
+    catalog = open_store(config, store, sets)
     stage = GROUPS[by][2]
     source_run = catalog.results_run(find_run(catalog, run, stage)["run_id"], stage)
     try:
@@ -288,14 +293,14 @@ def export(out: Path = typer.Argument(..., help="a new or empty folder"), run: s
 @app.command()
 def gc(keep: int = typer.Option(..., "--keep", min=1, help="how many of the newest runs to keep, with all they need"),
        dry_run: bool = typer.Option(False, "--dry-run", help="only say what would be removed"),
-       store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt) -> None:
+       store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt, sets: list[str] = SetOpt) -> None:
     """Remove what no kept run or the champion needs: old versions, results, reports.
 
     Example: fusion gc --keep 30 --dry-run
     """
     from fusion_core.retention import collect_garbage
 
-    removed = collect_garbage(open_store(config, store), keep, dry_run=dry_run)
+    removed = collect_garbage(open_store(config, store, sets), keep, dry_run=dry_run)
     typer.echo(("would remove: " if dry_run else "removed: ")
                + ", ".join(f"{k}={v}" for k, v in removed.items() if k != "runs_kept")
                + f" (kept the {removed['runs_kept']} newest runs and what they need)")
@@ -304,7 +309,7 @@ def gc(keep: int = typer.Option(..., "--keep", min=1, help="how many of the newe
 @app.command()
 def fsck(repair: bool = typer.Option(False, "--repair", help="remove orphan files (never committed data), record "
                                                              "missing checksums, close abandoned runs"),
-         store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt) -> None:
+         store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt, sets: list[str] = SetOpt) -> None:
     """Check the store against its catalog; --repair removes orphan files.
 
     Shards (present, rows, checksum, schema), models, reports and result rows are checked and orphan files
@@ -314,7 +319,7 @@ def fsck(repair: bool = typer.Option(False, "--repair", help="remove orphan file
     """
     from fusion_core.fsck import check_store
 
-    catalog = open_store(config, store)
+    catalog = open_store(config, store, sets)
     try:
         result = check_store(catalog, repair=repair)
     except RuntimeError as err:
@@ -332,7 +337,7 @@ def fsck(repair: bool = typer.Option(False, "--repair", help="remove orphan file
 
 @app.command()
 def report(run_id: str = typer.Argument("latest", help="run id or latest", autocompletion=complete_run),
-           store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt) -> None:
+           store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt, sets: list[str] = SetOpt) -> None:
     """Write a run's HTML report and print its path (`fusion run report` does it in Prefect).
 
     Example: xdg-open "$(fusion report latest)"
@@ -340,8 +345,8 @@ def report(run_id: str = typer.Argument("latest", help="run id or latest", autoc
     from fusion_core.report import write_report
 
     setup_logging()
-    settings, _ = settings_for(config, store)
-    catalog = open_store(config, store)
+    settings, _ = settings_for(config, store, sets)
+    catalog = open_store(config, store, sets)
     try:
         result = write_report(settings, catalog, find_run(catalog, run_id)["run_id"])
     except LookupError as err:
