@@ -110,7 +110,7 @@ class Bench:
             self.last_run[stage] = _store(self.store).list_runs(1)[0]["run_id"]
             print(f"clean {stage}: {self.clean_s[stage]:.0f} s", flush=True)
 
-    def trial(self, stage: str, target: str, rng: random.Random, attempts: int = 5) -> dict:
+    def trial(self, stage: str, target: str, rng: random.Random, attempts: int = 10) -> dict:
         """One trial: kill at a random moment, rerun when needed, compare with the clean run. A draw whose
         moment came after the stage had ended (or, for a worker, when no task ran) is drawn again."""
         for _ in range(attempts):
@@ -288,17 +288,25 @@ def run_trials(stages: list[str], driver_trials: int, worker_trials: int, per_cl
                 print(json.dumps(trials[-1]), flush=True)
     finally:
         bench.close()
+    return {"clean_s": {k: round(v, 1) for k, v in bench.clean_s.items()}, "per_class": per_class, "seed": seed,
+            "table": summarize(trials, stages), "trials": trials}
+
+
+def summarize(trials: list[dict], stages: list[str]) -> dict:
+    """Per stage and target: trials, those in which a kill landed, and of those the survivors and the damage.
+    A trial whose draws all came after the stage ended (or found no busy worker) killed nothing: it is
+    counted apart, not as a survivor."""
     table = {}
     for stage in stages:
         for target in ("driver", "worker"):
             mine = [t for t in trials if t["stage"] == stage and t["target"] == target]
+            landed = [t for t in mine if t.get("killed")]
             if mine:
                 table[f"{stage}/{target}"] = {
-                    "trials": len(mine), "survived": sum(t["survived"] for t in mine),
-                    **{k: sum(t.get(k, 0) for t in mine) for k in ("lost_rows", "duplicated_rows", "fsck_errors",
-                                                                   "orphans")}}
-    return {"clean_s": {k: round(v, 1) for k, v in bench.clean_s.items()}, "per_class": per_class, "seed": seed,
-            "table": table, "trials": trials}
+                    "trials": len(mine), "killed": len(landed), "survived": sum(t["survived"] for t in landed),
+                    **{k: sum(t.get(k, 0) for t in landed) for k in ("lost_rows", "duplicated_rows", "fsck_errors",
+                                                                     "orphans")}}
+    return table
 
 
 def main() -> None:
@@ -317,16 +325,16 @@ def main() -> None:
     shutil.rmtree(workdir, ignore_errors=True)  # kept, with its stage.log, when a clean run failed
     if RESULTS.exists():  # the stages not run this time keep their earlier trials
         earlier = json.loads(RESULTS.read_text())
-        result["table"] = {**{k: v for k, v in earlier["table"].items() if k.split("/")[0] not in stages},
-                           **result["table"]}
         result["trials"] = [t for t in earlier["trials"] if t["stage"] not in stages] + result["trials"]
+        result["table"] = summarize(result["trials"], STAGES)
         result["clean_s"] = {**earlier["clean_s"], **result["clean_s"]}
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n{'stage/target':<20}{'trials':>7}{'survived':>9}{'lost':>6}{'dup.':>6}{'orphans':>8}{'fsck err':>9}")
+    print(f"\n{'stage/target':<20}{'trials':>7}{'killed':>7}{'survived':>9}{'lost':>6}{'dup.':>6}{'orphans':>8}"
+          f"{'fsck err':>9}")
     for name, row in result["table"].items():
-        print(f"{name:<20}{row['trials']:>7}{row['survived']:>9}{row['lost_rows']:>6}{row['duplicated_rows']:>6}"
-              f"{row['orphans']:>8}{row['fsck_errors']:>9}")
+        print(f"{name:<20}{row['trials']:>7}{row['killed']:>7}{row['survived']:>9}{row['lost_rows']:>6}"
+              f"{row['duplicated_rows']:>6}{row['orphans']:>8}{row['fsck_errors']:>9}")
 
 
 if __name__ == "__main__":
