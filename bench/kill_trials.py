@@ -122,18 +122,18 @@ class Bench:
             while proc.poll() is None and killed is None:
                 killed = _kill(proc, target, rng)
                 time.sleep(0.05)
-            first = proc.wait(timeout=STAGE_TIMEOUT_S)
-            _reap(proc)
+            first = _finish(proc)
             if killed:
                 break
         else:
             return {"stage": stage, "target": target, "survived": False, "killed": None,
                     "error": f"no kill landed in {attempts} draws"}
+        if first is None:
+            return {"stage": stage, "target": target, "delay_s": round(delay, 1), "killed": killed,
+                    "survived": False, "error": f"the killed run hung (no exit in {STAGE_TIMEOUT_S} s)"}
         reran = first != 0
         if reran:
-            proc = self.start(stage)
-            second = proc.wait(timeout=STAGE_TIMEOUT_S)
-            _reap(proc)
+            second = _finish(self.start(stage))
             if second != 0:
                 return {"stage": stage, "target": target, "delay_s": round(delay, 1), "killed": killed,
                         "survived": False, "error": f"the rerun failed (exit {second})"}
@@ -183,6 +183,16 @@ def _ray_workers(driver: int) -> list[tuple[int, str]]:
         below |= grown
         grown = {pid for pid, parent in parents.items() if parent in grown} - below
     return sorted((pid, names[pid]) for pid in below if names.get(pid, "").startswith("ray::"))
+
+
+def _finish(proc: subprocess.Popen) -> int | None:
+    """The run's exit code, or None when it hung past ``STAGE_TIMEOUT_S``; what is left of it is killed."""
+    try:
+        code = proc.wait(timeout=STAGE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        code = None
+    _reap(proc)
+    return code
 
 
 def _reap(proc: subprocess.Popen) -> None:

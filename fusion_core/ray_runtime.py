@@ -48,6 +48,31 @@ def dashboard_details() -> dict:
     return {"ray_dashboard": _dashboard["url"]} if "url" in _dashboard else {}
 
 
+def remove_leftover_placement_groups() -> int:
+    """Remove the placement groups this Ray job still holds; returns how many.
+
+    Called before a training starts: a placement group of this job alive at that moment was left by an earlier
+    attempt whose Ray Train controller was killed (its cleaner dies with it), and it would hold CPUs the new
+    attempt's workers and data readers need. Other jobs' groups are never touched.
+    """
+    import ray
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+    from ray.util.state import list_placement_groups
+
+    context = ray.get_runtime_context()
+    try:
+        held = list_placement_groups(address=context.gcs_address, filters=[("state", "=", "CREATED")], detail=True,
+                                     raise_on_missing_output=False)
+    except Exception as err:  # the State API needs the dashboard; without it nothing is cleaned
+        log.warning("could not list Ray placement groups: %s", err)
+        return 0
+    left = [pg for pg in held if pg.creator_job_id == context.get_job_id()]
+    for pg in left:
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(pg.placement_group_id)))
+        log.warning("removed placement group %s, left by an earlier attempt of this job", pg.placement_group_id)
+    return len(left)
+
+
 def runtime_env(shipped: bool) -> dict:
     """What every Ray worker of a Fusion job gets: ``WORKER_ENV`` and, on a cluster (``shipped``), Fusion's
     own code as a ``py_modules`` package, so a node needs only the pinned dependencies, not Fusion."""

@@ -254,10 +254,11 @@ def _fit_and_register(settings: Settings, store: Store, pixels: dict, key: str, 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
-    from fusion_core.ray_runtime import ensure_ray
+    from fusion_core.ray_runtime import ensure_ray, remove_leftover_placement_groups
 
     cfg = settings.train
     ray = ensure_ray(settings)
+    remove_leftover_placement_groups()
     paths = [s["path"] for s in pixels["shards"]]
     classes = class_names(store, paths)
     shape = tuple(pixels["info"]["shape"])
