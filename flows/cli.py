@@ -146,8 +146,11 @@ def run(flow: str = typer.Argument(..., help=f"one of: {', '.join(FLOWS)}",
     """
     if flow not in FLOWS:
         fail(f"unknown flow {flow!r}; choose one of: {', '.join(FLOWS)}")
-    sets = list(sets) + [f"train.num_workers={workers}"] * (workers is not None) + [f"train.use_gpu={gpu}"] * (
-        gpu is not None)
+    sets = list(sets)
+    if workers is not None:
+        sets.append(f"train.num_workers={workers}")
+    if gpu is not None:
+        sets.append(f"train.use_gpu={gpu}")
     settings, overrides = settings_for(config, store, sets)
     setup_logging()
     result = _run_flow(flow, source, settings, config, overrides, report_run)

@@ -102,9 +102,7 @@ def export_rows(rows: list[dict], columns: list[str], out: Path) -> None:
         pq.write_table(pa.Table.from_pylist([{c: r[c] for c in columns} for r in rows]), out)
     elif out.suffix == ".csv":
         with open(out, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows({k: _csv_cell(v) for k, v in row.items()} for row in rows)
+            _write_csv(fh, rows, columns)
     else:
         raise ValueError(f"--out {out}: use a .csv or .parquet file name")
 
@@ -118,15 +116,20 @@ def render(rows: list[dict], fmt: str, columns: list[str], limit: int | None = N
     if fmt == "json":
         return as_json(shown)
     out = io.StringIO()
-    writer = csv.DictWriter(out, list(shown[0]) if shown else columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: _csv_cell(v) for k, v in row.items()} for row in shown)
+    _write_csv(out, shown, list(shown[0]) if shown else columns)
     return out.getvalue().rstrip("\n")
 
 
 def as_json(value) -> str:
     """``value`` as indented JSON; times in ISO 8601."""
     return json.dumps(value, indent=2, default=lambda v: v.isoformat() if isinstance(v, dt.datetime) else str(v))
+
+
+def _write_csv(fh, rows: list[dict], columns: list[str]) -> None:
+    """A header and the rows, lists and dicts as JSON, times in ISO 8601."""
+    writer = csv.DictWriter(fh, columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: _csv_cell(v) for k, v in row.items()} for row in rows)
 
 
 def _csv_cell(value):

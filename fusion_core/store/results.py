@@ -50,11 +50,8 @@ class ResultTables:
         return deleted
 
     def query(self, table_name: str, run_id: str, **equal: Any) -> list[dict]:
-        """A run's rows of a result table, optionally filtered on column equality."""
-        table = metadata.tables[table_name]
-        clauses = [table.c.run_id == run_id] + [table.c[k] == v for k, v in equal.items()]
-        with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(sa.select(table).where(*clauses))]
+        """A run's rows of a result table, optionally filtered on column equality (``select_results`` does more)."""
+        return self.select_results(table_name, run_id, equal=equal)
 
     def select_results(self, table_name: str, run_id: str, equal: dict[str, Any] | None = None,
                        at_least: dict[str, float] | None = None, path_glob: str | None = None,
