@@ -241,12 +241,13 @@ def images(label: Optional[str] = typer.Option(None, "--label", help="only this 
     """
     import itertools
 
-    from fusion_core.browse import images_version, list_images
+    from fusion_core.browse import list_images
+    from fusion_core.inputs import input_version
 
     check_format(fmt)
     catalog = open_store(config, store, sets)
     try:
-        dataset = images_version(catalog, version)
+        dataset = catalog.require_version("images", input_version(catalog, "fusion images", "images", version))
     except LookupError as err:
         fail(str(err), 1)
     found = list_images(catalog, dataset, label, split, imputed, path)
@@ -275,7 +276,8 @@ def export(out: Path = typer.Argument(..., help="a new or empty folder"), run: s
 
     Example: fusion export ./by-label --run latest, or fusion export ./by-cluster --run latest --by cluster
     """
-    from fusion_core.browse import GROUPS, export_tree, images_version
+    from fusion_core.browse import GROUPS, export_tree
+    from fusion_core.inputs import input_version
 
     if by not in GROUPS:
         fail(f"fusion export: --by {by!r}; choose {' or '.join(GROUPS)}")
@@ -283,7 +285,8 @@ def export(out: Path = typer.Argument(..., help="a new or empty folder"), run: s
     stage = GROUPS[by][2]
     source_run = catalog.results_run(find_run(catalog, run, stage)["run_id"], stage)
     try:
-        counts = export_tree(catalog, source_run, by, out, images_version(catalog, None), copy)
+        images = catalog.require_version("images", input_version(catalog, "fusion export", "images"))
+        counts = export_tree(catalog, source_run, by, out, images, copy)
     except (LookupError, ValueError) as err:
         fail(str(err), 1 if isinstance(err, LookupError) else 2)
     typer.echo(f"exported {counts['images']} images into {counts['groups']} folders under {out} "

@@ -18,20 +18,6 @@ BATCH_ROWS = 500  # images read, and looked up in the catalog, at a time
 GROUPS = {"predicted": ("predictions", "predicted", "infer"), "cluster": ("cluster_assignments", "cluster", "cluster")}
 
 
-def images_version(store: Store, version: int | None) -> dict:
-    """The ``images`` version asked for, or the latest.
-
-    Raises:
-        LookupError: no such version, or no images yet.
-    """
-    if version is not None:
-        return store.require_version("images", version)
-    latest = store.latest_version("images")
-    if latest is None:
-        raise LookupError(f"no images in the store at {store.root} yet; run ingest first")
-    return latest
-
-
 def list_images(store: Store, images: dict, label: str | None = None, split: str | None = None,
                 imputed: bool = False, path_glob: str | None = None) -> Iterator[dict]:
     """The images of an ``images`` version with their metadata, not their pixels, read a batch at a time.
