@@ -17,6 +17,7 @@ import typer
 
 from flows.cli_app import (FLOWS, ConfigOpt, SetOpt, StoreOpt, app, complete_run, fail, find_run, main,
                            settings_for, setup_logging, state)
+from flows.prefect_server import ServerStartError, prefect_api, start_server, stop_server
 from flows.terminal import describe_run
 from fusion_core.config import Settings
 from fusion_core.errors import one_line
@@ -43,20 +44,24 @@ def _run_flow(name: str, source: str | None, settings: Settings, config: str | N
         _check_inputs(name, settings, store)
     if name == "report":
         report_run = find_run(store, report_run or "latest")["run_id"]
-    from flows import cluster, drift, infer, ingest, nightly, preprocess, report, train
-
-    if name in ("ingest", "nightly"):
-        fn = partial({"ingest": ingest.ingest_flow, "nightly": nightly.nightly_flow}[name], source=source)
-    elif name == "report":
-        fn = partial(report.report_flow, run_id=report_run)
-    else:
-        fn = {"preprocess": preprocess.preprocess_flow, "drift": drift.drift_flow, "train": train.train_flow,
-              "infer": infer.infer_flow, "cluster": cluster.cluster_flow}[name]
     try:
-        result = fn(config=config, overrides=overrides)
+        with prefect_api(settings.orchestration.server_startup_timeout):
+            result = _flow(name, source, report_run)(config=config, overrides=overrides)
     except Exception as err:
         _run_failed(name, err)
     return {**result, "run_id": report_run or result["run_id"]}
+
+
+def _flow(name: str, source: str | None, report_run: str | None):
+    """The flow function ``fusion run NAME`` calls, with its source or run bound (imports Prefect)."""
+    from flows import cluster, drift, infer, ingest, nightly, preprocess, report, train
+
+    if name in ("ingest", "nightly"):
+        return partial({"ingest": ingest.ingest_flow, "nightly": nightly.nightly_flow}[name], source=source)
+    if name == "report":
+        return partial(report.report_flow, run_id=report_run)
+    return {"preprocess": preprocess.preprocess_flow, "drift": drift.drift_flow, "train": train.train_flow,
+            "infer": infer.infer_flow, "cluster": cluster.cluster_flow}[name]
 
 
 def _writable_store(name: str, settings: Settings) -> Store:
@@ -170,9 +175,16 @@ def serve(source: str = typer.Option(..., "--source", help=SOURCE_HELP),
     Example: fusion serve --source /data/incoming --store /data/fusion --cron "0 2 * * *"
     """
     setup_logging()
-    _, overrides = settings_for(config, store, sets)
+    settings, overrides = settings_for(config, store, sets)
     source = _source(source)
-    server = None if os.environ.get("PREFECT_API_URL") else _start_prefect_server(port)
+    server = None
+    if not os.environ.get("PREFECT_API_URL"):
+        typer.echo(f"starting a local Prefect server on port {port} (set PREFECT_API_URL to use another)")
+        try:
+            server, os.environ["PREFECT_API_URL"] = start_server(port, settings.orchestration.server_startup_timeout,
+                                                                 ui=True)
+        except ServerStartError as err:
+            fail(f"{err}; is the port in use? Try --port.")
     try:
         from flows.nightly import nightly_flow
 
@@ -181,42 +193,7 @@ def serve(source: str = typer.Option(..., "--source", help=SOURCE_HELP),
                                        "overrides": overrides})
     finally:
         if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
-
-
-def _die_with_parent() -> None:
-    """In a child process: be sent SIGTERM when the parent exits (Linux), however it exits."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _start_prefect_server(port: int):
-    """Start `prefect server start` on loopback, wait until healthy, and point this process at it."""
-    import subprocess
-    import time
-    import urllib.request
-
-    url = f"http://127.0.0.1:{port}/api"
-    prefect = Path(sys.executable).with_name("prefect")
-    typer.echo(f"starting a local Prefect server at {url} (set PREFECT_API_URL to use another)")
-    server = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                os.environ["PREFECT_API_URL"] = url
-                return server
-        except OSError:
-            if server.poll() is not None:
-                break
-            time.sleep(1)
-    server.terminate()
-    fail(f"could not start a Prefect server on port {port}; is it in use? Try --port.")
+            stop_server(server)
 
 
 @app.command()

@@ -310,19 +310,25 @@ def gc(keep: int = typer.Option(..., "--keep", min=1, help="how many of the newe
 
 
 @app.command()
-def fsck(repair: bool = typer.Option(False, "--repair", help="remove orphan files (never committed data), record "
-                                                             "missing checksums, close abandoned runs"),
+def fsck(repair: bool = typer.Option(False, "--repair", help="move orphan files (never committed data) into "
+                                                             "lost+found/<date>/, record missing checksums, close "
+                                                             "abandoned runs"),
+         empty_lost_found: bool = typer.Option(False, "--empty-lost-found",
+                                               help="delete what earlier repairs moved into lost+found/"),
          store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt, sets: list[str] = SetOpt) -> None:
-    """Check the store against its catalog; --repair removes orphan files.
+    """Check the store against its catalog; --repair moves orphan files into lost+found/<date>/.
 
     Shards (present, rows, checksum, schema), models, reports and result rows are checked and orphan files
-    listed. Exit code 0 when consistent, 1 otherwise.
+    listed. Nothing a catalog row names is ever an orphan. Exit code 0 when consistent, 1 otherwise.
 
     Example: fusion fsck --store ./store && fusion fsck --store ./store --repair
     """
-    from fusion_core.fsck import check_store
+    from fusion_core.fsck import LOST_FOUND, check_store
+    from fusion_core.fsck import empty_lost_found as empty
 
     catalog = open_store(config, store, sets)
+    if empty_lost_found:
+        typer.echo(f"deleted {len(empty(catalog))} files from {catalog.path(LOST_FOUND)}")
     try:
         result = check_store(catalog, repair=repair)
     except RuntimeError as err:

@@ -6,13 +6,17 @@ from prefect import get_client
 from prefect.context import FlowRunContext
 from prefect.utilities.urls import url_for
 
+from flows.prefect_server import temporary
+
 # Prefect flow run id -> the Fusion run it works for, for the failure hooks (they run in this process).
 fusion_run_ids: dict[str, str] = {}
 
 
 def ui_url(flow_run_id) -> str | None:
     """The flow run's page in the Prefect UI (PREFECT_UI_URL, else derived from PREFECT_API_URL), or None
-    when neither is set (a temporary local server)."""
+    when neither is set or the server is the temporary one this process started (gone when it ends)."""
+    if temporary["url"] is not None:
+        return None
     return url_for("flow-run", obj_id=str(flow_run_id))
 
 

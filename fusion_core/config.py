@@ -177,6 +177,9 @@ class StageTimeouts(_Section):
 
 class OrchestrationConfig(_Section):
     timeouts: StageTimeouts = StageTimeouts()
+    server_startup_timeout: float = Field(300.0, gt=0, description="seconds the `fusion` command waits for the "
+                                          "local Prefect server it starts when PREFECT_API_URL is unset (a fresh "
+                                          "Prefect home migrates its database first)")
     webhook_url: str | None = Field(None, description="a failed or crashed nightly run POSTs a JSON message "
                                                       "here; unset or empty: no message")
 

@@ -4,12 +4,15 @@ Errors are what a reader could trip on: a committed shard that is missing, has o
 another schema than the catalog recorded; a model or report the catalog names but the store lacks; a result
 row that points at a run or model the catalog does not hold. Orphans are files written but never committed
 (an interrupted writer's shards, temporary files, staging folders, unregistered models, reports of unknown
-runs); no reader sees them, and ``--repair`` removes them and nothing else. ``--repair`` also records the
-checksum of shards committed before checksums existed and closes runs whose process died.
+runs); no reader sees them. ``--repair`` moves them into ``lost+found/<date>/`` under the store root, where
+they keep their paths and can be moved back, and touches nothing a catalog row names in any path form;
+``empty_lost_found`` deletes what earlier repairs moved there. ``--repair`` also records the checksum of shards
+committed before checksums existed and closes runs whose process died.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import posixpath
 from dataclasses import dataclass, field
@@ -24,6 +27,7 @@ from fusion_core.store import Store
 log = logging.getLogger(__name__)
 
 TOP_FOLDERS = ("datasets", "models", "reports")  # checkpoints belong to `fusion gc`: they are resumable state
+LOST_FOUND = "lost+found"  # where --repair moves orphans: lost+found/<date>/<their path in the store>
 
 
 @dataclass
@@ -58,16 +62,18 @@ class FsckResult:
 
     def summary(self) -> str:
         state = "clean" if not self.errors else f"{len(self.errors)} errors"
+        moved = self.repaired.get("orphans_moved")
         extra = [f"{len(self.orphans)} orphan files", f"{len(self.unchecked)} shards without a checksum",
                  f"{len(self.abandoned)} abandoned runs"]
-        repaired = (f"; repaired: {', '.join(f'{k}={v}' for k, v in self.repaired.items())}"
+        repaired = (f"; repaired: {', '.join(f'{k}={v}' for k, v in self.repaired.items() if k != 'lost_found')}"
                     if self.repaired else "")
-        return f"fsck: {state}: {self.shards} shards checked, {', '.join(extra)}{repaired}"
+        where = f" (into {self.repaired['lost_found']})" if moved else ""
+        return f"fsck: {state}: {self.shards} shards checked, {', '.join(extra)}{repaired}{where}"
 
 
 def check_store(store: Store, repair: bool = False) -> FsckResult:
-    """Check every committed shard, model, report and result row of ``store``; with ``repair``, remove orphans,
-    record missing checksums and close abandoned runs.
+    """Check every committed shard, model, report and result row of ``store``; with ``repair``, move orphans
+    into ``lost+found/<date>/``, record missing checksums and close abandoned runs.
 
     Raises:
         RuntimeError: ``repair`` while a run is live (its uncommitted files are not orphans yet).
@@ -140,17 +146,17 @@ def _declared_schema(dataset: str, info: dict):
 
 
 def _check_models_and_reports(store: Store, models: list[dict], runs: list[dict], result: FsckResult) -> set[str]:
-    """Every model and report the catalog names exists; returns those paths."""
+    """Every model and report the catalog names exists; returns those paths, relative to the store root."""
     referenced = set()
     for model in models:
-        referenced.add(model["path"])
+        referenced.add(store.relative(model["path"]))
         if not uri.is_file(model["path"]):
             result.findings.append(Finding("model", model["path"], f"model v{model['version']} is missing"))
     for run in runs:
         for stage in store.get_run(run["run_id"])["stages"]:
             report = (stage["outputs"] or {}).get("report")
             if stage["status"] == "completed" and report:
-                referenced.add(report)
+                referenced.add(store.relative(report))
                 if not uri.is_file(report):
                     result.findings.append(Finding("report", report, f"report of run {run['run_id']} is missing"))
     return referenced
@@ -166,7 +172,8 @@ def _check_result_rows(store: Store, run_ids: set[str], models: set[int], result
 
 def _find_orphans(store: Store, committed: set[str], referenced: set[str], run_ids: set[str],
                   result: FsckResult) -> None:
-    """Files under datasets/, models/ and reports/ that no commit references."""
+    """Files under datasets/, models/ and reports/ that no commit references (paths compared relative to the
+    store root, as the catalog keeps them)."""
     if uri.kind(store.root) != "dir":
         return
     model_folders = {posixpath.dirname(p) for p in referenced}
@@ -185,19 +192,34 @@ def _find_orphans(store: Store, committed: set[str], referenced: set[str], run_i
             elif top == "datasets" and len(parts) == 3 and parts[1] == CURRENT and parts[2] != VERSION_FILE \
                     and f"datasets/{parts[0]}/{parts[2]}" not in committed:
                 why = "published file of no committed shard"
-            elif top == "models" and uri.join(base, parts[0]) not in model_folders:
+            elif top == "models" and f"models/{parts[0]}" not in model_folders:
                 why = "model folder no registered model uses"
             elif top == "reports" and parts[0] not in run_ids:
                 why = "report of a run the catalog lacks"
             else:
                 continue
-            result.findings.append(Finding("orphan", full, why))
+            if f"{top}/{rel}" not in referenced and f"{top}/{rel}" not in committed:
+                result.findings.append(Finding("orphan", full, why))
 
 
 def _repair(store: Store, result: FsckResult) -> dict:
+    folder = store.path(LOST_FOUND, f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H%M%S}")
     for orphan in result.orphans:
-        uri.delete_file(orphan.path)
-        log.info("fsck: removed %s (%s)", orphan.path, orphan.detail)
+        target = uri.join(folder, store.relative(orphan.path))
+        uri.move(orphan.path, target)
+        log.info("fsck: moved %s (%s) to %s", orphan.path, orphan.detail, target)
     recorded = store.record_checksums({path: shard_checksum(store.root, path) for _, path in result.unchecked})
     closed = store.close_abandoned()
-    return {"orphans_removed": len(result.orphans), "checksums_recorded": recorded, "runs_closed": len(closed)}
+    return {"orphans_moved": len(result.orphans), "checksums_recorded": recorded, "runs_closed": len(closed),
+            **({"lost_found": folder} if result.orphans else {})}
+
+
+def empty_lost_found(store: Store) -> list[str]:
+    """Delete what earlier repairs moved into ``lost+found/``; returns the files deleted (relative to it)."""
+    folder = store.path(LOST_FOUND)
+    if uri.kind(folder) != "dir":
+        return []
+    files = uri.walk_files(folder)
+    uri.delete_dir(folder)
+    log.info("fsck: deleted %d files from %s", len(files), folder)
+    return files

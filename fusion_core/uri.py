@@ -187,9 +187,10 @@ def link_or_copy(src: str, dst: str) -> None:
 
 def move(src: str, dst: str) -> None:
     """Rename a file or folder ``src`` to ``dst`` on one filesystem (atomic where the filesystem allows;
-    object stores cannot rename a folder, so it moves there file by file)."""
+    object stores cannot rename a folder, so it moves there file by file); ``dst``'s folder is made."""
     fs, inner = filesystem(src)
     target = filesystem(dst)[1]
+    fs.create_dir(posixpath.dirname(target), recursive=True)
     if isinstance(fs, pafs.LocalFileSystem) or fs.get_file_info(inner).type != pafs.FileType.Directory:
         fs.move(inner, target)
         return

@@ -1,8 +1,10 @@
 """`fusion fsck`: a hand-built store (real Parquet shards, a real SQLite catalog) is found consistent; each kind of
-damage is found; `--repair` removes orphans and nothing committed."""
+damage is found; `--repair` moves orphans into lost+found and nothing the catalog names; a store copied elsewhere,
+the original gone, is the same store."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -41,7 +43,10 @@ def _pixels(seed: int) -> pa.Table:
 @pytest.fixture
 def built(tmp_path) -> Store:
     """One completed run: two images shards, a pixels shard, a model, a report and prediction rows."""
-    store = Store(str(tmp_path / "store"))
+    return _build(Store(str(tmp_path / "store")), tmp_path)
+
+
+def _build(store: Store, tmp_path: Path) -> Store:
     run_id = store.start_run("nightly", {}, run_id="run-1")
     images = store.commit_version("images", [write_shard(store.root, f"datasets/images/i{k}.parquet", _images(k))
                                              for k in (1, 2)], run_id)
@@ -100,7 +105,7 @@ def test_result_rows_pointing_at_missing_runs_or_models_are_found(built):
                                                                             "catalog lacks"]
 
 
-def test_repair_removes_orphans_and_nothing_committed(built):
+def test_repair_moves_orphans_to_lost_found_and_nothing_committed(built):
     root = Path(built.root)
     write_shard(built.root, "datasets/pixels/never-committed.parquet", _pixels(3))
     (root / "datasets/images/i3.parquet.tmp-1234abcd").write_bytes(b"half")
@@ -118,11 +123,64 @@ def test_repair_removes_orphans_and_nothing_committed(built):
     assert {Path(f.path).name for f in found.orphans} == {"never-committed.parquet", "i3.parquet.tmp-1234abcd",
                                                           "p1.parquet", "model.keras", "index.html"}
     repaired = check_store(built, repair=True)
-    assert repaired.repaired["orphans_removed"] == 5
+    assert repaired.repaired["orphans_moved"] == 5
     assert {p: p.read_bytes() for p in committed} == committed
     assert (root / "models/run-1/model.keras").exists() and (root / "reports/run-1/index.html").exists()
     again = check_store(built)
     assert again.findings == []
+    lost = Path(repaired.repaired["lost_found"])
+    assert lost.parent == root / "lost+found"
+    assert sorted(str(p.relative_to(lost)) for p in lost.rglob("*") if p.is_file()) == [
+        "datasets/images/i3.parquet.tmp-1234abcd", "datasets/pixels/_current-7/p1.parquet",
+        "datasets/pixels/never-committed.parquet", "models/unregistered/model.keras", "reports/run-unknown/index.html"]
+    assert (lost / "models/unregistered/model.keras").read_bytes() == b"x"  # restorable as it was
+
+    from fusion_core.fsck import empty_lost_found
+    assert len(empty_lost_found(built)) == 5 and not (root / "lost+found").exists()
+
+
+def _relocated(built: Store, tmp_path: Path, db_url: str | None = None) -> Store:
+    """``built`` copied to another path with the original deleted, opened there (on the same catalog database
+    when it is not the store's SQLite file)."""
+    copy = tmp_path / "elsewhere" / "restored"
+    shutil.copytree(built.root, copy)
+    built.engine.dispose()
+    shutil.rmtree(built.root)
+    return Store(str(copy), db_url)
+
+
+@pytest.mark.parametrize("catalog", ["sqlite", "postgresql"])
+def test_a_copied_store_with_the_original_gone_is_the_same_store(catalog, tmp_path, request):
+    db_url = request.getfixturevalue("postgres_url") if catalog == "postgresql" else None
+    moved = _relocated(_build(Store(str(tmp_path / "store"), db_url), tmp_path), tmp_path, db_url)
+    result = check_store(moved)
+    assert result.findings == [], result.findings
+    champion_path = moved.get_model(1)["path"]
+    assert champion_path == f"{moved.root}/models/run-1/model.keras" and Path(champion_path).read_bytes() == b"model"
+    report = next(s for s in moved.get_run("run-1")["stages"] if s["stage"] == "report")["outputs"]["report"]
+    assert report == f"{moved.root}/reports/run-1/index.html"
+    before = {p: p.read_bytes() for p in Path(moved.root).rglob("*") if p.is_file() and p.name != "catalog.db"}
+    repaired = check_store(moved, repair=True)
+    assert repaired.repaired["orphans_moved"] == 0 and not Path(moved.root, "lost+found").exists()
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_paths_recorded_absolute_before_version_5_migrate_to_relative(built, tmp_path):
+    """A catalog of schema version 4 kept the model's and report's absolute paths: after a move they named the
+    old place, and fsck took the model as an orphan. The migration makes them relative, whatever the old root."""
+    old = "/somewhere/gone/store"
+    with built.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE models SET path = :p"), {"p": f"{old}/models/run-1/model.keras"})
+        conn.execute(sa.text("UPDATE run_stages SET outputs = :o WHERE stage = 'report'"),
+                     {"o": f'{{"report": "{old}/reports/run-1/index.html"}}'})
+        conn.execute(sa.text("UPDATE fusion_meta SET value = '4' WHERE key = 'schema_version'"))
+    from fusion_core.store import catalog
+
+    catalog._migrated.clear()
+    moved = _relocated(built, tmp_path)
+    with moved.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT path FROM models")).scalar() == "models/run-1/model.keras"
+    assert check_store(moved).findings == []
 
 
 def test_shards_committed_before_checksums_get_one(built):

@@ -42,6 +42,7 @@ LOOKUP_CHUNK = 500  # ids per IN (...) lookup
 HEARTBEAT_S = 20  # how often a live run renews its heartbeat
 DETAILS_S = 2  # how often a live run looks for new details to record (the Ray dashboard's address)
 LEASE_S = 120  # a running run whose heartbeat is older than this has lost its process
+PATH_OUTPUTS = ("report", "model_path")  # stage outputs that name a file in the store
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,39}")  # run ids name folders: nothing that leaves one
 _migrated: set[str] = set()  # catalogs this process has brought to the current schema
 
@@ -113,6 +114,31 @@ class Store(ResultTables):
     def path(self, *parts: str) -> str:
         """An artifact location under the store root."""
         return uri.join(self.root, *parts)
+
+    def relative(self, path: str) -> str:
+        """``path`` as the catalog keeps it: relative to the store root when it lies under it (so a store
+        copied, moved or restored elsewhere is the same store), as it is otherwise."""
+        prefix = self.root.rstrip("/") + "/"
+        return path[len(prefix):] if path.startswith(prefix) else path
+
+    def located(self, path: str) -> str:
+        """Where a path the catalog keeps lies now: a relative one under this store's root, others as they are."""
+        return path if uri.is_uri(path) or path.startswith("/") else self.path(path)
+
+    def _outputs(self, outputs: dict | None, convert: Callable[[str], str]) -> dict | None:
+        """A stage's outputs with its store paths (``PATH_OUTPUTS``) passed through ``convert``."""
+        if not outputs:
+            return outputs
+        return {k: convert(v) if k in PATH_OUTPUTS and isinstance(v, str) else v for k, v in outputs.items()}
+
+    def _summary(self, summary: dict | None) -> dict | None:
+        """A run's summary (stage name -> the stage's result) with its stages' store paths made relative."""
+        return summary and {k: {**v, "outputs": self._outputs(v["outputs"], self.relative)}
+                            if isinstance(v, dict) and isinstance(v.get("outputs"), dict) else v
+                            for k, v in summary.items()}
+
+    def _model(self, row) -> dict | None:
+        return {**row._mapping, "path": self.located(row.path)} if row else None
 
     # runs -----------------------------------------------------------------
     def start_run(self, flow: str, params: dict[str, Any], run_id: str | None = None,
@@ -194,7 +220,7 @@ class Store(ResultTables):
     def finish_run(self, run_id: str, status: str, summary: dict[str, Any] | None = None) -> None:
         with self.engine.begin() as conn:
             conn.execute(runs.update().where(runs.c.run_id == run_id)
-                         .values(status=status, finished_at=_now(), summary=summary))
+                         .values(status=status, finished_at=_now(), summary=self._summary(summary)))
             conn.execute(writer_lease.delete().where(writer_lease.c.run_id == run_id))
 
     @contextmanager
@@ -265,7 +291,7 @@ class Store(ResultTables):
             conn.execute(run_stages.update()
                          .where(run_stages.c.run_id == run_id, run_stages.c.stage == stage)
                          .values(status=status, finished_at=_now(), counts=counts,
-                                 metrics=metrics, outputs=outputs, error=error))
+                                 metrics=metrics, outputs=self._outputs(outputs, self.relative), error=error))
 
     def list_runs(self, limit: int | None = 20) -> list[dict]:
         """Runs, newest first (all of them when ``limit`` is None); a run whose process is gone shows as
@@ -281,8 +307,9 @@ class Store(ResultTables):
             row = conn.execute(sa.select(runs).where(runs.c.run_id == run_id)).first()
             if row is None:
                 return None
-            stages = [dict(s._mapping) for s in conn.execute(sa.select(run_stages).where(
-                run_stages.c.run_id == run_id).order_by(run_stages.c.started_at))]
+            stages = [{**s._mapping, "outputs": self._outputs(s.outputs, self.located)}
+                      for s in conn.execute(sa.select(run_stages).where(
+                          run_stages.c.run_id == run_id).order_by(run_stages.c.started_at))]
         run = _with_liveness(dict(row._mapping))
         if run["status"] == "abandoned":
             stages = [{**s, "status": "abandoned"} if s["status"] == "running" else s for s in stages]
@@ -508,7 +535,7 @@ class Store(ResultTables):
                        metrics: dict, config: dict) -> int:
         with self.engine.begin() as conn:
             result = conn.execute(models.insert().values(
-                run_id=run_id, name=name, path=path, stage="challenger", key=key,
+                run_id=run_id, name=name, path=self.relative(path), stage="challenger", key=key,
                 dataset_version=dataset_version, metrics=metrics, config=config, created_at=_now()))
             return result.inserted_primary_key[0]
 
@@ -516,18 +543,18 @@ class Store(ResultTables):
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(models).where(models.c.stage == "champion")
                                .order_by(models.c.version.desc()).limit(1)).first()
-            return dict(row._mapping) if row else None
+            return self._model(row)
 
     def get_model(self, version: int) -> dict | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(models).where(models.c.version == version)).first()
-            return dict(row._mapping) if row else None
+            return self._model(row)
 
     def find_model(self, key: str) -> dict | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(models).where(models.c.key == key)
                                .order_by(models.c.version.desc()).limit(1)).first()
-            return dict(row._mapping) if row else None
+            return self._model(row)
 
     def set_champion(self, version: int, reason: str, actor: str = "fusion", forced: bool = False) -> None:
         """Make ``version`` the champion (the current one is archived) and record who did it and why."""
@@ -548,7 +575,7 @@ class Store(ResultTables):
 
     def list_models(self) -> list[dict]:
         with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(sa.select(models).order_by(models.c.version))]
+            return [self._model(r) for r in conn.execute(sa.select(models).order_by(models.c.version))]
 
 
 class StoreBusyError(RuntimeError):

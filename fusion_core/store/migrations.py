@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from fusion_core.store.tables import (SCHEMA_VERSION, cluster_assignments, cluster_summaries, dataset_shards, meta,
-                                      metadata, models, predictions, quarantine, runs)
+                                      metadata, models, predictions, quarantine, run_stages, runs)
 
 
 def _add_lookup_indexes(conn) -> None:
@@ -40,8 +40,43 @@ def _add_checksums_and_heartbeats(conn) -> None:
             conn.execute(sa.text(f"ALTER TABLE {table} ALTER COLUMN {name} TYPE TEXT"))
 
 
+def store_relative(path, folder: str):
+    """A store path recorded absolute (before version 5) as the catalog keeps it now: from its last
+    ``/<folder>/`` on. The old root need not be known, so a store already moved migrates too."""
+    if not isinstance(path, str) or not (path.startswith("/") or "://" in path) or f"/{folder}/" not in path:
+        return path
+    return f"{folder}/" + path.rsplit(f"/{folder}/", 1)[1]
+
+
+def _relative_outputs(outputs):
+    if not isinstance(outputs, dict):
+        return outputs
+    folders = {"report": "reports", "model_path": "models"}
+    return {k: store_relative(v, folders[k]) if k in folders else v for k, v in outputs.items()}
+
+
+def _relative_paths(conn) -> None:
+    """Version 5: model files and reports recorded relative to the store root, so that a copied, moved or
+    restored store is the same store (shards always were)."""
+    for row in conn.execute(sa.select(models.c.version, models.c.path)).all():
+        if store_relative(row.path, "models") != row.path:
+            conn.execute(models.update().where(models.c.version == row.version)
+                         .values(path=store_relative(row.path, "models")))
+    for row in conn.execute(sa.select(run_stages.c.run_id, run_stages.c.stage, run_stages.c.outputs)).all():
+        if _relative_outputs(row.outputs) != row.outputs:
+            conn.execute(run_stages.update().where(run_stages.c.run_id == row.run_id, run_stages.c.stage == row.stage)
+                         .values(outputs=_relative_outputs(row.outputs)))
+    for row in conn.execute(sa.select(runs.c.run_id, runs.c.summary)).all():
+        if isinstance(row.summary, dict):
+            summary = {k: {**v, "outputs": _relative_outputs(v["outputs"])} if isinstance(v, dict) and "outputs" in v
+                       else v for k, v in row.summary.items()}
+            if summary != row.summary:
+                conn.execute(runs.update().where(runs.c.run_id == row.run_id).values(summary=summary))
+
+
 # schema version -> step that brings a catalog from the previous version to it
-MIGRATIONS = {2: _add_lookup_indexes, 3: _add_result_detail_columns, 4: _add_checksums_and_heartbeats}
+MIGRATIONS = {2: _add_lookup_indexes, 3: _add_result_detail_columns, 4: _add_checksums_and_heartbeats,
+              5: _relative_paths}
 
 
 def migrate(engine: sa.Engine) -> int:

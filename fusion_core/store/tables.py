@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 4  # see MIGRATIONS
+SCHEMA_VERSION = 5  # see MIGRATIONS
 
 metadata = sa.MetaData()
 
