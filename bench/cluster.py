@@ -14,7 +14,6 @@ Writes bench/results/cluster.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -26,6 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from cifar import cifar_folder  # noqa: E402
+from record import run_context, write_results  # noqa: E402
 
 N_INIT = 3  # k-means restarts, both implementations
 
@@ -39,6 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.model.exists():
         parser.error(f"--model: {args.model} does not exist; run `python bench/train.py --parts best` first")
+    context = run_context()
     os.environ.setdefault("FUSION_RAY__NODE_IP_ADDRESS", "127.0.0.2")
 
     import numpy as np
@@ -96,8 +97,7 @@ def main() -> None:
            "acc_raw_pixels": round(raw_quality["cluster_accuracy"], 4),
            "fusion_kmeans_s": round(fusion_s, 3), "sklearn_kmeans_s": round(sklearn_s, 3),
            "sklearn_nmi": round(sk_quality["nmi"], 4), "goal_met": m["nmi"] >= 0.80}
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "cluster.json").write_text(json.dumps(row, indent=2) + "\n")
+    write_results("cluster", row, context)
     print(f"\n{row['images']} CIFAR-10 test images, k = 10")
     print(f"{'':<38}{'NMI':>8}{'ARI':>8}{'acc':>8}")
     print(f"{'best model embeddings, Fusion k-means':<38}{row['nmi']:>8.3f}{row['ari']:>8.3f}{row['acc']:>8.3f}")

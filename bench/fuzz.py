@@ -15,7 +15,6 @@ Writes bench/results/fuzz.json and prints a table per format.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import sys
 import tempfile
@@ -30,8 +29,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from fuzz_inputs import FORMATS, IMAGE_FORMATS, mutate, run_case, seed  # noqa: E402
+from record import run_context, write_results  # noqa: E402
 
-RESULTS = HERE / "results" / "fuzz.json"
 CASE_SECONDS = 10.0
 
 
@@ -51,6 +50,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--memory-mb", type=int, default=1024, help="address space a case may add")
     args = parser.parse_args()
+    context = run_context()
 
     workdir = Path(tempfile.mkdtemp(prefix="fusion-fuzz-"))
     for fmt in FORMATS:  # the baseline: every seed is a valid input (and warms up the decoders)
@@ -83,8 +83,7 @@ def main() -> None:
               "case_seconds_limit": CASE_SECONDS, "seconds": round(time.perf_counter() - started, 1),
               "per_format": dict(sorted(per_format.items())), "failures": failures[:50],
               "handled": sum(r["cases"] - r["exceptions"] - r["lost"] - r["over_time"] for r in per_format.values())}
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_results("fuzz", result, context)
     _report(result)
 
 

@@ -8,7 +8,8 @@ thread (process time, so other load on the machine does not count).
 
     python bench/impute.py [--data bench/data/test] [--n 2000] [--seed 0]
 
-Writes bench/results/impute.json (a list of rows) and prints the table.
+Writes bench/results/impute.json (the run's date, commit and machine, and the rows under ``rows``) and prints
+the table.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from skimage.restoration import inpaint_biharmonic  # noqa: E402
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from bench.cifar import cifar_folder, load_cifar  # noqa: E402
+from record import RESULTS, run_context, write_results  # noqa: E402
 from fusion_core.corrupt import PATTERNS, corrupt_pattern  # noqa: E402
 from fusion_core.impute import CHOICES, impute, psnr  # noqa: E402
 
@@ -114,13 +116,17 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=HERE / "data" / "cifar10" / "test")
     parser.add_argument("--n", type=int, default=2000, help="test images (evenly spaced over the classes)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "impute.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "impute.json")
     args = parser.parse_args()
+    context = run_context()
     cv2.setNumThreads(1)
     images, _, _ = load_cifar(cifar_folder(args.data, "test"), args.n)
     rows = mark_goal(run(images, args.seed))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=1) + "\n")
+    if args.out.resolve() == RESULTS / "impute.json":
+        write_results("impute", {"rows": rows}, context)
+    else:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({**context, "rows": rows}, indent=2) + "\n")
     print(table(rows))
 
 

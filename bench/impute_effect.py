@@ -7,7 +7,8 @@ same way (same mask rate, other seed; clean for the clean run).
 
     python bench/impute_effect.py [--train bench/data/train] [--test bench/data/test] [--epochs 3]
 
-Writes bench/results/impute_effect.json (a list of rows) and prints the table.
+Writes bench/results/impute_effect.json (the run's date, commit and machine, and the rows under ``rows``) and
+prints the table.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from bench.cifar import cifar_folder, load_cifar  # noqa: E402
+from record import RESULTS, run_context, write_results  # noqa: E402
 from fusion_core.corrupt import corrupt_random  # noqa: E402
 from fusion_core.impute import impute, psnr  # noqa: E402
 
@@ -65,8 +67,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, help="use this many train (and a fifth as many test) images")
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "impute_effect.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "impute_effect.json")
     args = parser.parse_args()
+    context = run_context()
     x_train, y_train, _ = load_cifar(cifar_folder(args.train, "train"), args.limit)
     x_test, y_test, _ = load_cifar(cifar_folder(args.test, "test"), args.limit and args.limit // 5)
     rows = []
@@ -83,8 +86,11 @@ def main() -> None:
                      "impute_s": round(fill_s, 1), "epochs": args.epochs, "train_s": round(train_s, 1),
                      "train_images": len(train), "test_images": len(test), "test_accuracy": round(accuracy, 4)})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=1) + "\n")
+    if args.out.resolve() == RESULTS / "impute_effect.json":
+        write_results("impute_effect", {"rows": rows}, context)
+    else:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({**context, "rows": rows}, indent=2) + "\n")
     print("| training data | fill | PSNR of fill (dB) | epochs | test accuracy |\n|---|---|---:|---:|---:|")
     for r in rows:
         data = "clean" if r["variant"] == "clean" else f"{r['dropped']:.0%} pixels dropped"

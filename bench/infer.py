@@ -14,7 +14,6 @@ Writes bench/results/infer.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -26,6 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from cifar import cifar_folder  # noqa: E402
+from record import run_context, write_results  # noqa: E402
 
 SHARD_ROWS = 100_000
 
@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--large", type=int, default=1_000_000, help="images of the large run (0: skip it)")
     args = parser.parse_args()
+    context = run_context()
     os.environ.setdefault("FUSION_RAY__NODE_IP_ADDRESS", "127.0.0.2")
 
     from fusion_core import registry
@@ -117,8 +118,7 @@ def main() -> None:
                     "ratio_1m": round(large["fusion_img_s"] / large["plain_img_s"], 3)})
         runs.append(("1M", large))
     row["goal_met"] = all(r["fusion_img_s"] >= 0.8 * r["plain_img_s"] for _, r in runs)
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "infer.json").write_text(json.dumps(row, indent=2) + "\n")
+    write_results("infer", row, context)
     print(f"{'':<38}{'images':>9}{'seconds':>10}{'img/s':>10}")
     for name, r in runs:
         print(f"{'Fusion infer (' + name + ', commit included)':<38}{r['images']:>9}{r['fusion_s']:>10.2f}"

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from record import RESULTS, run_context, write_results
+
 REPO = Path(__file__).resolve().parent.parent
 ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpg" / "train.tar.gz"
 
@@ -160,8 +162,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=REPO / "bench" / "data", help="where train/ is (unpacked if missing)")
     parser.add_argument("--limit", type=int, default=None, help="use a subset of this many files")
     parser.add_argument("--cores", type=int, default=os.cpu_count(), help="CPUs for Ray and the decode limit")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "ingest.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "ingest.json")
     args = parser.parse_args()
+    context = run_context()
     logging.basicConfig(level=logging.WARNING)
 
     import ray
@@ -250,8 +253,11 @@ def main() -> None:
     print("\n| pixel layout (5,000 images, zstd) | write µs/image | bytes/image |\n|---|---:|---:|")
     for row in layout_rows:
         print(f"| {row['layout']} | {row['write_us_per_image']:.1f} | {row['bytes_per_image']:.0f} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    if args.out.resolve() == RESULTS / "ingest.json":
+        write_results("ingest", results, context)
+    else:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({**context, **results}, indent=2) + "\n")
     print(f"\nwrote {args.out}")
 
 

@@ -7,8 +7,8 @@ SIGKILL. The stage is then run again (when the killed attempt did not finish by 
 compared with the clean run's: the stage's dataset rows and content hashes, its result table rows, `fsck`.
 Each run starts its own local Ray (on 127.0.0.2) and talks to one Prefect server on loopback. The data set is
 the demo generator's, a few thousand 32x32 images. Infer runs on its Ray actor pool (as it does at scale); the
-cluster and report stages use no Ray, so they have driver trials only. Results of the stages run are merged into
-an existing results file.
+cluster and report stages use no Ray, so they have driver trials only. Each run writes a fresh results file
+holding the stages it ran, and nothing from an earlier file.
 
     python bench/kill_trials.py [--stages ingest,...] [--driver-trials 10] [--worker-trials 5] [--per-class 300]
 
@@ -34,9 +34,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from record import run_context, write_results
+
 BIN = Path(sys.executable).parent
-RESULTS = HERE / "results" / "kill_trials.json"
 STAGES = ("ingest", "preprocess", "train", "infer", "cluster", "report", "nightly")
 BEFORE = {"ingest": "empty", "preprocess": "ingest", "train": "preprocess", "infer": "train", "cluster": "infer",
           "report": "cluster", "nightly": "empty"}  # the clean state each stage starts from
@@ -330,16 +330,11 @@ def main() -> None:
     stages = [s for s in args.stages.split(",") if s]
     if unknown := set(stages) - set(STAGES):
         parser.error(f"--stages: unknown {sorted(unknown)} (allowed: {', '.join(STAGES)})")
+    context = run_context()
     workdir = Path(tempfile.mkdtemp(prefix="fusion-kill-"))
     result = run_trials(stages, args.driver_trials, args.worker_trials, args.per_class, args.seed, workdir)
     shutil.rmtree(workdir, ignore_errors=True)  # kept, with its stage.log, when a clean run failed
-    if RESULTS.exists():  # the stages not run this time keep their earlier trials
-        earlier = json.loads(RESULTS.read_text())
-        result["trials"] = [t for t in earlier["trials"] if t["stage"] not in stages] + result["trials"]
-        result["table"] = summarize(result["trials"], STAGES)
-        result["clean_s"] = {**earlier["clean_s"], **result["clean_s"]}
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_results("kill_trials", result, context)
     print(f"\n{'stage/target':<20}{'trials':>7}{'killed':>7}{'survived':>9}{'lost':>6}{'dup.':>6}{'orphans':>8}"
           f"{'fsck err':>9}")
     for name, row in result["table"].items():

@@ -15,13 +15,12 @@ Writes bench/results/kmeans.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
+from record import run_context, write_results
+
 K = 10
 CHUNK = 100_000
 
@@ -46,6 +45,7 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=100_000, help="cluster.sample_size")
     parser.add_argument("--noise", type=float, default=0.3, help="per-dimension noise around each class")
     args = parser.parse_args()
+    context = run_context()
 
     from sklearn.cluster import MiniBatchKMeans
 
@@ -72,8 +72,7 @@ def main() -> None:
            "fusion_s": round(fusion_s, 2), "fusion_nmi": round(fusion_nmi, 4),
            "sklearn_minibatch_s": round(sklearn_s, 2), "sklearn_minibatch_nmi": round(sklearn_nmi, 4),
            "goal_met": fusion_s <= sklearn_s and fusion_nmi >= sklearn_nmi - 0.01}
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "kmeans.json").write_text(json.dumps(row, indent=2) + "\n")
+    write_results("kmeans", row, context)
     print(f"{row['images']} x {row['dim']} embeddings, k = {K}")
     print(f"{'':<44}{'seconds':>9}{'NMI':>8}")
     print(f"{'Fusion (k-means on ' + str(len(sample)) + ', then nearest)':<44}{fusion_s:>9.2f}{fusion_nmi:>8.3f}")

@@ -19,10 +19,9 @@ import os
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results" / "profile.json"
+from record import run_context, write_results
+
 # op type (as the profiler names it) -> kind; the first matching prefix wins
 KINDS = (
     ("FusedBatchNorm", "batch norm"), ("_MklFusedBatchNorm", "batch norm"), ("_MklNativeFusedBatchNorm", "batch norm"),
@@ -48,6 +47,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
+    context = run_context()
 
     import numpy as np
     import tensorflow as tf
@@ -100,8 +100,7 @@ def main() -> None:
               "images_per_s": round(args.batch / wall, 1), "op_ms_per_step": round(traced, 1),
               "kinds": {k: round(v, 1) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
               "top_op_types": {k: round(v, 1) for k, v in sorted(by_type.items(), key=lambda kv: -kv[1])[:12]}}
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_results("profile", result, context)
     print(f"\nbest recipe's network, batch {args.batch}, {policy}: {result['step_ms']:.0f} ms per step "
           f"({result['images_per_s']:.0f} images/s); op time traced {traced:.0f} ms per step "
           "(ops on two threads overlap)")

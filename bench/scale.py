@@ -28,8 +28,9 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from record import run_context, write_results
+
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results" / "scale.json"
 STAGES = ("ingest", "preprocess", "train", "infer", "cluster", "report")
 CLASSES = 10
 
@@ -219,6 +220,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="where the stores are made (default: a temporary folder)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
+    context = run_context()
     work = Path(tempfile.mkdtemp(prefix="fusion-bench-scale-", dir=args.work))
     rows = []
     for images in sizes:
@@ -230,16 +232,15 @@ def main() -> None:
                   f"driver {r.get('driver_peak_rss_mb', 0):>7.0f} MB  machine {r.get('machine_peak_mb', 0):>7.0f} MB  "
                   f"object store {r.get('object_store_peak_mb', 0):>6.0f} MB", flush=True)
         shutil.rmtree(work / f"store-{images}", ignore_errors=True)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"rows": rows, "goals": goals(rows)}, indent=1) + "\n")
-    plot(rows, RESULTS.with_suffix(".png"))
+    results = write_results("scale", {"rows": rows, "goals": goals(rows)}, context)
+    plot(rows, results.with_suffix(".png"))
     print(f"\n{'images':>9} {'stage':<11} {'seconds':>9} {'img/s':>9} {'driver MB':>10} {'machine MB':>11} "
           f"{'store MB':>9}")
     for r in rows:
         print(f"{r['images']:>9} {r['stage']:<11} {r['seconds'] or 0:>9.1f} {r['images_per_s'] or 0:>9.0f} "
               f"{r.get('driver_peak_rss_mb', 0):>10.0f} {r.get('machine_peak_mb', 0):>11.0f} {r['store_mb']:>9.0f}")
     print("\n" + "\n".join(goals(rows)))
-    print(f"wrote {RESULTS} and {RESULTS.with_suffix('.png')}")
+    print(f"wrote {results} and {results.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

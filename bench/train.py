@@ -20,13 +20,13 @@ Both sides use the same dtype policy (bfloat16 compute on CPUs with bf16 instruc
 
     python bench/train.py [--parts best,plain,ray1,plain400k,ray400k,ablation] [--seeds 0,1,2]
 
-Writes bench/results/train.json (parts measured before are kept) and prints a table.
+Writes bench/results/train.json (the parts measured in this run only, rewritten as each part ends) and prints
+a table.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -40,8 +40,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from cifar import cifar_folder  # noqa: E402
+from record import run_context, write_results  # noqa: E402
 
-RESULTS = HERE / "results" / "train.json"
 PARTS = ("best", "plain", "ray1", "ray2", "plain400k", "ray400k", "ablation")
 TARGETS = (0.90, 0.93, 0.94)
 # Leave-one-out variants of the best recipe: (row label, recipe fields changed).
@@ -236,6 +236,7 @@ def main() -> None:
     parts = [p for p in args.parts.split(",") if p]
     if unknown := set(parts) - set(PARTS):
         parser.error(f"--parts: unknown {sorted(unknown)} (allowed: {', '.join(PARTS)})")
+    context = run_context()
     os.environ.setdefault("FUSION_RAY__NODE_IP_ADDRESS", "127.0.0.2")
 
     from fusion_core.config import load_settings
@@ -253,8 +254,7 @@ def main() -> None:
     seed = RECIPES["seed"]
     pixels_version = big_version = None
 
-    row = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    row["policy"] = policy
+    row = {"policy": policy}
     for part in parts:
         print(f"--- {part}", flush=True)
         if part.endswith("400k"):
@@ -292,8 +292,7 @@ def main() -> None:
             row["overhead"] = round(row["ray1_s"] / row["plain_s"], 3)
         if "ray1_s_400k" in row and "plain_s_400k" in row:
             row["overhead_400k"] = round(row["ray1_s_400k"] / row["plain_s_400k"], 3)
-        RESULTS.parent.mkdir(exist_ok=True)
-        RESULTS.write_text(json.dumps(row, indent=2) + "\n")
+        write_results("train", row, context)  # after every part, so a run cut short keeps what it measured
     report(row)
     shutil.rmtree(workdir, ignore_errors=True)
 

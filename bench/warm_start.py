@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import sys
 import tempfile
@@ -33,8 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from cifar import cifar_folder  # noqa: E402
-
-RESULTS = HERE / "results" / "warm_start.json"
+from record import run_context, write_results  # noqa: E402
 
 
 def yesterday_folder(today: Path, out: Path, fraction: float) -> int:
@@ -65,6 +63,7 @@ def main() -> None:
     parser.add_argument("--recipe", default="seed")
     parser.add_argument("--fraction", type=float, default=0.8, help="yesterday's share of the images")
     args = parser.parse_args()
+    context = run_context()
     today = args.data or cifar_folder(HERE / "data" / "cifar10" / "train", "train")
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -110,8 +109,7 @@ def main() -> None:
               "champion": champion, "cold": cold, "warm": warm, "target_val_accuracy": target,
               "cold_train_s": round(cold_s, 1), "warm_reach_s": None if warm_s is None else round(warm_s, 1),
               "speedup": None if not warm_s else round(cold_s / warm_s, 2)}
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2))
+    write_results("warm_start", result, context)
     print(f"\n{'run':<10} {'init':<14} {'val acc per epoch':<62} {'holdout':>8} {'train s':>8}")
     for name, r in (("yesterday", champion), ("cold", cold), ("warm", warm)):
         curve = " ".join(f"{h['val_accuracy']:.3f}" for h in r["history"])

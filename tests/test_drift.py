@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from fusion_core.demo_data import CLASSES, generate_demo_images
-from fusion_core.drift import mix_check, mmd_test, shift_check
+from fusion_core.drift import corrected, holm, mix_check, mmd_test, shift_check
 
 
 # statistics ------------------------------------------------------------------------------------
@@ -43,6 +43,31 @@ def test_shift_check_flags_darker_images_only():
     reference = _channel_stats(images(1000))
     assert not shift_check("pixels", reference, _channel_stats(images(100)), 0.25, 0.01)["flagged"]
     assert shift_check("pixels", reference, _channel_stats(images(100, 0.5)), 0.25, 0.01)["flagged"]
+
+
+def test_shift_check_on_a_quiet_night_holds_its_level_over_three_channels():
+    """Same distribution on both sides: the corrected p-value falls below alpha at most alpha of the time (the
+    uncorrected smallest of three channels' p-values did so about three times as often)."""
+    rng = np.random.default_rng(3)
+    reference = _channel_stats(rng.normal(128, 30, size=(2000, 2, 2, 3)))
+    nights = [shift_check("pixels", reference, _channel_stats(rng.normal(128, 30, size=(200, 2, 2, 3))), 0.0, 0.05)
+              for _ in range(400)]
+    assert np.mean([n["p_value"] < 0.05 for n in nights]) <= 0.05 + 0.02
+
+
+def test_holm_adjusts_step_down_and_keeps_order():
+    assert holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert holm([]) == []
+
+
+def test_a_night_is_flagged_on_holm_adjusted_p_values():
+    checks = [{"check": "a", "value": 1.0, "threshold": 0.1, "p_value": 0.006, "flagged": True},
+              {"check": "b", "value": 1.0, "threshold": 0.1, "p_value": 0.0001, "flagged": True},
+              {"check": "c", "value": 0.0, "threshold": 0.1, "p_value": 1.0, "flagged": False},
+              {"check": "d", "value": 0.3, "threshold": 0.1, "p_value": None, "flagged": True}]
+    out = {c["check"]: c for c in corrected(checks, 0.01)}
+    assert not out["a"]["flagged"] and out["a"]["p_adjusted"] == pytest.approx(0.012)  # 0.006 x 2 (second smallest)
+    assert out["b"]["flagged"] and out["d"]["flagged"] and not out["c"]["flagged"]
 
 
 def test_mmd_test_tells_shifted_embeddings_from_a_fresh_sample():
