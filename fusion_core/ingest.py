@@ -133,9 +133,38 @@ def _hashed(items: list[Item], max_bytes: int, bad: list[dict]) -> Iterator[list
         yield batch
 
 
-def ingest_task(root: str, db: str | None, items: list[Item], cfg: IngestConfig) -> dict:
-    """``ingest_chunk`` in a Ray task, asking the store's catalog which images it holds already."""
-    return ingest_chunk(root, items, cfg, Store(root, db).known_image_ids)
+def ingest_task(root: str, db: str | None, items: list[Item], cfg: IngestConfig) -> tuple[dict, pa.Table]:
+    """``ingest_chunk`` in a Ray task, asking the store's catalog which images it holds already.
+
+    Returns what the driver keeps, compact (each shard's ids as 32-byte digests, the count of sources), and the
+    ``{image_id, source}`` rows as a second object, which the driver fetches one task at a time at commit.
+    """
+    out = ingest_chunk(root, items, cfg, Store(root, db).known_image_ids)
+    shards = [{"path": s["path"], "num_rows": s["num_rows"], "checksum": s["checksum"],
+               "image_ids": digests(s["image_ids"])} for s in out["shards"]]
+    ids, paths = zip(*out["sources"]) if out["sources"] else ((), ())
+    sources = pa.table({"image_id": pa.array(ids, pa.string()), "source": pa.array(paths, pa.string())})
+    return {"shards": shards, "sources": len(out["sources"]), "quarantine": out["quarantine"]}, sources
+
+
+def digests(image_ids: list[str]) -> np.ndarray:
+    """Hex image ids as an array of 32-byte digests (a third of the memory of Python strings)."""
+    return np.array([bytes.fromhex(i) for i in image_ids], dtype="S32")
+
+
+def later_duplicates(shard_ids: list[np.ndarray]) -> dict[int, set[str]]:
+    """For shards in order, the ids each holds that an earlier shard (or itself, earlier) holds too:
+    ``{shard index: {hex id}}``. Sorts one array of digests instead of growing a set of strings."""
+    if not shard_ids:
+        return {}
+    ids = np.concatenate(shard_ids)
+    owner = np.repeat(np.arange(len(shard_ids)), [len(a) for a in shard_ids])
+    order = np.lexsort((owner, ids))  # by id, then by shard: the first of each run of equal ids is kept
+    repeated = np.flatnonzero(ids[order][1:] == ids[order][:-1]) + 1
+    drops: dict[int, set[str]] = {}
+    for position in order[repeated]:
+        drops.setdefault(int(owner[position]), set()).add(ids[position].ljust(32, b"\0").hex())  # numpy strips \0s
+    return drops
 
 
 def _write_table(root: str, table: pa.Table, size: int, cfg: IngestConfig) -> dict:
@@ -173,9 +202,9 @@ def _chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
         yield chunk
 
 
-def _run_tasks(ray, cfg: IngestConfig, store: Store, source: str, problems: list[dict]) -> list[dict]:
-    """Feed chunks of the source to Ray tasks as they are listed; results in submission order."""
-    task = ray.remote(ingest_task)
+def _run_tasks(ray, cfg: IngestConfig, store: Store, source: str, problems: list[dict]) -> list[tuple[dict, object]]:
+    """Feed chunks of the source to Ray tasks as they are listed; ``(summary, sources ref)`` in submission order."""
+    task = ray.remote(ingest_task).options(num_returns=2)
     root, db = store.reopen_args()
     in_flight = 2 * int(ray.cluster_resources().get("CPU", 1)) + 2  # keeps workers busy, bounds memory
     results, pending, progress = [], {}, Progress("ingest", "files")
@@ -183,8 +212,8 @@ def _run_tasks(ray, cfg: IngestConfig, store: Store, source: str, problems: list
     def collect(wait_all: bool) -> None:
         while pending and (wait_all or len(pending) >= in_flight):
             ready, _ = ray.wait(list(pending), num_returns=1)
-            index, n = pending.pop(ready[0])
-            results[index] = ray.get(ready[0])
+            index, n, sources = pending.pop(ready[0])
+            results[index] = (ray.get(ready[0]), sources)
             progress.update(n)
 
     listed = 0  # the source is streamed, never held whole: the total (and an ETA) is known once it is listed
@@ -192,7 +221,8 @@ def _run_tasks(ray, cfg: IngestConfig, store: Store, source: str, problems: list
     for chunk in _chunks(items, cfg.files_per_task):
         collect(wait_all=False)
         results.append(None)
-        pending[task.remote(root, db, chunk, cfg)] = (len(results) - 1, len(chunk))
+        summary, sources = task.remote(root, db, chunk, cfg)
+        pending[summary] = (len(results) - 1, len(chunk), sources)
         listed += len(chunk)
     progress.total = listed
     collect(wait_all=True)
@@ -201,15 +231,14 @@ def _run_tasks(ray, cfg: IngestConfig, store: Store, source: str, problems: list
 
 
 class SourceRows:
-    """The ``{image_id, source}`` rows of every task's result, made afresh each time they are iterated."""
+    """The ``{image_id, source}`` rows of every task, fetched one task at a time each time they are iterated."""
 
-    def __init__(self, results: list[dict]):
-        self.results = results
+    def __init__(self, ray, refs: list):
+        self.ray, self.refs = ray, refs
 
     def __iter__(self) -> Iterator[dict]:
-        for result in self.results:
-            for image_id, source in result["sources"]:
-                yield {"image_id": image_id, "source": source}
+        for ref in self.refs:
+            yield from self.ray.get(ref).to_pylist()
 
 
 def ingest_source(settings: Settings, store: Store, source: str, run_id: str) -> StageResult:
@@ -225,20 +254,20 @@ def ingest_source(settings: Settings, store: Store, source: str, run_id: str) ->
     cfg = settings.ingest
     ray = ensure_ray(settings)
     problems: list[dict] = []
-    results = _run_tasks(ray, cfg, store, str(source), problems)
+    tasks = _run_tasks(ray, cfg, store, str(source), problems)
+    results = [summary for summary, _ in tasks]
 
-    shards, written = [], set()
-    for result in results:
-        for shard in result["shards"]:
-            dup = written.intersection(shard["image_ids"])
-            written.update(shard["image_ids"])
-            if dup:
-                log.info("ingest: %d images in %s were also stored by another task", len(dup), shard["path"])
-                shard = _drop_rows(store.root, shard, dup, cfg)
-            if shard:
-                shards.append({k: shard[k] for k in ("path", "num_rows", "checksum")})
+    written = [shard for result in results for shard in result["shards"]]
+    drops = later_duplicates([shard.pop("image_ids") for shard in written])
+    shards = []
+    for index, shard in enumerate(written):
+        if index in drops:
+            log.info("ingest: %d images in %s were also stored by another task", len(drops[index]), shard["path"])
+            shard = _drop_rows(store.root, shard, drops[index], cfg)
+        if shard:
+            shards.append({k: shard[k] for k in ("path", "num_rows", "checksum")})
     quarantined = problems + [q for r in results for q in r["quarantine"]]
-    sources = SourceRows(results)  # the catalog keeps the new ones
+    sources = SourceRows(ray, [ref for _, ref in tasks])  # the catalog keeps the new ones
 
     previous = store.latest_version("images")
     version = previous["version"] if previous else None
@@ -250,7 +279,7 @@ def ingest_source(settings: Settings, store: Store, source: str, run_id: str) ->
     new_quarantine = store.add_quarantine(run_id, quarantined)
     reasons = Counter(q["error_class"] for q in quarantined)
     added = sum(s["num_rows"] for s in shards)
-    ok = sum(len(r["sources"]) for r in results)
+    ok = sum(r["sources"] for r in results)
     total = store.get_version("images", version)
     log.info("ingest: %d files, %d ok (%d new images, %d already stored), %d quarantined %s",
              ok + len(quarantined), ok, added, ok - added, len(quarantined), dict(reasons))

@@ -15,7 +15,7 @@ from conftest import encode_image, gradient_rgb, random_rgb, rgba_with_hole
 from fusion_core.config import IngestConfig
 from fusion_core.datasets import IMAGES_SCHEMA, unpack_mask
 from fusion_core.decode import decode_image
-from fusion_core.ingest import ingest_chunk, split_for
+from fusion_core.ingest import digests, ingest_chunk, later_duplicates, split_for
 from fusion_core.sources import iter_items
 
 MAX = 10_000_000
@@ -218,3 +218,10 @@ def test_images_table_pixels_column_is_binary():
     # the shard stores raw HWC bytes in a variable-size binary column
     assert IMAGES_SCHEMA.field("pixels").type == pa.binary()
     assert IMAGES_SCHEMA.field("mask").nullable
+
+
+def test_later_duplicates_keeps_each_id_in_its_first_shard():
+    a, b, z = "ab" * 32, "cd" * 32, "ef" * 31 + "00"  # a digest ending in a zero byte survives the round trip
+    shards = [digests([a, z]), digests(["12" * 32, a]), digests([z, b, a])]
+    assert later_duplicates(shards) == {1: {a}, 2: {a, z}}
+    assert later_duplicates([digests([b])]) == {} and later_duplicates([]) == {}
