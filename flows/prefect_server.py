@@ -109,6 +109,21 @@ def prefect_api(timeout: float):
     try:
         yield url
     finally:
+        _drain_prefect_workers()
         os.environ.pop("PREFECT_API_URL", None)
         temporary["url"] = None
         stop_server(server)
+
+
+def _drain_prefect_workers() -> None:
+    """Send the logs and events Prefect still queues before its server goes (as Prefect's test harness does)."""
+    if "prefect" not in sys.modules:
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        try:
+            worker.drain_all(timeout=10)
+        except RuntimeError:  # never started
+            pass
