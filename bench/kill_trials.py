@@ -1,14 +1,21 @@
 """Kill trials: every stage killed at a random moment, rerun, and compared with a clean run.
 
 For each stage (ingest, preprocess, train, infer, cluster, report, and the nightly flow as a whole) the store is
-put back to what the stage starts from, ``fusion`` runs the stage, and at a random moment (uniform over the
-stage's clean duration) either the driver (the ``fusion`` process) or a random Ray worker of the run gets
-SIGKILL. The stage is then run again (when the killed attempt did not finish by itself) and the store is
-compared with the clean run's: the stage's dataset rows and content hashes, its result table rows, `fsck`.
-Each run starts its own local Ray (on 127.0.0.2) and talks to one Prefect server on loopback. The data set is
-the demo generator's, a few thousand 32x32 images. Infer runs on its Ray actor pool (as it does at scale); the
-cluster and report stages use no Ray, so they have driver trials only. Each run writes a fresh results file
-holding the stages it ran, and nothing from an earlier file.
+put back to what the stage starts from and ``fusion run STAGE`` runs it, as a user would: its own local Ray (on
+127.0.0.2) and its own temporary Prefect server. The kill moment is drawn while the stage runs: once the catalog
+records the stage's start, after a uniform share of the stage's clean duration, and only if the stage has not
+ended. Then SIGKILL goes either to the driver (the ``fusion`` process) or to a process doing the stage's work:
+a Ray task that ingests or preprocesses, a Ray Data map worker or inference actor while it predicts, a Ray Train
+worker mid-epoch after its first checkpoint, or the training controller (``WORKERS``). Each record says which
+process class was killed, what the stage was doing, and how many processes the trial left behind once its runs
+ended (its Ray, its Prefect server: none should outlive the run).
+
+The stage is then run again (when the killed attempt did not finish by itself) and the store is compared with
+the clean run's by content: images and pixels byte for byte, each image's prediction and confidence, cluster
+assignments up to relabelling, the registered model's accuracy within ``MODEL_TOLERANCE``, the report's sections;
+and ``fusion fsck``. The data set is the demo generator's, a few thousand 32x32 images. Infer runs on its Ray
+actor pool (as it does at scale); the cluster and report stages use no Ray, so they have driver trials only.
+Each run writes a fresh results file holding the stages it ran, and nothing from an earlier file.
 
     python bench/kill_trials.py [--stages ingest,...] [--driver-trials 10] [--worker-trials 5] [--per-class 300]
 
@@ -21,17 +28,18 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import datetime
 import json
 import os
 import random
+import re
 import shutil
 import signal
-import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from record import run_context, write_results
@@ -48,10 +56,17 @@ SETTINGS = {"ray.num_cpus": 2, "ray.node_ip_address": "127.0.0.2", "ingest.files
             "infer.in_process_max": 0}  # infer on its Ray actor pool, as at scale, so it has workers to kill
 NO_RAY = {"cluster", "report"}  # stages that run in the driver alone: no worker trials
 STAGE_TIMEOUT_S = 900
+# The processes that do each stage's work, by the names Ray gives them (a substring of the process title).
+WORKERS = {"ingest": ("ingest_task",), "preprocess": ("preprocess_shard",),
+           "train": ("RayTrainWorker", "TrainController", "_fit_and_register_in_task"),
+           "infer": ("MapWorker", "MapBatches", "ReadParquet")}
+WORKERS["nightly"] = tuple(name for names in WORKERS.values() for name in names)
+MODEL_TOLERANCE = 0.05  # holdout accuracy a rerun after a kill may differ by (resumed training is not bit-equal)
+CONFIDENCE_TOLERANCE = 1e-4
 
 
 class Bench:
-    """The work folder, the store path every trial uses, and a Prefect server for all runs."""
+    """The work folder, the store path every trial uses, and the clean runs' snapshots and stage durations."""
 
     def __init__(self, workdir: Path, per_class: int):
         from fusion_core.demo_data import generate_demo_images
@@ -59,26 +74,22 @@ class Bench:
         self.workdir, self.store = workdir, workdir / "store"
         self.source = workdir / "source"
         generate_demo_images(self.source, per_class=per_class, seed=0)
-        self.env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "RAY_USAGE_STATS_ENABLED": "0"}
-        self.env.pop("RAY_ADDRESS", None)
-        port = _free_port()
-        self.prefect = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-                                         str(port)], env={**self.env, "PREFECT_HOME": str(workdir / "prefect")},
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
-        _wait_healthy(self.env["PREFECT_API_URL"])
+        # Each run starts its own temporary Prefect server, as `fusion run` does for a user; the home is shared.
+        self.env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "RAY_USAGE_STATS_ENABLED": "0",
+                    "PREFECT_HOME": str(workdir / "prefect")}
+        for name in ("RAY_ADDRESS", "PREFECT_API_URL"):
+            self.env.pop(name, None)
         self.snapshots: dict[str, Path] = {}
-        self.clean_s: dict[str, float] = {}
+        self.clean_s: dict[str, float] = {}  # the stage's own duration in the clean run, from the catalog
         self.last_run: dict[str, str] = {}  # snapshot -> the run whose report the report stage writes
 
     def close(self) -> None:
-        self.prefect.terminate()
-        self.prefect.wait(timeout=60)
+        """Nothing to stop: every run's servers end with it."""
 
     def args(self, stage: str, run_of: str | None = None) -> list[str]:
         sets = [a for k, v in SETTINGS.items() for a in ("--set", f"{k}={v}")]
         if stage == "report":
-            return [str(BIN / "fusion"), "report", run_of, "--store", str(self.store)]
+            return [str(BIN / "fusion"), "run", "report", "--run", run_of, "--store", str(self.store)]
         source = ["--source", str(self.source)] if stage in ("ingest", "nightly") else []
         return [str(BIN / "fusion"), "run", stage, *source, "--store", str(self.store), *sets]
 
@@ -98,47 +109,142 @@ class Bench:
         needed = _needed_by(stages)
         for stage in [s for s in STAGES if s in needed]:
             self.restore(BEFORE[stage])
-            started = time.monotonic()
             proc = self.start(stage)
-            if proc.wait(timeout=STAGE_TIMEOUT_S) != 0:
+            if _finish(proc) != 0:
                 raise RuntimeError(f"clean {stage} failed; see {self.workdir / 'stage.log'}")
-            self.clean_s[stage] = time.monotonic() - started
-            _reap(proc)
+            if left := _left_behind(proc):
+                print(f"clean {stage} left {len(left)} processes behind: {left[:3]}", flush=True)
             self.snapshots[stage] = self.workdir / f"after-{stage}"
             shutil.rmtree(self.snapshots[stage], ignore_errors=True)
             shutil.copytree(self.store, self.snapshots[stage], symlinks=True)
             self.last_run[stage] = _store(self.store).list_runs(1)[0]["run_id"]
-            print(f"clean {stage}: {self.clean_s[stage]:.0f} s", flush=True)
+            self.clean_s[stage] = _stage_seconds(self.store / "catalog.db", self.last_run[stage], stage)
+            print(f"clean {stage}: {self.clean_s[stage]:.1f} s inside the stage", flush=True)
 
     def trial(self, stage: str, target: str, rng: random.Random, attempts: int = 10) -> dict:
-        """One trial: kill at a random moment, rerun when needed, compare with the clean run. A draw whose
-        moment came after the stage had ended (or, for a worker, when no task ran) is drawn again."""
+        """One trial: kill inside the stage, rerun when needed, compare with the clean run. A draw that found the
+        stage over (or, for a worker, no working process before it ended) is drawn again."""
         for _ in range(attempts):
             self.restore(BEFORE[stage])
-            delay = rng.uniform(0.05, 0.95) * self.clean_s[stage]
-            proc, started, killed = self.start(stage), time.monotonic(), None
-            while proc.poll() is None and time.monotonic() - started < delay:
-                time.sleep(0.05)
-            while proc.poll() is None and killed is None:
-                killed = _kill(proc, target, rng)
-                time.sleep(0.05)
+            proc = self.start(stage)
+            killed = self.kill_inside(proc, stage, target, rng)
             first = _finish(proc)
+            left = _left_behind(proc)
             if killed:
                 break
         else:
             return {"stage": stage, "target": target, "survived": False, "killed": None,
-                    "error": f"no kill landed in {attempts} draws"}
+                    "error": f"no kill landed inside the stage in {attempts} draws"}
+        record = {"stage": stage, "target": target, **killed}
         if first is None:
-            return {"stage": stage, "target": target, "delay_s": round(delay, 1), "killed": killed,
-                    "survived": False, "error": f"the killed run hung (no exit in {STAGE_TIMEOUT_S} s)"}
+            return {**record, "survived": False, "error": f"the killed run hung (no exit in {STAGE_TIMEOUT_S} s)"}
         reran = first != 0
         if reran:
-            second = _finish(self.start(stage))
-            if second != 0:
-                return {"stage": stage, "target": target, "delay_s": round(delay, 1), "killed": killed,
-                        "survived": False, "error": f"the rerun failed (exit {second})"}
-        return {"stage": stage, "target": target, "delay_s": round(delay, 1), "killed": killed, "reran": reran,
-                **compare(_store(self.store), _store(self.snapshots[stage]), stage)}
+            second = self.start(stage)
+            code = _finish(second)
+            left += _left_behind(second)
+            if code != 0:
+                return {**record, "survived": False, "left_behind": len(left), "error": f"the rerun failed (exit {code})"}
+        compared = compare(_store(self.store), _store(self.snapshots[stage]), stage)
+        return {**record, "reran": reran, "left_behind": len(left), "left_processes": left[:5], **compared,
+                "survived": compared["survived"] and not left}
+
+    def kill_inside(self, proc: subprocess.Popen, stage: str, target: str, rng: random.Random) -> dict | None:
+        """Wait for the stage to start, then for a drawn share of its clean duration, then SIGKILL the driver or a
+        working process while the stage still runs; what was killed and what the stage was doing, or None."""
+        catalog = self.store / "catalog.db"
+        began = _wait_for(lambda: proc.poll() is not None or _stage_state(catalog, stage) is not None)
+        if began is None or proc.poll() is not None:
+            return None
+        share = rng.uniform(0.05, 0.95)
+        moment = time.monotonic() + share * self.clean_s[stage]
+        while time.monotonic() < moment and proc.poll() is None:
+            time.sleep(0.05)
+        while proc.poll() is None:
+            doing = _stage_state(catalog, stage)
+            if doing is None or not doing.startswith("running"):
+                return None  # the stage ended before the kill
+            chosen = ("driver", proc.pid) if target == "driver" else _working_process(proc.pid, stage, self.store,
+                                                                                        rng)
+            if chosen is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(chosen[1], signal.SIGKILL)
+                return {"share": round(share, 2), "seconds_into_stage": round(time.monotonic() - began, 1),
+                        "killed": chosen[0], "doing": doing}
+            time.sleep(0.05)
+        return None
+
+
+def _wait_for(ready, timeout_s: float = STAGE_TIMEOUT_S) -> float | None:
+    """Poll until ``ready()``; the monotonic time it became true, or None on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if ready():
+            return time.monotonic()
+        time.sleep(0.05)
+    return None
+
+
+def _stage_state(catalog: Path, stage: str) -> str | None:
+    """What the newest run's ``stage`` is doing, from the catalog: ``running X`` or ``ended X`` (for the nightly
+    flow, X is the stage it is in); None before the stage starts."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{catalog}?mode=ro", uri=True, timeout=1)) as conn:
+            run = conn.execute("SELECT run_id, status FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
+            rows = [] if run is None else conn.execute(
+                "SELECT stage, status FROM run_stages WHERE run_id = ? ORDER BY started_at", (run[0],)).fetchall()
+    except sqlite3.Error:
+        return None
+    if stage == "nightly":
+        return (f"{'running' if run[1] == 'running' else 'ended'} {rows[-1][0]}") if rows else None
+    mine = [status for name, status in rows if name == stage]
+    return f"{'running' if mine[-1] == 'running' else 'ended'} {stage}" if mine else None
+
+
+def _stage_seconds(catalog: Path, run_id: str, stage: str) -> float:
+    """How long ``stage`` (for the nightly flow: all its stages) ran in a completed run, from the catalog."""
+    with contextlib.closing(sqlite3.connect(catalog)) as conn:
+        query = "SELECT MIN(started_at), MAX(finished_at) FROM run_stages WHERE run_id = ?"
+        args = (run_id,) if stage == "nightly" else (run_id, stage)
+        first, last = conn.execute(query + ("" if stage == "nightly" else " AND stage = ?"), args).fetchone()
+    parse = datetime.datetime.fromisoformat
+    return (parse(last) - parse(first)).total_seconds()
+
+
+def _working_process(driver: int, stage: str, store: Path, rng: random.Random) -> tuple[str, int] | None:
+    """A process doing the stage's work now (``WORKERS``); a training worker only once a checkpoint is
+    registered, so the kill lands mid-training. None when none is working yet."""
+    names = WORKERS[stage]
+    busy = [(name, pid) for pid, name in _ray_workers(driver) if any(n in name for n in names)]
+    trained = any(store.glob("checkpoints/*/checkpoint_manager_snapshot.json"))
+    busy = [(name, pid) for name, pid in busy if "RayTrainWorker" not in name or trained]
+    return rng.choice(busy) if busy else None
+
+
+def _left_behind(proc: subprocess.Popen, grace_s: float = 15) -> list[str]:
+    """Processes of a run's session still alive ``grace_s`` after its driver ended (its Ray, its Prefect server):
+    the trial leaves them behind. Counted, then killed."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        left = [name for _, name in _session_processes(proc.pid)]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    _reap(proc)
+    return left
+
+
+def _session_processes(session: int) -> list[tuple[int, str]]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == session and fields[0] != "Z":
+                found.append((int(stat.parent.name), (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ")
+                              .decode(errors="replace")[:120]))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
 
 
 def _needed_by(stages: list[str]) -> set[str]:
@@ -150,22 +256,6 @@ def _needed_by(stages: list[str]) -> set[str]:
             needed.add(before)
             before = BEFORE[before]
     return needed
-
-
-def _kill(proc: subprocess.Popen, target: str, rng: random.Random) -> str | None:
-    """SIGKILL the driver, or a random Ray worker process running a task or actor of its session; what was
-    killed (None: no such worker yet)."""
-    if target == "driver":
-        os.kill(proc.pid, signal.SIGKILL)
-        return "driver"
-    busy = [w for w in _ray_workers(proc.pid)
-            if not w[1].startswith(("ray::IDLE", "ray::DashboardAgent", "ray::RuntimeEnvAgent"))]
-    if not busy:
-        return None  # no task or actor is running yet: the caller looks again
-    chosen = rng.choice(busy)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(chosen[0], signal.SIGKILL)
-    return chosen[1]
 
 
 def _ray_workers(driver: int) -> list[tuple[int, str]]:
@@ -186,19 +276,19 @@ def _ray_workers(driver: int) -> list[tuple[int, str]]:
 
 
 def _finish(proc: subprocess.Popen) -> int | None:
-    """The run's exit code, or None when it hung past ``STAGE_TIMEOUT_S``; what is left of it is killed."""
+    """The run's exit code, or None when it hung past ``STAGE_TIMEOUT_S`` (then its session is killed)."""
     try:
-        code = proc.wait(timeout=STAGE_TIMEOUT_S)
+        return proc.wait(timeout=STAGE_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        code = None
-    _reap(proc)
-    return code
+        _reap(proc)
+        return None
 
 
 def _reap(proc: subprocess.Popen) -> None:
-    """Kill what is left of a run's process group (its local Ray's agents outlive a killed driver)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
+    """Kill every process of a run's session (Ray puts its workers in process groups of their own)."""
+    for pid, _ in _session_processes(proc.pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
     time.sleep(1)
 
 
@@ -228,19 +318,46 @@ def fingerprint(store, dataset: str) -> tuple[collections.Counter, str | None]:
     return ids, hashlib.sha256("".join(sorted(rows)).encode()).hexdigest() if rows else None
 
 
-def result_ids(store, table: str) -> collections.Counter:
-    """Image ids of the rows of a result table written by the newest run that wrote any."""
+def result_rows(store, table: str) -> tuple[collections.Counter, dict[str, dict]]:
+    """The rows of a result table written by the newest run that wrote any: a multiset of their image ids, and
+    one row per image id."""
     stage = {"predictions": "infer", "cluster_assignments": "cluster"}[table]
     for run in store.list_runs(limit=None):
         if run["status"] == "completed" and any(s["stage"] == stage and s["status"] == "completed"
                                                 for s in store.get_run(run["run_id"])["stages"]):
-            return collections.Counter(r["image_id"] for r in store.query(table, store.results_run(run["run_id"],
-                                                                                                   stage)))
-    return collections.Counter()
+            rows = store.query(table, store.results_run(run["run_id"], stage))
+            return collections.Counter(r["image_id"] for r in rows), {r["image_id"]: r for r in rows}
+    return collections.Counter(), {}
+
+
+def prediction_differences(got: dict, want: dict) -> int:
+    """Images whose predicted label or confidence (beyond ``CONFIDENCE_TOLERANCE``) differs from the clean run's."""
+    return sum(got[i]["predicted"] != row["predicted"]
+               or abs(got[i]["confidence"] - row["confidence"]) > CONFIDENCE_TOLERANCE
+               for i, row in want.items() if i in got)
+
+
+def cluster_differences(got: dict, want: dict) -> int:
+    """Images whose cluster differs from the clean run's once clusters are matched one to one (cluster numbers
+    are arbitrary): each clean cluster maps to the trial cluster most of its images are in."""
+    pairs = collections.Counter((row["cluster"], got[i]["cluster"]) for i, row in want.items() if i in got)
+    mapping, taken = {}, set()
+    for (clean, trial), _ in pairs.most_common():
+        if clean not in mapping and trial not in taken:
+            mapping[clean] = trial
+            taken.add(trial)
+    return sum(n for (clean, trial), n in pairs.items() if mapping.get(clean) != trial)
+
+
+def report_sections(store) -> list[str]:
+    """The section headings of the newest report in a store."""
+    reports = sorted(Path(store.root, "reports").glob("*/index.html"), key=lambda p: p.parent.name)
+    return re.findall(r"<h2>(.*?)</h2>", reports[-1].read_text()) if reports else []
 
 
 def compare(trial, clean, stage: str) -> dict:
-    """Lost and duplicated rows, content differences, fsck errors and orphans of a trial's store."""
+    """Lost and duplicated rows, content differences, the model's accuracy against the clean run's, fsck errors
+    and orphans of a trial's store."""
     from fusion_core.fsck import check_store
 
     lost = duplicated = differs = 0
@@ -249,39 +366,33 @@ def compare(trial, clean, stage: str) -> dict:
         lost += sum((want - got).values()) if dataset in CONTENT else len(set(want) - set(got))
         duplicated += sum(n - 1 for n in got.values())
         differs += int(dataset in CONTENT and got_hash != want_hash)
+    models = collections.Counter(m["key"] for m in trial.list_models())
+    duplicated += sum(n - 1 for n in models.values())
+    accuracy_diff = None
+    if stage in ("train", "nightly"):
+        champion, reference = trial.champion(), clean.champion()
+        lost += int(champion is None)
+        if champion is not None:
+            accuracy_diff = round(champion["metrics"]["accuracy"] - reference["metrics"]["accuracy"], 4)
+    same_model = accuracy_diff in (None, 0.0)  # a retrained model predicts differently, rightly
     tables = {"infer": ["predictions"], "cluster": ["cluster_assignments"],
               "nightly": ["predictions", "cluster_assignments"]}.get(stage, [])
     for table in tables:
-        got, want = result_ids(trial, table), result_ids(clean, table)
-        lost += len(set(want) - set(got))
-        duplicated += sum(n - 1 for n in got.values())
-    models = collections.Counter(m["key"] for m in trial.list_models())
-    duplicated += sum(n - 1 for n in models.values())
-    if stage == "train":
-        lost += int(not trial.champion())
-    if stage == "report":
-        lost += int(not list(Path(trial.root, "reports").glob("*/index.html")))
+        (got_ids, got), (want_ids, want) = result_rows(trial, table), result_rows(clean, table)
+        lost += len(set(want_ids) - set(got_ids))
+        duplicated += sum(n - 1 for n in got_ids.values())
+        if same_model:
+            differs += (prediction_differences if table == "predictions" else cluster_differences)(got, want)
+    if stage in ("report", "nightly"):
+        sections = report_sections(trial)
+        lost += int(not sections)
+        differs += int(bool(sections) and sections != report_sections(clean))
     fsck = check_store(trial)
-    survived = lost == 0 and duplicated == 0 and differs == 0 and not fsck.errors
+    model_ok = accuracy_diff is None or abs(accuracy_diff) <= MODEL_TOLERANCE
+    survived = lost == 0 and duplicated == 0 and differs == 0 and model_ok and not fsck.errors
     return {"survived": survived, "lost_rows": lost, "duplicated_rows": duplicated, "content_differs": differs,
-            "fsck_errors": len(fsck.errors), "orphans": len(fsck.orphans),
+            "model_accuracy_diff": accuracy_diff, "fsck_errors": len(fsck.errors), "orphans": len(fsck.orphans),
             "errors": [f"{f.kind} {f.path}: {f.detail}" for f in fsck.errors][:5]}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(api: str, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"{api}/health", timeout=2):
-                return
-        time.sleep(1)
-    raise RuntimeError(f"the Prefect server at {api} did not start")
 
 
 def run_trials(stages: list[str], driver_trials: int, worker_trials: int, per_class: int, seed: int,
@@ -314,9 +425,15 @@ def summarize(trials: list[dict], stages: list[str]) -> dict:
             if mine:
                 table[f"{stage}/{target}"] = {
                     "trials": len(mine), "killed": len(landed), "survived": sum(t["survived"] for t in landed),
-                    **{k: sum(t.get(k, 0) for t in landed) for k in ("lost_rows", "duplicated_rows", "fsck_errors",
-                                                                     "orphans")}}
+                    **{k: sum(t.get(k, 0) for t in landed) for k in ("lost_rows", "duplicated_rows", "content_differs",
+                                                                     "fsck_errors", "orphans", "left_behind")},
+                    "killed_processes": dict(collections.Counter(_process_class(t["killed"]) for t in landed))}
     return table
+
+
+def _process_class(name: str) -> str:
+    """``driver``, or the Ray name of a killed worker without its arguments (``ray::RayTrainWorker``)."""
+    return name.split("(")[0].split(" ")[0]
 
 
 def main() -> None:
@@ -335,11 +452,12 @@ def main() -> None:
     result = run_trials(stages, args.driver_trials, args.worker_trials, args.per_class, args.seed, workdir)
     shutil.rmtree(workdir, ignore_errors=True)  # kept, with its stage.log, when a clean run failed
     write_results("kill_trials", result, context)
-    print(f"\n{'stage/target':<20}{'trials':>7}{'killed':>7}{'survived':>9}{'lost':>6}{'dup.':>6}{'orphans':>8}"
-          f"{'fsck err':>9}")
+    print(f"\n{'stage/target':<20}{'trials':>7}{'killed':>7}{'survived':>9}{'lost':>6}{'dup.':>6}{'differ':>7}"
+          f"{'orphans':>8}{'fsck err':>9}{'left':>6}  killed")
     for name, row in result["table"].items():
         print(f"{name:<20}{row['trials']:>7}{row['killed']:>7}{row['survived']:>9}{row['lost_rows']:>6}"
-              f"{row['duplicated_rows']:>6}{row['orphans']:>8}{row['fsck_errors']:>9}")
+              f"{row['duplicated_rows']:>6}{row['content_differs']:>7}{row['orphans']:>8}{row['fsck_errors']:>9}"
+              f"{row['left_behind']:>6}  {row['killed_processes']}")
 
 
 if __name__ == "__main__":

@@ -210,10 +210,13 @@ def cluster(d: dict) -> str:
 
 
 def kill_trials(d: dict) -> str:
-    keys = ("trials", "killed", "survived", "lost_rows", "duplicated_rows", "fsck_errors", "orphans")
-    rows = [[name, *[t.get(k, "-") for k in keys], num(d["clean_s"].get(name.split("/")[0]))]
+    keys = ("trials", "killed", "survived", "lost_rows", "duplicated_rows", "content_differs", "fsck_errors",
+            "orphans", "left_behind")
+    rows = [[name, *[t.get(k, "-") for k in keys], num(d["clean_s"].get(name.split("/")[0]), 1),
+             ", ".join(f"{k} {v}" for k, v in t.get("killed_processes", {}).items()) or "-"]
             for name, t in d["table"].items()]
-    return table(["stage/target", *keys, "clean run s"], rows)
+    return table(["stage/target", *[k.replace("_", " ") for k in keys], "clean stage s", "processes killed"], rows,
+                 set(range(1, len(keys) + 2)))
 
 
 def fuzz(d: dict) -> str:
