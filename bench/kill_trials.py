@@ -15,7 +15,8 @@ the clean run's by content: images and pixels byte for byte, each image's predic
 assignments up to relabelling, the registered model's accuracy within ``MODEL_TOLERANCE``, the report's sections;
 and ``fusion fsck``. The data set is the demo generator's, a few thousand 32x32 images. Infer runs on its Ray
 actor pool (as it does at scale); the cluster and report stages use no Ray, so they have driver trials only.
-Each run writes a fresh results file holding the stages it ran, and nothing from an earlier file.
+Each run writes a fresh results file holding the stages it ran, and nothing from an earlier file; it is rewritten
+after every trial with ``complete`` false, so a run cut short still records what it measured.
 
     python bench/kill_trials.py [--stages ingest,...] [--driver-trials 10] [--worker-trials 5] [--per-class 300]
 
@@ -82,9 +83,6 @@ class Bench:
         self.snapshots: dict[str, Path] = {}
         self.clean_s: dict[str, float] = {}  # the stage's own duration in the clean run, from the catalog
         self.last_run: dict[str, str] = {}  # snapshot -> the run whose report the report stage writes
-
-    def close(self) -> None:
-        """Nothing to stop: every run's servers end with it."""
 
     def args(self, stage: str, run_of: str | None = None) -> list[str]:
         sets = [a for k, v in SETTINGS.items() for a in ("--set", f"{k}={v}")]
@@ -396,21 +394,26 @@ def compare(trial, clean, stage: str) -> dict:
 
 
 def run_trials(stages: list[str], driver_trials: int, worker_trials: int, per_class: int, seed: int,
-               workdir: Path) -> dict:
-    """Every trial of every stage; the per-stage table and each trial's record."""
+               workdir: Path, on_trial=None) -> dict:
+    """Every trial of every stage; the per-stage table and each trial's record. ``on_trial`` gets the result so
+    far (``complete`` False) after each trial."""
     bench = Bench(workdir, per_class)
-    try:
-        bench.prepare(stages)
-        rng, trials = random.Random(seed), []
-        for stage in stages:
-            workers = 0 if stage in NO_RAY else worker_trials
-            for target in ["driver"] * driver_trials + ["worker"] * workers:
-                trials.append(bench.trial(stage, target, rng))
-                print(json.dumps(trials[-1]), flush=True)
-    finally:
-        bench.close()
-    return {"clean_s": {k: round(v, 1) for k, v in bench.clean_s.items()}, "per_class": per_class, "seed": seed,
-            "table": summarize(trials, stages), "trials": trials}
+    rng, trials = random.Random(seed), []
+
+    def result(complete: bool) -> dict:
+        return {"complete": complete, "clean_s": {k: round(v, 1) for k, v in bench.clean_s.items()},
+                "per_class": per_class, "seed": seed, "planned": {"driver": driver_trials, "worker": worker_trials},
+                "table": summarize(trials, stages), "trials": trials}
+
+    bench.prepare(stages)
+    for stage in stages:
+        workers = 0 if stage in NO_RAY else worker_trials
+        for target in ["driver"] * driver_trials + ["worker"] * workers:
+            trials.append(bench.trial(stage, target, rng))
+            print(json.dumps(trials[-1]), flush=True)
+            if on_trial:
+                on_trial(result(False))
+    return result(True)
 
 
 def summarize(trials: list[dict], stages: list[str]) -> dict:
@@ -449,7 +452,8 @@ def main() -> None:
         parser.error(f"--stages: unknown {sorted(unknown)} (allowed: {', '.join(STAGES)})")
     context = run_context()
     workdir = Path(tempfile.mkdtemp(prefix="fusion-kill-"))
-    result = run_trials(stages, args.driver_trials, args.worker_trials, args.per_class, args.seed, workdir)
+    result = run_trials(stages, args.driver_trials, args.worker_trials, args.per_class, args.seed, workdir,
+                        on_trial=lambda partial: write_results("kill_trials", partial, context))
     shutil.rmtree(workdir, ignore_errors=True)  # kept, with its stage.log, when a clean run failed
     write_results("kill_trials", result, context)
     print(f"\n{'stage/target':<20}{'trials':>7}{'killed':>7}{'survived':>9}{'lost':>6}{'dup.':>6}{'differ':>7}"

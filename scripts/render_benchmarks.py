@@ -215,7 +215,10 @@ def kill_trials(d: dict) -> str:
     rows = [[name, *[t.get(k, "-") for k in keys], num(d["clean_s"].get(name.split("/")[0]), 1),
              ", ".join(f"{k} {v}" for k, v in t.get("killed_processes", {}).items()) or "-"]
             for name, t in d["table"].items()]
-    return table(["stage/target", *[k.replace("_", " ") for k in keys], "clean stage s", "processes killed"], rows,
+    note = "" if d.get("complete", True) else (f"**Cut short**: {len(d['trials'])} trials of the planned "
+                                               f"{d['planned']['driver']} driver and {d['planned']['worker']} "
+                                               "worker trials per stage.\n\n")
+    return note + table(["stage/target", *[k.replace("_", " ") for k in keys], "clean stage s", "processes killed"], rows,
                  set(range(1, len(keys) + 2)))
 
 
