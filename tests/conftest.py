@@ -94,9 +94,9 @@ def prefect_harness():
         yield
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray per test module, on loopback."""
+    """One local Ray for the test session, on loopback (a module that needs another restarts this one after)."""
     from fusion_core.ray_runtime import ensure_ray
 
     ray = ensure_ray(load_settings("smoke"))

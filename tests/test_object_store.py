@@ -63,6 +63,7 @@ def ray_with_store_env(s3_endpoint):
         ray.shutdown()
     yield ensure_ray(load_settings("smoke"))
     ray.shutdown()
+    ensure_ray(load_settings("smoke"))  # the session's Ray (conftest's ray_local), for the modules after this one
 
 
 @pytest.mark.ray

@@ -392,7 +392,7 @@ def test_grayscale_changes_the_model_input(demo_source, tmp_path):
     assert result["infer"]["counts"]["predictions"] == IMAGES
 
 
-def test_a_stopped_train_flow_resumes_from_its_last_checkpoint(demo_source, tmp_path):
+def test_a_stopped_train_flow_resumes_from_its_last_checkpoint(trained, stage_store, tmp_path):
     """kill -9 the whole `fusion run train` process mid-run; the next run of the same training resumes."""
     import os
     import signal
@@ -401,7 +401,7 @@ def test_a_stopped_train_flow_resumes_from_its_last_checkpoint(demo_source, tmp_
     import time
 
     store = tmp_path / "store"
-    nightly_flow(str(demo_source), "smoke", _overrides(str(store)))  # data and a first model
+    shutil.copytree(stage_store, store)  # data and a first model, from the stage tests' store
     fusion = str(Path(sys.executable).with_name("fusion"))
     args = [fusion, "run", "train", "-c", "smoke", "--store", str(store), "--set", "train.epochs=10",
             "--set", "train.seed=7"]
