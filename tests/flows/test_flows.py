@@ -308,6 +308,8 @@ def test_training_survives_a_killed_worker(tmp_path):
 
 
 def test_nightly_end_to_end_then_rerun_adds_nothing(demo_source, tmp_path):
+    """The nightly flow end to end; then the store is moved elsewhere (the original gone) and the rerun there reuses
+    its model and results, and the commands that read a store work on it as they did."""
     overrides = _overrides(str(tmp_path / "store"))
     first = nightly_flow(str(demo_source), "smoke", overrides)
     assert first["ingest"]["counts"]["new_images"] == IMAGES
@@ -321,14 +323,24 @@ def test_nightly_end_to_end_then_rerun_adds_nothing(demo_source, tmp_path):
     current = pads.dataset(store.path("datasets", "predictions", "current"), format="parquet").to_table()
     assert sorted(current.column("image_id").to_pylist()) == sorted({r["image_id"] for r in
                                                                      store.query("predictions", first["run_id"])})
+    store.engine.dispose()
 
-    second = nightly_flow(str(demo_source), "smoke", overrides)
+    moved = tmp_path / "restored" / "elsewhere"
+    shutil.move(str(tmp_path / "store"), moved)
+    second = nightly_flow(str(demo_source), "smoke", _overrides(str(moved)))
     assert second["ingest"]["counts"]["new_images"] == 0
     assert second["train"]["counts"]["trained"] == 0
     assert second["infer"]["counts"]["reused"] == 1
+    store = Store(str(moved))
     assert store.get_run(second["run_id"])["status"] == "completed"
     assert store.latest_version("images")["version"] == 1
     assert _task_messages(second["run_id"])["infer"] == f"reused predictions v{second['infer']['outputs']['version']}"
+    assert store.champion()["path"] == f"{moved}/models/{first['run_id']}/model.keras"
+    for args in (["show", first["run_id"]], ["models"], ["predictions", "--run", first["run_id"]], ["fsck"]):
+        out = CliRunner().invoke(app, [*args, "--store", str(moved)])
+        assert out.exit_code == 0, (args, out.output)
+        assert str(tmp_path / "store") not in out.output.replace(str(moved), "")
+    assert "fsck: clean" in out.output and "0 orphan files" in out.output
 
 
 def _task_messages(run_id: str) -> dict[str, str | None]:
