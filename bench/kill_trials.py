@@ -43,6 +43,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import processes
 from record import run_context, write_results
 
 BIN = Path(sys.executable).parent
@@ -213,7 +214,8 @@ def _working_process(driver: int, stage: str, store: Path, rng: random.Random) -
     """A process doing the stage's work now (``WORKERS``); a training worker only once a checkpoint is
     registered, so the kill lands mid-training. None when none is working yet."""
     names = WORKERS[stage]
-    busy = [(name, pid) for pid, name in _ray_workers(driver) if any(n in name for n in names)]
+    busy = [(p.name, p.pid) for p in processes.descendants(driver) if p.name.startswith("ray::")
+            and any(n in p.name for n in names)]
     trained = any(store.glob("checkpoints/*/checkpoint_manager_snapshot.json"))
     busy = [(name, pid) for name, pid in busy if "RayTrainWorker" not in name or trained]
     return rng.choice(busy) if busy else None
@@ -224,25 +226,12 @@ def _left_behind(proc: subprocess.Popen, grace_s: float = 15) -> list[str]:
     the trial leaves them behind. Counted, then killed."""
     deadline = time.monotonic() + grace_s
     while True:
-        left = [name for _, name in _session_processes(proc.pid)]
+        left = [p.name for p in processes.session(proc.pid)]
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     _reap(proc)
     return left
-
-
-def _session_processes(session: int) -> list[tuple[int, str]]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[3]) == session and fields[0] != "Z":
-                found.append((int(stat.parent.name), (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ")
-                              .decode(errors="replace")[:120]))
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
 
 
 def _needed_by(stages: list[str]) -> set[str]:
@@ -256,23 +245,6 @@ def _needed_by(stages: list[str]) -> set[str]:
     return needed
 
 
-def _ray_workers(driver: int) -> list[tuple[int, str]]:
-    """``(pid, name)`` of the Ray worker processes below a driver (its local Ray's raylet starts them)."""
-    parents, names = {}, {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            pid = int(stat.parent.name)
-            parents[pid] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            names[pid] = (stat.parent / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-        except (OSError, ValueError, IndexError):
-            continue
-    below, grown = set(), {driver}
-    while grown:
-        below |= grown
-        grown = {pid for pid, parent in parents.items() if parent in grown} - below
-    return sorted((pid, names[pid]) for pid in below if names.get(pid, "").startswith("ray::"))
-
-
 def _finish(proc: subprocess.Popen) -> int | None:
     """The run's exit code, or None when it hung past ``STAGE_TIMEOUT_S`` (then its session is killed)."""
     try:
@@ -284,9 +256,9 @@ def _finish(proc: subprocess.Popen) -> int | None:
 
 def _reap(proc: subprocess.Popen) -> None:
     """Kill every process of a run's session (Ray puts its workers in process groups of their own)."""
-    for pid, _ in _session_processes(proc.pid):
+    for leftover in processes.session(proc.pid):
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
+            os.kill(leftover.pid, signal.SIGKILL)
     time.sleep(1)
 
 

@@ -30,6 +30,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import processes
 from record import run_context, write_results
 
 HERE = Path(__file__).resolve().parent
@@ -82,29 +83,12 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _descendants(root: int) -> list[int]:
-    """``root`` and every process below it."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(parent, []).append(int(stat.parent.name))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
-
-
 def _tree_pss_mb(root: int) -> float:
     """The proportional set size of ``root`` and its descendants, summed (shared pages counted once)."""
     total = 0
-    for pid in _descendants(root):
+    for proc in processes.descendants(root):
         try:
-            with open(f"/proc/{pid}/smaps_rollup") as fh:
+            with open(f"/proc/{proc.pid}/smaps_rollup") as fh:
                 for line in fh:
                     if line.startswith("Pss:"):
                         total += int(line.split()[1])
