@@ -75,7 +75,7 @@ def test_mmd_test_tells_shifted_embeddings_from_a_fresh_sample():
     reference = rng.normal(size=(150, 8))
     assert mmd_test(reference, rng.normal(size=(150, 8)))[1] > 0.01
     value, p_value = mmd_test(reference, rng.normal(size=(150, 8)) + np.eye(8)[0] * 0.8)
-    assert value > 0 and p_value < 0.01
+    assert value > 0 and p_value < 0.01 / 8  # small enough to pass Holm's correction over a night's 8 checks
 
 
 # the stage -------------------------------------------------------------------------------------
