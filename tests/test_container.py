@@ -169,7 +169,9 @@ def test_the_dockerignore_admits_only_what_the_image_copies():
 
 
 def test_the_profiles_in_the_image_hold_no_credentials():
-    for profile in (ROOT / "deploy" / "configs").glob("*.yaml"):
+    profiles = sorted((ROOT / "deploy" / "configs").glob("*.yaml"))
+    assert {p.stem for p in profiles} >= {"smoke", "local", "cluster"}
+    for profile in profiles:
         data = yaml.safe_load(profile.read_text()) or {}
         assert "db" not in (data.get("store") or {}), f"{profile.name}: store.db belongs in FUSION_STORE__DB"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import postgres_database
+from conftest import postgres_database, skip_or_fail
 from fusion_core.fsck import check_store
 from fusion_core.store import Store
 
@@ -38,7 +38,7 @@ def _mounted(*mount_args: str, at: Path):
     at.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(["mount", *mount_args, str(at)], capture_output=True, text=True)
     if done.returncode != 0:
-        pytest.skip(f"cannot mount here ({done.stderr.strip()}): needs root in a container that allows it")
+        skip_or_fail(f"cannot mount here ({done.stderr.strip()}): needs root in a container that allows it")
     try:
         yield at
     finally:
@@ -83,7 +83,7 @@ def test_a_read_only_store_is_refused_before_any_work(tmp_path, demo_source):
     with _mounted("--bind", str(root), at=root):
         remount = subprocess.run(["mount", "-o", "remount,ro,bind", str(root)], capture_output=True, text=True)
         if remount.returncode != 0:
-            pytest.skip(f"cannot remount read-only here: {remount.stderr.strip()}")
+            skip_or_fail(f"cannot remount read-only here: {remount.stderr.strip()}")
         started = time.monotonic()
         result = _fusion("run", "ingest", "--source", str(demo_source), "--store", str(root),
                          home=tmp_path / "prefect", timeout=120)
@@ -102,7 +102,7 @@ def own_postgres():
     script = str(REPO / "scripts" / "postgres.sh")
     started = subprocess.run([script], env=env, capture_output=True, text=True, timeout=600)
     if started.returncode != 0:
-        pytest.skip(f"no PostgreSQL server could be started: {started.stderr.strip()[-300:]}")
+        skip_or_fail(f"no PostgreSQL server could be started: {started.stderr.strip()[-300:]}")
     admin_url = started.stdout.strip().split("=", 1)[1]
 
     def switch(on: bool) -> None:

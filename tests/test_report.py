@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from conftest import skip_or_fail
 from fusion_core.report import page, plots, write_report
 from fusion_core.datasets import IMAGES_SCHEMA, array_to_fixed_list, array_to_pixels, pixels_schema, write_shard
 from fusion_core.store import Store
@@ -245,7 +246,7 @@ def test_write_report_of_an_unknown_run(settings):
 def _chromium() -> str:
     path = shutil.which("chromium")
     if path is None:
-        pytest.skip("chromium is not installed (scripts/test.sh installs Debian's chromium package)")
+        skip_or_fail("chromium is not installed (scripts/test.sh installs Debian's chromium package)")
     return path
 
 
