@@ -128,13 +128,15 @@ class Bench:
             proc = self.start(stage)
             killed = self.kill_inside(proc, stage, target, rng)
             first = _finish(proc)
-            left = _left_behind(proc)
+            lingered: list = []
+            left = _left_behind(proc, lingered)
             if killed:
                 break
         else:
             return {"stage": stage, "target": target, "survived": False, "killed": None,
                     "error": f"no kill landed inside the stage in {attempts} draws"}
-        record = {"stage": stage, "target": target, **killed}
+        record = {"stage": stage, "target": target, **killed, "session_emptied_after_s": lingered[0][0],
+                  "lingering_after_5s": lingered[0][1][:5]}
         if first is None:
             return {**record, "survived": False, "error": f"the killed run hung (no exit in {STAGE_TIMEOUT_S} s)"}
         reran = first != 0
@@ -221,15 +223,25 @@ def _working_process(driver: int, stage: str, store: Path, rng: random.Random) -
     return rng.choice(busy) if busy else None
 
 
-def _left_behind(proc: subprocess.Popen, grace_s: float = 15) -> list[str]:
-    """Processes of a run's session still alive ``grace_s`` after its driver ended (its Ray, its Prefect server):
-    the trial leaves them behind. Counted, then killed."""
-    deadline = time.monotonic() + grace_s
+LINGER_S = 120  # a process of a run's session still alive this long after its driver ended is left behind
+
+
+def _left_behind(proc: subprocess.Popen, lingered: list | None = None) -> list[str]:
+    """Processes of a run's session still alive ``LINGER_S`` after its driver ended (its Ray, its Prefect server):
+    the trial leaves them behind. Counted, then killed. ``lingered`` gets ``(seconds until the session emptied,
+    what was still alive after 5 s)``."""
+    started = time.monotonic()
+    late: list[str] = []
     while True:
         left = [p.name for p in processes.session(proc.pid)]
-        if not left or time.monotonic() > deadline:
+        waited = time.monotonic() - started
+        if waited >= 5 and not late:
+            late = left
+        if not left or waited > LINGER_S:
             break
         time.sleep(0.5)
+    if lingered is not None:
+        lingered.append((round(waited, 1), late))
     _reap(proc)
     return left
 
