@@ -247,7 +247,9 @@ def test_register_model_is_challenger(store):
     model = store.get_model(v1)
     assert model["stage"] == "challenger"
     assert (model["name"], model["path"], model["key"], model["dataset_version"]) == \
-        ("cnn", "models/k1", "k1", 1)
+        ("cnn", store.path("models/k1"), "k1", 1)  # kept relative to the root, found under the root it opens at
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT path FROM models WHERE version = 1")).scalar() == "models/k1"
     assert model["metrics"] == {"accuracy": 0.5}
     assert model["config"] == {"lr": 0.01}
     assert store.champion() is None
