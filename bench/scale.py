@@ -261,16 +261,18 @@ def main() -> None:
         rows += run_size(images, source, work, args)
         for r in rows[-len(STAGES) - 1:]:
             print(f"{r['stage']:<11} {r['seconds'] or 0:>9.1f} s {r['images_per_s'] or 0:>10.0f} img/s "
-                  f"driver {r.get('driver_peak_rss_mb', 0):>7.0f} MB  machine {r.get('machine_peak_mb', 0):>7.0f} MB  "
+                  f"driver {r.get('driver_peak_rss_mb', 0):>7.0f} MB  run {r.get('run_peak_pss_mb', 0):>7.0f} MB  "
+                  f"machine {r.get('machine_peak_mb', 0):>7.0f} MB  "
                   f"object store {r.get('object_store_peak_mb', 0):>6.0f} MB", flush=True)
         shutil.rmtree(work / f"store-{images}", ignore_errors=True)
     results = write_results("scale", {"rows": rows, "goals": goals(rows)}, context)
     plot(rows, results.with_suffix(".png"))
-    print(f"\n{'images':>9} {'stage':<11} {'seconds':>9} {'img/s':>9} {'driver MB':>10} {'machine MB':>11} "
-          f"{'store MB':>9}")
+    print(f"\n{'images':>9} {'stage':<11} {'seconds':>9} {'img/s':>9} {'driver MB':>10} {'run MB':>9} "
+          f"{'machine MB':>11} {'store MB':>9}")
     for r in rows:
         print(f"{r['images']:>9} {r['stage']:<11} {r['seconds'] or 0:>9.1f} {r['images_per_s'] or 0:>9.0f} "
-              f"{r.get('driver_peak_rss_mb', 0):>10.0f} {r.get('machine_peak_mb', 0):>11.0f} {r['store_mb']:>9.0f}")
+              f"{r.get('driver_peak_rss_mb', 0):>10.0f} {r.get('run_peak_pss_mb', 0):>9.0f} "
+              f"{r.get('machine_peak_mb', 0):>11.0f} {r['store_mb']:>9.0f}")
     print("\n" + "\n".join(goals(rows)))
     print(f"wrote {results} and {results.with_suffix('.png')}")
 
