@@ -217,7 +217,7 @@ def _working_process(driver: int, stage: str, store: Path, rng: random.Random) -
     registered, so the kill lands mid-training. None when none is working yet."""
     names = WORKERS[stage]
     busy = [(p.name, p.pid) for p in processes.descendants(driver) if p.name.startswith("ray::")
-            and any(n in p.name for n in names)]
+            and any(n in p.name for n in names) and not p.name.endswith("__init__")]  # working, not starting
     trained = any(store.glob("checkpoints/*/checkpoint_manager_snapshot.json"))
     busy = [(name, pid) for name, pid in busy if "RayTrainWorker" not in name or trained]
     return rng.choice(busy) if busy else None
