@@ -223,6 +223,13 @@ def kill_trials(d: dict) -> str:
     note = "" if d.get("complete", True) else (f"**Cut short**: {len(d['trials'])} trials of the planned "
                                                f"{d['planned']['driver']} driver and {d['planned']['worker']} "
                                                "worker trials per stage.\n\n")
+    if d.get("planned") and d.get("complete", True):
+        note = (f"{d['planned']['driver']} driver and {d['planned']['worker']} worker trials per stage (stages without "
+                f"Ray: driver trials only), {d['per_class'] * 10:,} demo images.\n\n")
+    diffs = [t["model_accuracy_diff"] for t in d["trials"] if t.get("model_accuracy_diff") is not None]
+    if diffs:
+        note += (f"Registered model's holdout accuracy minus the clean run's, over the trials that trained: from "
+                 f"{min(diffs):+.3f} to {max(diffs):+.3f}.\n\n")
     return note + table(["stage/target", *[k.replace("_", " ") for k in keys], "clean stage s", "processes killed"], rows,
                  set(range(1, len(keys) + 2)))
 
