@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Quick start, part 2: install with the test extras, start a throwaway PostgreSQL on loopback
-# for the store tests (skipped, with the reason, where none can be started), run the whole suite.
+# for the store tests (skipped, with the reason, where none can be started; failed under CI=true), run the whole suite.
 # Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
