@@ -64,7 +64,10 @@ def scale(d: dict) -> str:
              num(r.get("store_mb"))] for r in d["rows"]]
     out = table(["images", "stage", "seconds", "images/s", "driver peak MB", "whole-run peak MB (PSS)",
                  "machine peak MB", "store MB"], rows, set(range(2, 8)) | {0})
-    return out + "\n\n" + "\n".join(f"* {g}" for g in d.get("goals", []))
+    intervals = [r["sample_interval_s"] for r in d["rows"] if r.get("sample_interval_s")]
+    sampled = (f"\n\nMemory was sampled every {max(intervals):.2f} s at worst (on average over a run); reading "
+               "every process's proportional set size is slow." if intervals else "")
+    return out + "\n\n" + "\n".join(f"* {g}" for g in d.get("goals", [])) + sampled
 
 
 def ingest(d: dict) -> str:
