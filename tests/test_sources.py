@@ -427,3 +427,23 @@ def test_unreadable_file_is_quarantined(tmp_path, png):
         reported = json.loads(fh.read() or "null")
     assert os.waitstatus_to_exitcode(status) == 0
     assert reported == [[str(secret), "unreadable"]]
+
+
+def test_folder_items_come_in_sorted_path_order_one_directory_listed_at_a_time(tmp_path, png, monkeypatch):
+    """Whole paths in sorted order (``a.png`` < ``a/`` < ``a0/``, as the strings sort), and the first item comes
+    before the last folder is listed: the listing is never held whole."""
+    import os
+
+    src = tmp_path / "src"
+    for rel in ("a/x.png", "a.png", "a0/y.png", "b/c/z.png", "b/c.png", "d/w.png"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(png(_rgb()))
+    listed = []
+    real_scandir = os.scandir
+    monkeypatch.setattr(os, "scandir", lambda path: listed.append(str(path)) or real_scandir(path))
+    items = iter_items(str(src), [], 2**31)
+    first = next(items)
+    assert first[0] == str(src / "a.png") and not any(p.rstrip("/").endswith("/d") for p in listed)
+    rest = [first[0], *(item[0] for item in items)]
+    assert [r.replace(str(src) + "/", "") for r in rest] == sorted(
+        ["a/x.png", "a.png", "a0/y.png", "b/c/z.png", "b/c.png", "d/w.png"])
