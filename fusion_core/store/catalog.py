@@ -33,7 +33,8 @@ from fusion_core.datasets import shard_checksum
 from fusion_core.errors import one_line
 from fusion_core.store.migrations import migrate
 from fusion_core.store.results import CHUNK_ROWS, RESULT_TABLES, ResultTables, batched
-from fusion_core.store.tables import (dataset_shards, dataset_versions, image_sources, meta, metadata, models,
+from fusion_core.store.tables import (PATH_OUTPUTS, dataset_shards, dataset_versions, image_sources, meta,
+                                      metadata, models,
                                       promotions, quarantine, run_stages, runs, writer_lease)
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,6 @@ LOOKUP_CHUNK = 500  # ids per IN (...) lookup
 HEARTBEAT_S = 20  # how often a live run renews its heartbeat
 DETAILS_S = 2  # how often a live run looks for new details to record (the Ray dashboard's address)
 LEASE_S = 120  # a running run whose heartbeat is older than this has lost its process
-PATH_OUTPUTS = ("report", "model_path")  # stage outputs that name a file in the store
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,39}")  # run ids name folders: nothing that leaves one
 _migrated: set[str] = set()  # catalogs this process has brought to the current schema
 

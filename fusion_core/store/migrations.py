@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from fusion_core.store.tables import (SCHEMA_VERSION, cluster_assignments, cluster_summaries, dataset_shards, meta,
+from fusion_core.store.tables import (PATH_OUTPUTS, SCHEMA_VERSION, cluster_assignments, cluster_summaries,
+                                      dataset_shards, meta,
                                       metadata, models, predictions, quarantine, run_stages, runs)
 
 
@@ -51,8 +52,7 @@ def store_relative(path, folder: str):
 def _relative_outputs(outputs):
     if not isinstance(outputs, dict):
         return outputs
-    folders = {"report": "reports", "model_path": "models"}
-    return {k: store_relative(v, folders[k]) if k in folders else v for k, v in outputs.items()}
+    return {k: store_relative(v, PATH_OUTPUTS[k]) if k in PATH_OUTPUTS else v for k, v in outputs.items()}
 
 
 def _relative_paths(conn) -> None:
