@@ -22,11 +22,20 @@ def is_transient(exc: BaseException) -> bool:
     """
     seen = set()
     while exc is not None and id(exc) not in seen:
+        exc = raised_by_task(exc)
         seen.add(id(exc))
         if _transient_itself(exc):
             return True
         exc = exc.__cause__
     return False
+
+
+def raised_by_task(exc: BaseException) -> BaseException:
+    """The error a Ray task raised, for Ray's ``RayTaskError`` that wraps it (which, as an instance of the
+    task's error class, carries none of its attributes, such as an ``OSError``'s errno); else ``exc``."""
+    while isinstance(getattr(exc, "cause", None), BaseException):
+        exc = exc.cause
+    return exc
 
 
 def _transient_itself(exc: BaseException) -> bool:
@@ -43,9 +52,7 @@ def _transient_itself(exc: BaseException) -> bool:
 def one_line(exc: BaseException) -> str:
     """``ClassName: message`` on one line: a Ray task's error by the error the task raised, a database error by
     its driver's own first line (without the SQL)."""
-    shown = exc
-    while isinstance(getattr(shown, "cause", None), BaseException):  # Ray's RayTaskError wraps the task's error
-        shown = shown.cause
+    shown = raised_by_task(exc)
     shown = getattr(shown, "orig", None) or shown  # SQLAlchemy wraps the driver's error
     text = str(shown).strip().splitlines()
     return f"{type(shown).__name__}: {text[0] if text else ''}".rstrip(": ")

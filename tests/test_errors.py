@@ -48,6 +48,8 @@ def test_transient_errors(exc):
     sa.exc.IntegrityError("INSERT", {}, Exception("duplicate key")),
     ray.exceptions.RayTaskError("fn", "traceback", ValueError("bad")).as_instanceof_cause(),
     ray.exceptions.RayTaskError("fn", "traceback", FileNotFoundError("gone")).as_instanceof_cause(),
+    # a full disk met in a Ray task (the wrapper is an OSError without the errno)
+    ray.exceptions.RayTaskError("fn", "traceback", OSError(errno.ENOSPC, "no space")).as_instanceof_cause(),
     _raised_from(ValueError("bad manifest"), KeyError("path")),
 ])
 def test_permanent_errors(exc):
