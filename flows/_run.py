@@ -49,16 +49,18 @@ def run_stage(stage: str, stage_task, config: str | None, overrides: dict[str, A
               params: dict[str, Any], *task_args) -> dict:
     """Run one stage task as (or within) a run; returns ``{"run_id": ..., **the stage's result}``.
 
-    The task gets the stage's timeout (``orchestration.timeouts``); its artifacts are published here.
+    The task gets the stage's timeout (``orchestration.timeouts``) and its retries after transient errors
+    (``orchestration.retry_delays``); its artifacts are published here.
 
     Args:
         params: the flow's inputs, recorded with a run opened here.
         task_args: what the task takes after ``(config, overrides, run_id)``.
     """
-    timeout = getattr(load_settings(config, overrides).orchestration.timeouts, stage)
+    orchestration = load_settings(config, overrides).orchestration
+    attempts = {"timeout_seconds": getattr(orchestration.timeouts, stage),
+                "retries": len(orchestration.retry_delays), "retry_delay_seconds": orchestration.retry_delays}
     with tracked_run(stage, config, overrides, run_id, params) as run, progress_artifacts():
-        state = stage_task.with_options(timeout_seconds=timeout)(config, overrides, run["run_id"], *task_args,
-                                                                 return_state=True)
+        state = stage_task.with_options(**attempts)(config, overrides, run["run_id"], *task_args, return_state=True)
         result = state.result()  # raises the stage's error when it failed
         publish_stage(stage, result, state.message)
         run["summary"] = {stage: result}

@@ -11,7 +11,7 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -177,6 +177,9 @@ class StageTimeouts(_Section):
 
 class OrchestrationConfig(_Section):
     timeouts: StageTimeouts = StageTimeouts()
+    retry_delays: list[Annotated[float, Field(ge=0)]] = Field(
+        [10.0, 20.0, 40.0], max_length=10, description="seconds before each further attempt of a stage that failed "
+        "with a transient error (a dropped connection, a lost Ray worker); one attempt per entry, [] for none")
     server_startup_timeout: float = Field(300.0, gt=0, description="seconds the `fusion` command waits for the "
                                           "local Prefect server it starts when PREFECT_API_URL is unset (a fresh "
                                           "Prefect home migrates its database first)")

@@ -17,10 +17,9 @@ from prefect import task
 from prefect.cache_policies import NONE
 from prefect.states import Completed, State
 from prefect.task_engine import TaskRunTimeoutError
-from prefect.tasks import exponential_backoff
 
 from fusion_core.cluster import cluster_predictions
-from fusion_core.config import Settings, load_settings
+from fusion_core.config import OrchestrationConfig, Settings, load_settings
 from fusion_core.errors import is_transient
 from fusion_core.ingest import ingest_source
 from fusion_core.inputs import infer_model_version as _model_version, input_version as _version
@@ -40,9 +39,10 @@ def _transient(_task, _task_run, state: State) -> bool:
     return isinstance(error, BaseException) and not isinstance(error, TaskRunTimeoutError) and is_transient(error)
 
 
-# Every stage task: after a transient error, up to 3 more attempts, 10, 20 and 40 s later; none after others.
-RETRIES = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=10),
-           "retry_condition_fn": _transient}
+# Every stage task: after a transient error, one more attempt per delay of ``orchestration.retry_delays``
+# (the flows set them from the run's settings; a task called on its own has the defaults); none after others.
+_DELAYS = OrchestrationConfig().retry_delays
+RETRIES = {"retries": len(_DELAYS), "retry_delay_seconds": _DELAYS, "retry_condition_fn": _transient}
 
 
 def _run(stage: str, config: str | None, overrides: Overrides, run_id: str,
