@@ -27,6 +27,7 @@ from fusion_core.store import Store, StoreBusyError, StoreNotFoundError, StoreRe
 __all__ = ["app", "main"]
 
 NIGHTLY_CRON = "0 2 * * *"
+NO_RAY = ("cluster", "report")  # the flows that run in this process alone
 SOURCE_HELP = "folder, tar/zip archive, CIFAR batch folder, CSV/Parquet manifest, or a URI of one"
 
 
@@ -44,9 +45,18 @@ def _run_flow(name: str, source: str | None, settings: Settings, config: str | N
         _check_inputs(name, settings, store)
     if name == "report":
         report_run = find_run(store, report_run or "latest")["run_id"]
+    flow = []
+
+    def while_prefect_starts() -> None:  # the flow's imports, and Ray for the flows that use it
+        flow.append(_flow(name, source, report_run))
+        if name not in NO_RAY:
+            from fusion_core.ray_runtime import ensure_ray
+
+            ensure_ray(settings)
+
     try:
-        with prefect_api(settings.orchestration.server_startup_timeout):
-            result = _flow(name, source, report_run)(config=config, overrides=overrides)
+        with prefect_api(settings.orchestration.server_startup_timeout, while_prefect_starts):
+            result = flow[0](config=config, overrides=overrides)
     except Exception as err:
         _run_failed(name, err)
     return {**result, "run_id": report_run or result["run_id"]}

@@ -57,6 +57,13 @@ def start_server(port: int, timeout: float, ui: bool = False) -> tuple[subproces
     Raises:
         ServerStartError: it exited or did not answer within ``timeout`` seconds (it is stopped then).
     """
+    server, url = launch_server(port, ui)
+    wait_for_server(server, url, timeout)
+    return server, url
+
+
+def launch_server(port: int, ui: bool = False) -> tuple[subprocess.Popen, str]:
+    """Start a Prefect server on 127.0.0.1:``port`` (see ``start_server``) without waiting for it."""
     url = f"http://127.0.0.1:{port}/api"
     if ui:
         command = [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1",
@@ -68,19 +75,24 @@ def start_server(port: int, timeout: float, ui: bool = False) -> tuple[subproces
                    "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
                    "--port", str(port), "--log-level", "error"]
         env = {**os.environ, **TEMPORARY_SERVER_ENV}
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              preexec_fn=die_with_parent)
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=die_with_parent), url
+
+
+def wait_for_server(server: subprocess.Popen, url: str, timeout: float) -> None:
+    """Wait until the server launched at ``url`` answers; stop it and raise ServerStartError if it exits or
+    stays silent for ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2):
-                return server, url
+                return
         except OSError:
             if server.poll() is not None:
-                raise ServerStartError(f"the Prefect server on port {port} exited with code {server.returncode}")
+                raise ServerStartError(f"the Prefect server at {url} exited with code {server.returncode}")
             time.sleep(0.3)
     stop_server(server)
-    raise ServerStartError(f"the Prefect server on port {port} did not answer within {timeout:g} s "
+    raise ServerStartError(f"the Prefect server at {url} did not answer within {timeout:g} s "
                            "(orchestration.server_startup_timeout)")
 
 
@@ -95,18 +107,24 @@ def stop_server(server: subprocess.Popen) -> None:
 
 
 @contextmanager
-def prefect_api(timeout: float):
+def prefect_api(timeout: float, while_starting=None):
     """Within: PREFECT_API_URL names a Prefect server. An existing PREFECT_API_URL is used as it is; otherwise a
-    temporary server is started here for the duration, and stopped after.
+    temporary server is started here for the duration, and stopped after. ``while_starting()``, when given, is
+    called once the server is launched, before waiting for it to answer (work that needs no Prefect API).
 
     Prefect reads its settings when first imported: enter this before anything imports ``prefect``.
     """
     if os.environ.get("PREFECT_API_URL"):
+        if while_starting:
+            while_starting()
         yield os.environ["PREFECT_API_URL"]
         return
-    server, url = start_server(free_port(), timeout)
+    server, url = launch_server(free_port())
     os.environ["PREFECT_API_URL"] = temporary["url"] = url
     try:
+        if while_starting:
+            while_starting()
+        wait_for_server(server, url, timeout)
         yield url
     finally:
         _drain_prefect_workers()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,44 @@ def test_a_server_that_does_not_answer_in_time_is_stopped_and_named(monkeypatch,
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "home"))
     with pytest.raises(ServerStartError, match="did not answer within 0.01 s|exited"):
         start_server(0, timeout=0.01)
+
+
+def _serving(port: str) -> list[int]:
+    """The pids of processes whose command line names ``--port PORT``."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if f"--port\0{port}\0".encode() in cmdline.read_bytes():
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_work_given_runs_while_the_server_starts_and_its_failure_stops_the_server(monkeypatch, prefect_home):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(prefect_home))
+    seen = []
+
+    def work():  # runs once the server is launched, before it answers
+        seen.append(os.environ["PREFECT_API_URL"])
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"{seen[0]}/health", timeout=1)
+
+    with prefect_api(300, work) as url:
+        assert seen == [url]
+        with urllib.request.urlopen(f"{url}/health", timeout=5) as answer:  # and it answers inside
+            assert answer.status == 200
+
+    def failing_work():
+        seen.append(os.environ["PREFECT_API_URL"])
+        raise RuntimeError("Ray did not start")
+
+    with pytest.raises(RuntimeError, match="Ray did not start"):
+        with prefect_api(300, failing_work):
+            pass
+    assert "PREFECT_API_URL" not in os.environ
+    assert _serving(seen[-1].rsplit(":", 1)[1].split("/")[0]) == []  # the server launched for it is gone
 
 
 def _alive(pid: int) -> bool:
