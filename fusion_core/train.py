@@ -255,6 +255,7 @@ def _fit_and_register(settings: Settings, store: Store, pixels: dict, key: str, 
     from ray.train.tensorflow import TensorflowTrainer
 
     from fusion_core.ray_runtime import ensure_ray, remove_leftover_placement_groups
+    from fusion_core.tf_backend import TensorflowBackendConfig
 
     cfg = settings.train
     ray = ensure_ray(settings)
@@ -288,6 +289,7 @@ def _fit_and_register(settings: Settings, store: Store, pixels: dict, key: str, 
     checkpoints_fs, checkpoints = uri.filesystem(store.path("checkpoints"))  # the store's endpoint, on every worker
     trainer = TensorflowTrainer(
         train_loop_per_worker,
+        tensorflow_config=TensorflowBackendConfig(),  # Ray Train's controller then never imports TensorFlow
         train_loop_config={"recipe": recipe.as_dict(), "shape": list(shape), "classes": classes,
                            "learning_rate": rate, "seed": cfg.seed, "mixed_precision": cfg.mixed_precision,
                            "norm": norm, "batch_size_per_worker": batch, "steps_per_epoch": steps_per_epoch,
