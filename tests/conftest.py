@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -92,6 +93,34 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def prefect_home_template(tmp_path_factory):
+    """A Prefect home whose database a Prefect server has created once (migrations, block types)."""
+    home = tmp_path_factory.mktemp("prefect-home-template")
+    subprocess.run([sys.executable, "-c", "from flows.prefect_server import free_port, start_server, stop_server; "
+                    "stop_server(start_server(free_port(), 300)[0])"],
+                   env={**os.environ, "PREFECT_HOME": str(home)}, check=True, timeout=360)
+    return home
+
+
+@pytest.fixture
+def prefect_home(prefect_home_template, tmp_path):
+    """A Prefect home of this test's own for the `fusion` processes it starts, its database ready: Fusion's
+    temporary server starts in seconds instead of migrating a new database first (a fresh home's first run
+    is tested on its own, in test_prefect_server)."""
+    return Path(shutil.copytree(prefect_home_template, tmp_path / "prefect"))
+
+
+@pytest.fixture(scope="session")
+def demo_nightly(demo_source, tmp_path_factory, prefect_harness, ray_local) -> tuple[Path, dict]:
+    """One smoke nightly run on the demo source for the tests that read what it made (copy the store to change
+    it): the store root and the flow's result."""
+    from flows.nightly import nightly_flow
+
+    root = tmp_path_factory.mktemp("demo-nightly") / "store"
+    return root, nightly_flow(str(demo_source), "smoke", {"store.root": str(root)})
 
 
 @pytest.fixture(scope="session")

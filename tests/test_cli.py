@@ -43,9 +43,9 @@ def test_nightly_needs_a_source_folder(tmp_path):
 @pytest.mark.ray
 @pytest.mark.tf
 @pytest.mark.prefect
-def test_demo_then_runs_show_and_models(tmp_path):
+def test_demo_then_runs_show_and_models(tmp_path, prefect_home):
     store, source = str(tmp_path / "store"), str(tmp_path / "demo-data")
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env = {**os.environ, "PREFECT_HOME": str(prefect_home)}
     demo = subprocess.Popen([FUSION, "demo", "--config", "smoke", "--store", store, "--set", f"demo.source={source}"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     dashboards = set()  # what `fusion show` says while the run lives
@@ -113,13 +113,13 @@ def _free_port() -> int:
 
 
 @pytest.mark.prefect
-def test_serve_registers_the_nightly_cron_deployment(tmp_path, demo_source):
+def test_serve_registers_the_nightly_cron_deployment(tmp_path, demo_source, prefect_home):
     import json
     import time
     import urllib.request
 
     port = _free_port()
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env = {**os.environ, "PREFECT_HOME": str(prefect_home)}
     env.pop("PREFECT_API_URL", None)
     serve = subprocess.Popen([FUSION, "serve", "--source", str(demo_source), "--store", str(tmp_path / "store"),
                               "--port", str(port)], cwd=tmp_path, env=env,

@@ -122,12 +122,12 @@ def webhook():
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory, webhook):
+def deployment(tmp_path_factory, webhook, prefect_home_template):
     """Server, pool, deployment and worker; yields ``{"client", "deployment", "tmp", "worker_log"}``."""
     tmp = tmp_path_factory.mktemp("deployment")
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect-home"), "PREFECT_API_URL": api,
+    env = {**os.environ, "PREFECT_HOME": str(shutil.copytree(prefect_home_template, tmp / "prefect-home")), "PREFECT_API_URL": api,
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_WORKER_QUERY_SECONDS": "1"}
     started: list[subprocess.Popen] = []
     try:

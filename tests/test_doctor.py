@@ -171,8 +171,8 @@ def test_doctor_refuses_an_unknown_format():
 
 @pytest.mark.ray
 @pytest.mark.tf
-def test_doctor_on_a_local_ray(tmp_path):
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+def test_doctor_on_a_local_ray(tmp_path, prefect_home):
+    env = {**os.environ, "PREFECT_HOME": str(prefect_home)}
     env.pop("PREFECT_API_URL", None)
     env.pop("RAY_ADDRESS", None)
     store = tmp_path / "store"

@@ -105,13 +105,14 @@ def nightly_args(ray_cluster, demo_source, module_postgres_url) -> list[str]:
     """The store on the S3-compatible server, the catalog on PostgreSQL."""
     return ["run", "nightly", "--source", str(demo_source), "--config", "smoke",
             "--store", f"s3://{S3_BUCKET}/cluster", "--set", f"store.db={module_postgres_url}",
-            "--set", "train.placement_strategy=SPREAD"]
+            "--set", "train.placement_strategy=SPREAD", "--set", "train.num_workers=2"]
 
 
-def test_nightly_on_a_two_node_cluster_whose_worker_node_has_no_fusion(ray_cluster, nightly_args, tmp_path):
+def test_nightly_on_a_two_node_cluster_whose_worker_node_has_no_fusion(ray_cluster, nightly_args, tmp_path,
+                                                                      prefect_home):
     address, _, env = ray_cluster
     env = {**env, "RAY_ADDRESS": address, "FUSION_RAY__NODE_IP_ADDRESS": HEAD_IP,
-           "PREFECT_HOME": str(tmp_path / "prefect")}
+           "PREFECT_HOME": str(prefect_home)}
     workdir = tmp_path / "driver"
     workdir.mkdir()
     run = subprocess.run([str(BIN / "fusion"), *nightly_args], env=env, capture_output=True, text=True,

@@ -262,12 +262,9 @@ def _chromium_run(page: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.ray
 @pytest.mark.tf
 @pytest.mark.prefect
-def test_nightly_report_renders_with_its_images_in_chromium(demo_source, tmp_path, prefect_harness, ray_local):
-    from flows.nightly import nightly_flow
-
+def test_nightly_report_renders_with_its_images_in_chromium(demo_nightly, tmp_path):
     chromium = _chromium()
-    root = tmp_path / "store"
-    result = nightly_flow(str(demo_source), "smoke", {"store.root": str(root)})
+    root, result = demo_nightly
     page = Path(result["report"]["outputs"]["report"])
     assert page == root / "reports" / result["run_id"] / "index.html"
     assert Store(str(root)).get_run(result["run_id"])["stages"][-1]["stage"] == "report"

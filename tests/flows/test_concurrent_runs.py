@@ -5,6 +5,7 @@ nightly run. One run writes at a time; the others are refused with a clear line;
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -27,11 +28,12 @@ def _start(args: list[str], home: Path) -> subprocess.Popen:
 @pytest.mark.ray
 @pytest.mark.tf
 @pytest.mark.prefect
-def test_one_run_writes_at_a_time(tmp_path, demo_source, postgres_url):
+def test_one_run_writes_at_a_time(tmp_path, demo_source, postgres_url, prefect_home_template):
     store_args = ["--store", str(tmp_path / "store"), "--set", f"store.db={postgres_url}"]
     nightly = ["run", "nightly", "--source", str(demo_source), "-c", "smoke", *store_args]
     Store(str(tmp_path / "store"), postgres_url)  # the catalog exists before the race
-    racers = [_start(nightly, tmp_path / f"prefect-{i}") for i in range(2)]
+    homes = [shutil.copytree(prefect_home_template, tmp_path / f"prefect-{i}") for i in range(2)]
+    racers = [_start(nightly, home) for home in homes]
     deadline = time.monotonic() + 600
     while all(p.poll() is None for p in racers) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -43,7 +45,7 @@ def test_one_run_writes_at_a_time(tmp_path, demo_source, postgres_url):
 
     assert winner.poll() is None, "the winning nightly run must still be running"
     ingest = subprocess.run([FUSION, "run", "ingest", "--source", str(demo_source), *store_args],
-                            env={**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-2")},
+                            env={**os.environ, "PREFECT_HOME": str(homes[1])},
                             capture_output=True, text=True, timeout=300)
     assert ingest.returncode == 2, ingest.stderr
     (line,) = [x for x in ingest.stderr.splitlines() if x.strip()]

@@ -56,7 +56,9 @@ def preprocessed(ingested, stage_store):
 
 @pytest.fixture(scope="module")
 def trained(preprocessed, stage_store):
-    return train_flow("smoke", _overrides(stage_store), pixels_version=preprocessed["outputs"]["version"])
+    # Two workers: the cross-worker strategy (the smoke profile trains on one)
+    return train_flow("smoke", {**_overrides(stage_store), "train.num_workers": 2},
+                      pixels_version=preprocessed["outputs"]["version"])
 
 
 @pytest.fixture(scope="module")
@@ -269,8 +271,8 @@ def _registered_checkpoints(run_dirs) -> int:
 
 
 def test_training_survives_a_killed_worker(tmp_path):
-    """kill -9 one Ray Train worker once a checkpoint is registered: the run resumes from it and completes,
-    within noise of a clean run of the same training, which learns well above chance."""
+    """kill -9 a Ray Train worker once a checkpoint is registered: the run resumes from it, completes every
+    epoch once, and learns well above chance."""
     import os
     import signal
     import threading
@@ -280,7 +282,7 @@ def test_training_survives_a_killed_worker(tmp_path):
     root = str(tmp_path / "store")
     ingest_flow(str(tmp_path / "source"), "smoke", _overrides(root))
     preprocess_flow("smoke", _overrides(root))
-    epochs = 20  # enough that the kill always lands mid-run, even when epochs are quick
+    epochs = 20  # enough to learn well above chance, and for the kill to land mid-run however quick the epochs
     overrides = {**_overrides(root), "train.epochs": epochs, "train.retrain": "always"}
     checkpoints = Path(root, "checkpoints")
     outcome = {}
@@ -301,17 +303,14 @@ def test_training_survives_a_killed_worker(tmp_path):
     assert [h["epoch"] for h in history] == list(range(epochs))
     assert history[0]["resumed_at"] == 0 and history[-1]["resumed_at"] > 0  # resumed, not restarted
 
-    # Chance is 0.1; a clean run reaches about 0.5 on these 74 holdout images (one image: 1.4 points).
-    clean = store.get_model(train_flow("smoke", overrides)["outputs"]["model_version"])
-    assert clean["metrics"]["accuracy"] >= 0.3
-    assert abs(killed_run["metrics"]["accuracy"] - clean["metrics"]["accuracy"]) <= 0.2
+    assert killed_run["metrics"]["accuracy"] >= 0.3  # chance is 0.1 on these 74 holdout images
 
 
-def test_nightly_end_to_end_then_rerun_adds_nothing(demo_source, tmp_path):
-    """The nightly flow end to end; then the store is moved elsewhere (the original gone) and the rerun there reuses
-    its model and results, and the commands that read a store work on it as they did."""
-    overrides = _overrides(str(tmp_path / "store"))
-    first = nightly_flow(str(demo_source), "smoke", overrides)
+def test_nightly_end_to_end_then_rerun_adds_nothing(demo_nightly, demo_source, tmp_path):
+    """The nightly flow end to end; then a copy of its store is moved elsewhere (that copy's original gone) and the
+    rerun there reuses its model and results, and the commands that read a store work on it as they did."""
+    made, first = demo_nightly
+    shutil.copytree(made, tmp_path / "store")
     assert first["ingest"]["counts"]["new_images"] == IMAGES
     assert first["train"]["counts"]["trained"] == 1
     store = Store(str(tmp_path / "store"))
@@ -339,7 +338,7 @@ def test_nightly_end_to_end_then_rerun_adds_nothing(demo_source, tmp_path):
     for args in (["show", first["run_id"]], ["models"], ["predictions", "--run", first["run_id"]], ["fsck"]):
         out = CliRunner().invoke(app, [*args, "--store", str(moved)])
         assert out.exit_code == 0, (args, out.output)
-        assert str(tmp_path / "store") not in out.output.replace(str(moved), "")
+        assert str(tmp_path / "store") not in out.output.replace(str(moved), "") and str(made) not in out.output
     assert "fsck: clean" in out.output and "0 orphan files" in out.output
 
 
@@ -393,8 +392,7 @@ def test_an_ingest_between_a_nightly_runs_stages_does_not_change_its_inputs(demo
 
 
 def test_grayscale_changes_the_model_input(demo_source, tmp_path):
-    overrides = {**_overrides(str(tmp_path / "store")), "preprocess.grayscale": True, "train.epochs": 1,
-                 "train.num_workers": 1}  # and the single-worker path (no cross-worker strategy)
+    overrides = {**_overrides(str(tmp_path / "store")), "preprocess.grayscale": True, "train.epochs": 1}
     result = nightly_flow(str(demo_source), "smoke", overrides)
     assert result["preprocess"]["outputs"]["shape"] == [32, 32, 1]
     from fusion_core.model import load_model
@@ -404,7 +402,7 @@ def test_grayscale_changes_the_model_input(demo_source, tmp_path):
     assert result["infer"]["counts"]["predictions"] == IMAGES
 
 
-def test_a_stopped_train_flow_resumes_from_its_last_checkpoint(trained, stage_store, tmp_path):
+def test_a_stopped_train_flow_resumes_from_its_last_checkpoint(trained, stage_store, tmp_path, prefect_home):
     """kill -9 the whole `fusion run train` process mid-run; the next run of the same training resumes."""
     import os
     import signal
@@ -417,7 +415,7 @@ def test_a_stopped_train_flow_resumes_from_its_last_checkpoint(trained, stage_st
     fusion = str(Path(sys.executable).with_name("fusion"))
     args = [fusion, "run", "train", "-c", "smoke", "--store", str(store), "--set", "train.epochs=10",
             "--set", "train.seed=7"]
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env = {**os.environ, "PREFECT_HOME": str(prefect_home)}
     proc = subprocess.Popen(args, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     earlier_runs = set(store.glob("checkpoints/train-*"))
