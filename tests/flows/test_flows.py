@@ -413,7 +413,7 @@ def test_a_stopped_train_flow_resumes_from_its_last_checkpoint(trained, stage_st
     store = tmp_path / "store"
     shutil.copytree(stage_store, store)  # data and a first model, from the stage tests' store
     fusion = str(Path(sys.executable).with_name("fusion"))
-    args = [fusion, "run", "train", "-c", "smoke", "--store", str(store), "--set", "train.epochs=10",
+    args = [fusion, "run", "train", "-c", "smoke", "--store", str(store), "--set", "train.epochs=5",
             "--set", "train.seed=7"]
     env = {**os.environ, "PREFECT_HOME": str(prefect_home)}
     proc = subprocess.Popen(args, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
@@ -432,7 +432,7 @@ def test_a_stopped_train_flow_resumes_from_its_last_checkpoint(trained, stage_st
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     model = Store(str(store)).list_models()[-1]
     history = model["metrics"]["history"]
-    assert [h["epoch"] for h in history] == list(range(10))
+    assert [h["epoch"] for h in history] == list(range(5))
     assert history[-1]["resumed_at"] > 0  # the rerun started from the stopped run's checkpoint
 
 
