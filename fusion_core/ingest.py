@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 
@@ -22,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fusion_core.config import IngestConfig, Settings
-from fusion_core.datasets import IMAGES_SCHEMA, delete_shard, pack_mask, read_shards, write_shard
+from fusion_core.datasets import IMAGES_SCHEMA, delete_shard, pack_mask, read_shard, read_shards, write_shard
 from fusion_core.decode import QuarantineError, decode_image
 from fusion_core.progress import Progress
 from fusion_core.runs import StageResult
@@ -30,6 +31,8 @@ from fusion_core.sources import Item, iter_items, quarantine_row, read_bytes
 from fusion_core.store import Store
 
 log = logging.getLogger(__name__)
+
+SOURCES_SCHEMA = pa.schema([("image_id", pa.string()), ("source", pa.string())])
 
 
 def split_for(image_id: str, val_fraction: float, test_fraction: float, given: str | None = None) -> str:
@@ -136,34 +139,50 @@ def _hashed(items: list[Item], max_bytes: int, bad: list[dict]) -> Iterator[list
 def ingest_task(root: str, db: str | None, items: list[Item], cfg: IngestConfig) -> tuple[dict, pa.Table]:
     """``ingest_chunk`` in a Ray task, asking the store's catalog which images it holds already.
 
-    Returns what the driver keeps, compact (each shard's ids as 32-byte digests, the count of sources), and the
-    ``{image_id, source}`` rows as a second object, which the driver fetches one task at a time at commit.
+    Returns what the driver keeps, compact (each shard's ids as 8-byte keys, the count of sources), and the
+    ``{image_id, source}`` rows as a second object, which the driver spools to a local file as each task ends.
     """
     out = ingest_chunk(root, items, cfg, Store(root, db).known_image_ids)
     shards = [{"path": s["path"], "num_rows": s["num_rows"], "checksum": s["checksum"],
-               "image_ids": digests(s["image_ids"])} for s in out["shards"]]
+               "id_keys": id_keys(s["image_ids"])} for s in out["shards"]]
     ids, paths = zip(*out["sources"]) if out["sources"] else ((), ())
-    sources = pa.table({"image_id": pa.array(ids, pa.string()), "source": pa.array(paths, pa.string())})
+    sources = pa.table({"image_id": pa.array(ids, pa.string()), "source": pa.array(paths, pa.string())},
+                       schema=SOURCES_SCHEMA)
     return {"shards": shards, "sources": len(out["sources"]), "quarantine": out["quarantine"]}, sources
 
 
-def digests(image_ids: list[str]) -> np.ndarray:
-    """Hex image ids as an array of 32-byte digests (a third of the memory of Python strings)."""
-    return np.array([bytes.fromhex(i) for i in image_ids], dtype="S32")
+def id_keys(image_ids: list[str]) -> np.ndarray:
+    """The first 8 bytes of each hex image id, as uint64: a compact key under which ids stored twice are found
+    (equal keys are then compared in full)."""
+    return np.array([int(i[:16], 16) for i in image_ids], dtype=np.uint64)
 
 
-def later_duplicates(shard_ids: list[np.ndarray]) -> dict[int, set[str]]:
+def later_duplicates(shard_keys: list[np.ndarray], shard_ids: Callable[[int], list[str]]) -> dict[int, set[str]]:
     """For shards in order, the ids each holds that an earlier shard (or itself, earlier) holds too:
-    ``{shard index: {hex id}}``. Sorts one array of digests instead of growing a set of strings."""
-    if not shard_ids:
+    ``{shard index: {hex id}}``.
+
+    Sorts one array of 8-byte keys; only the shards holding a key seen twice are read back
+    (``shard_ids(index)``: that shard's ids in order) to compare those rows' full ids.
+    """
+    if not shard_keys:
         return {}
-    ids = np.concatenate(shard_ids)
-    owner = np.repeat(np.arange(len(shard_ids)), [len(a) for a in shard_ids])
-    order = np.lexsort((owner, ids))  # by id, then by shard: the first of each run of equal ids is kept
-    repeated = np.flatnonzero(ids[order][1:] == ids[order][:-1]) + 1
+    keys = np.concatenate(shard_keys)
+    starts = np.cumsum([0] + [len(k) for k in shard_keys])
+    order = np.argsort(keys, kind="stable")
+    repeated = np.flatnonzero(keys[order][1:] == keys[order][:-1])
+    rows = np.unique(np.concatenate([order[repeated], order[repeated + 1]]))  # in shard order, then row order
+    del keys, order
+    owners = np.searchsorted(starts, rows, side="right") - 1
+    read, ids = None, []  # rows come shard by shard: one shard's ids are held at a time
+    seen: set[str] = set()
     drops: dict[int, set[str]] = {}
-    for position in order[repeated]:
-        drops.setdefault(int(owner[position]), set()).add(ids[position].ljust(32, b"\0").hex())  # numpy strips \0s
+    for row, owner in zip(rows.tolist(), owners.tolist()):
+        if owner != read:
+            read, ids = owner, shard_ids(owner)
+        image_id = ids[row - starts[owner]]
+        if image_id in seen:
+            drops.setdefault(owner, set()).add(image_id)
+        seen.add(image_id)
     return drops
 
 
@@ -202,8 +221,34 @@ def _chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
         yield chunk
 
 
-def _run_tasks(ray, cfg: IngestConfig, store: Store, source: str, problems: list[dict]) -> list[tuple[dict, object]]:
-    """Feed chunks of the source to Ray tasks as they are listed; ``(summary, sources ref)`` in submission order."""
+class SourceSpool:
+    """The ``{image_id, source}`` rows of every task, appended to a local Arrow file as each task ends (so
+    neither this process nor Ray's object store holds them all), and read back a batch at a time each time
+    they are iterated."""
+
+    def __init__(self, folder: str):
+        self.path = f"{folder}/sources.arrow"
+        self.writer = pa.ipc.new_file(self.path, SOURCES_SCHEMA)
+
+    def append(self, rows: pa.Table) -> None:
+        self.writer.write_table(rows)
+
+    def close(self) -> None:
+        self.writer.close()
+
+    def __iter__(self) -> Iterator[dict]:
+        with pa.memory_map(self.path) as source:
+            reader = pa.ipc.open_file(source)
+            for index in range(reader.num_record_batches):
+                yield from reader.get_batch(index).to_pylist()
+
+
+def _run_tasks(ray, cfg: IngestConfig, store: Store, source: str, problems: list[dict],
+               spool: SourceSpool) -> list[dict]:
+    """Feed chunks of the source to Ray tasks as they are listed; their summaries in submission order.
+
+    Each task's source rows go to ``spool`` as it ends, and no reference to its outputs is kept, so Ray
+    frees the task's inputs and outputs at once."""
     task = ray.remote(ingest_task).options(num_returns=2)
     root, db = store.reopen_args()
     in_flight = 2 * int(ray.cluster_resources().get("CPU", 1)) + 2  # keeps workers busy, bounds memory
@@ -213,7 +258,8 @@ def _run_tasks(ray, cfg: IngestConfig, store: Store, source: str, problems: list
         while pending and (wait_all or len(pending) >= in_flight):
             ready, _ = ray.wait(list(pending), num_returns=1)
             index, n, sources = pending.pop(ready[0])
-            results[index] = (ray.get(ready[0]), sources)
+            results[index] = ray.get(ready[0])
+            spool.append(ray.get(sources))
             progress.update(n)
 
     listed = 0  # the source is streamed, never held whole: the total (and an ETA) is known once it is listed
@@ -227,18 +273,8 @@ def _run_tasks(ray, cfg: IngestConfig, store: Store, source: str, problems: list
     progress.total = listed
     collect(wait_all=True)
     progress.close()
+    spool.close()
     return results
-
-
-class SourceRows:
-    """The ``{image_id, source}`` rows of every task, fetched one task at a time each time they are iterated."""
-
-    def __init__(self, ray, refs: list):
-        self.ray, self.refs = ray, refs
-
-    def __iter__(self) -> Iterator[dict]:
-        for ref in self.refs:
-            yield from self.ray.get(ref).to_pylist()
 
 
 def ingest_source(settings: Settings, store: Store, source: str, run_id: str) -> StageResult:
@@ -254,11 +290,19 @@ def ingest_source(settings: Settings, store: Store, source: str, run_id: str) ->
     cfg = settings.ingest
     ray = ensure_ray(settings)
     problems: list[dict] = []
-    tasks = _run_tasks(ray, cfg, store, str(source), problems)
-    results = [summary for summary, _ in tasks]
+    with tempfile.TemporaryDirectory(prefix="fusion-ingest-") as spool_folder:
+        sources = SourceSpool(spool_folder)  # the catalog keeps the new ones, with the version
+        results = _run_tasks(ray, cfg, store, str(source), problems, sources)
+        return _commit(store, source, run_id, results, problems, sources, cfg)
 
+
+def _commit(store: Store, source: str, run_id: str, results: list[dict], problems: list[dict],
+            sources: SourceSpool, cfg: IngestConfig) -> StageResult:
+    """Drop content two tasks both wrote from the later shard, then commit the new version with every source
+    row and record the quarantine."""
     written = [shard for result in results for shard in result["shards"]]
-    drops = later_duplicates([shard.pop("image_ids") for shard in written])
+    drops = later_duplicates([shard.pop("id_keys") for shard in written], lambda index: read_shard(
+        store.root, written[index]["path"], columns=["image_id"]).column("image_id").to_pylist())
     shards = []
     for index, shard in enumerate(written):
         if index in drops:
@@ -267,7 +311,6 @@ def ingest_source(settings: Settings, store: Store, source: str, run_id: str) ->
         if shard:
             shards.append({k: shard[k] for k in ("path", "num_rows", "checksum")})
     quarantined = problems + [q for r in results for q in r["quarantine"]]
-    sources = SourceRows(ray, [ref for _, ref in tasks])  # the catalog keeps the new ones
 
     previous = store.latest_version("images")
     version = previous["version"] if previous else None

@@ -66,6 +66,17 @@ def _png(arr, mode=None) -> bytes:
     return buf.getvalue()
 
 
+def pytest_collection_modifyitems(items):
+    """Under pytest-xdist (``--dist loadgroup``), the tests of a module that use its module-scoped fixtures run
+    on one worker, so those fixtures are built once."""
+    for item in items:
+        fixtures = getattr(item, "_fixtureinfo", None)
+        if fixtures is None or item.get_closest_marker("xdist_group"):
+            continue
+        if any(defs[-1].scope == "module" for defs in fixtures.name2fixturedefs.values()):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
 @pytest.fixture(scope="session")
 def png():
     """The PNG encoder ``png(arr, mode=None) -> bytes`` shared by the image tests."""

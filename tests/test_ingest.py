@@ -15,7 +15,7 @@ from conftest import encode_image, gradient_rgb, random_rgb, rgba_with_hole
 from fusion_core.config import IngestConfig
 from fusion_core.datasets import IMAGES_SCHEMA, unpack_mask
 from fusion_core.decode import decode_image
-from fusion_core.ingest import digests, ingest_chunk, later_duplicates, split_for
+from fusion_core.ingest import id_keys, ingest_chunk, later_duplicates, split_for
 from fusion_core.sources import iter_items
 
 MAX = 10_000_000
@@ -221,7 +221,19 @@ def test_images_table_pixels_column_is_binary():
 
 
 def test_later_duplicates_keeps_each_id_in_its_first_shard():
-    a, b, z = "ab" * 32, "cd" * 32, "ef" * 31 + "00"  # a digest ending in a zero byte survives the round trip
-    shards = [digests([a, z]), digests(["12" * 32, a]), digests([z, b, a])]
-    assert later_duplicates(shards) == {1: {a}, 2: {a, z}}
-    assert later_duplicates([digests([b])]) == {} and later_duplicates([]) == {}
+    a, b, z = "ab" * 32, "cd" * 32, "ef" * 31 + "00"
+    twin = "ab" * 8 + "99" * 24  # the same 8-byte key as a, another id: compared in full, kept
+    shards = [[a, z], ["12" * 32, a, twin], [z, b, a]]
+    read = []
+
+    def shard_ids(index):
+        read.append(index)
+        return shards[index]
+
+    assert later_duplicates([id_keys(ids) for ids in shards], shard_ids) == {1: {a}, 2: {a, z}}
+    assert read == [0, 1, 2]  # each shard read back once, in order
+    read.clear()
+    assert later_duplicates([id_keys([b]), id_keys(["12" * 32])], shard_ids) == {} and read == []
+    assert later_duplicates([], shard_ids) == {}
+
+

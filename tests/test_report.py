@@ -262,6 +262,7 @@ def _chromium_run(page: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.ray
 @pytest.mark.tf
 @pytest.mark.prefect
+@pytest.mark.xdist_group("demo_nightly")  # one worker runs the shared nightly once
 def test_nightly_report_renders_with_its_images_in_chromium(demo_nightly, tmp_path):
     chromium = _chromium()
     root, result = demo_nightly

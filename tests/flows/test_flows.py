@@ -308,6 +308,7 @@ def test_training_survives_a_killed_worker(tmp_path):
     assert killed_run["metrics"]["accuracy"] >= 0.2
 
 
+@pytest.mark.xdist_group("demo_nightly")  # one worker runs the shared nightly once
 def test_nightly_end_to_end_then_rerun_adds_nothing(demo_nightly, demo_source, tmp_path):
     """The nightly flow end to end; then a copy of its store is moved elsewhere (that copy's original gone) and the
     rerun there reuses its model and results, and the commands that read a store work on it as they did."""
