@@ -169,7 +169,8 @@ def later_duplicates(shard_keys: list[np.ndarray], shard_ids: Callable[[int], li
     keys = np.concatenate(shard_keys)
     starts = np.cumsum([0] + [len(k) for k in shard_keys])
     order = np.argsort(keys, kind="stable")
-    repeated = np.flatnonzero(keys[order][1:] == keys[order][:-1])
+    keys = keys[order]  # sorted; equal keys keep the shard order
+    repeated = np.flatnonzero(keys[1:] == keys[:-1])
     rows = np.unique(np.concatenate([order[repeated], order[repeated + 1]]))  # in shard order, then row order
     del keys, order
     owners = np.searchsorted(starts, rows, side="right") - 1
@@ -237,7 +238,7 @@ class SourceSpool:
         self.writer.close()
 
     def __iter__(self) -> Iterator[dict]:
-        with pa.memory_map(self.path) as source:
+        with pa.OSFile(self.path) as source:  # read, not mapped: a mapped file's pages would stay in this process
             reader = pa.ipc.open_file(source)
             for index in range(reader.num_record_batches):
                 yield from reader.get_batch(index).to_pylist()
