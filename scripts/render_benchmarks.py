@@ -20,7 +20,6 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 DOCUMENTS = [REPO / "docs" / "benchmarks.md", REPO / "docs" / "operations.md", REPO / "README.md"]
 SOURCES = {"sizing": "scale"}  # a block rendered from another block's results file
-RENDERED_AS = {"kill_trials_rerun": "kill_trials"}  # a results file shown as another of its kind
 BLOCK = re.compile(r"(<!-- results: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end results -->)", re.S)
 
 
@@ -289,7 +288,7 @@ RENDERERS = {f.__name__: f for f in (scale, sizing, ingest, impute, impute_effec
 def render_block(name: str) -> str:
     """The Markdown for one results file: its figures, then when and where they were measured."""
     data = json.loads((RESULTS / f"{SOURCES.get(name, name)}.json").read_text())
-    body = RENDERERS[RENDERED_AS.get(name, name)](data)
+    body = RENDERERS[name](data)
     return f"{body}\n\n{measured(data) if isinstance(data, dict) else measured({})}\n"
 
 
