@@ -15,7 +15,9 @@ import urllib.request
 from pathlib import Path
 
 os.environ.setdefault("FUSION_RAY__NODE_IP_ADDRESS", "127.0.0.2")
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="fusion-prefect-"))
+# A Prefect home of this process's own: pytest-xdist workers inherit the controller's environment, and two
+# temporary Prefect servers migrating one home's database at once fail to start.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="fusion-prefect-")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
