@@ -68,6 +68,7 @@ def _png(arr, mode=None) -> bytes:
     return buf.getvalue()
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(items):
     """Under pytest-xdist (``--dist loadgroup``), the tests of a module that use its module-scoped fixtures run
     on one worker, so those fixtures are built once."""
@@ -77,6 +78,17 @@ def pytest_collection_modifyitems(items):
             continue
         if any(defs[-1].scope == "module" for defs in fixtures.name2fixturedefs.values()):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+def pytest_collection_finish(session):
+    """Fail at once where pytest-xdist no longer groups (pytest 9.2 renamed the node id it rewrites): each
+    worker would then build every module fixture again, and the suite would take far longer."""
+    if not getattr(session.config.option, "loadgroup", False):  # set in pytest-xdist's workers
+        return
+    for item in session.items:
+        if item.get_closest_marker("xdist_group") and "@" not in item.nodeid:
+            raise pytest.UsageError(f"pytest-xdist did not group {item.nodeid}: check the pytest and pytest-xdist "
+                                    "versions pinned in pyproject.toml")
 
 
 @pytest.fixture(scope="session")
@@ -126,6 +138,16 @@ def prefect_home(prefect_home_template, tmp_path):
     return Path(shutil.copytree(prefect_home_template, tmp_path / "prefect"))
 
 
+@pytest.fixture
+def prefect_api_env(prefect_harness, tmp_path) -> dict[str, str]:
+    """Environment for the `fusion` processes a test starts that is not about Prefect's start: they use the
+    session's Prefect server, as a run under a deployment does, instead of each starting a temporary one
+    (whose start, on a fresh home and a prepared one, test_prefect_server, the demo and the serve tests cover)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_HOME": str(tmp_path / "prefect")}
+
+
 @pytest.fixture(scope="session")
 def demo_nightly(demo_source, tmp_path_factory, prefect_harness, ray_local) -> tuple[Path, dict]:
     """One smoke nightly run on the demo source for the tests that read what it made (copy the store to change
@@ -138,12 +160,22 @@ def demo_nightly(demo_source, tmp_path_factory, prefect_harness, ray_local) -> t
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray for the test session, on loopback (a module that needs another restarts this one after)."""
+    """One local Ray for the test session, on loopback (a module that needs another shuts this one down; the
+    next test that asks for it gets it started again)."""
     from fusion_core.ray_runtime import ensure_ray
 
     ray = ensure_ray(load_settings("smoke"))
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _ray_local_running(request):
+    """Starts the session's Ray again for a test that asks for it after a module shut it down."""
+    if "ray_local" in request.fixturenames:
+        from fusion_core.ray_runtime import ensure_ray
+
+        ensure_ray(load_settings("smoke"))
 
 
 def skip_or_fail(reason: str) -> None:
