@@ -23,8 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 FUSION = str(Path(sys.executable).with_name("fusion"))
 
 
-def _fusion(*args: str, home: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PREFECT_HOME": str(home)}
+def _fusion(*args: str, env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([FUSION, *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -52,14 +51,14 @@ def _images(root: Path, db: str | None = None) -> int:
 
 @pytest.mark.ray
 @pytest.mark.prefect
-def test_a_full_disk_fails_the_run_with_one_line_and_a_rerun_completes(tmp_path, demo_source, prefect_home):
+def test_a_full_disk_fails_the_run_with_one_line_and_a_rerun_completes(tmp_path, demo_source, prefect_api_env):
     catalog = f"sqlite:///{tmp_path / 'catalog.db'}"  # the catalog elsewhere: only the shards meet the full disk
     with _mounted("-t", "tmpfs", "-o", "size=4m", "tmpfs", at=tmp_path / "store") as store:
         filler = store / "filler"
         subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k", "count=62"], capture_output=True, check=True)
         args = ["run", "ingest", "--source", str(demo_source), "-c", "smoke", "--store", str(store),
                 "--set", f"store.db={catalog}"]
-        full = _fusion(*args, home=prefect_home)
+        full = _fusion(*args, env=prefect_api_env)
         assert full.returncode == 1, full.stderr[-3000:]
         assert "Traceback" not in full.stderr
         assert "Encountered exception during execution" in full.stderr  # Prefect's own line, kept
@@ -71,13 +70,13 @@ def test_a_full_disk_fails_the_run_with_one_line_and_a_rerun_completes(tmp_path,
         assert not [f for f in found.orphans if ".tmp-" in f.path]  # no half-written shard left behind
 
         filler.unlink()
-        rerun = _fusion(*args, home=prefect_home)
+        rerun = _fusion(*args, env=prefect_api_env)
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         assert _images(store, catalog) == 120
         assert check_store(Store(str(store), catalog)).findings == []  # the rerun committed the earlier shard
 
 
-def test_a_read_only_store_is_refused_before_any_work(tmp_path, demo_source, prefect_home):
+def test_a_read_only_store_is_refused_before_any_work(tmp_path, demo_source, prefect_api_env):
     root = tmp_path / "store"
     Store(str(root))
     with _mounted("--bind", str(root), at=root):
@@ -86,7 +85,7 @@ def test_a_read_only_store_is_refused_before_any_work(tmp_path, demo_source, pre
             skip_or_fail(f"cannot remount read-only here: {remount.stderr.strip()}")
         started = time.monotonic()
         result = _fusion("run", "ingest", "--source", str(demo_source), "--store", str(root),
-                         home=prefect_home, timeout=120)
+                         env=prefect_api_env, timeout=120)
         assert result.returncode == 2
         assert _lines(result.stderr) == [f"the store root {root} is read-only (Read-only file system): Fusion "
                                          f"writes its shards, models and reports there"]
@@ -120,13 +119,13 @@ def own_postgres():
 @pytest.mark.ray
 @pytest.mark.prefect
 def test_a_catalog_that_goes_away_mid_run_fails_it_and_a_rerun_completes(tmp_path, demo_source, own_postgres,
-                                                                          prefect_home):
+                                                                          prefect_api_env):
     url, switch = own_postgres
     store = tmp_path / "store"
     args = ["run", "ingest", "--source", str(demo_source), "-c", "smoke", "--store", str(store),
             "--set", f"store.db={url}", "--set", "ingest.files_per_task=10",
             "--set", "orchestration.retry_delays=[1, 1, 1]"]  # retried (a transient error), but not for 70 s
-    proc = subprocess.Popen([FUSION, *args], env={**os.environ, "PREFECT_HOME": str(prefect_home)},
+    proc = subprocess.Popen([FUSION, *args], env=prefect_api_env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not list(store.glob("datasets/images/*.parquet")) and time.monotonic() < deadline:
@@ -142,13 +141,13 @@ def test_a_catalog_that_goes_away_mid_run_fails_it_and_a_rerun_completes(tmp_pat
     assert check_store(Store(str(store), url)).errors == []
     died = Store(str(store), url).list_runs()[0]
     assert died["status"] in ("failed", "abandoned")
-    rerun = _fusion(*args, home=prefect_home)
+    rerun = _fusion(*args, env=prefect_api_env)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert _images(store, url) == 120
     assert check_store(Store(str(store), url)).errors == []
 
 
-def test_a_locked_sqlite_catalog_is_refused_with_one_line(tmp_path, demo_source, prefect_home):
+def test_a_locked_sqlite_catalog_is_refused_with_one_line(tmp_path, demo_source, prefect_api_env):
     """Another program holds the SQLite catalog's write lock longer than the busy timeout (30 s)."""
     import sqlite3
 
@@ -158,7 +157,7 @@ def test_a_locked_sqlite_catalog_is_refused_with_one_line(tmp_path, demo_source,
     holder.execute("BEGIN EXCLUSIVE")
     try:
         result = _fusion("run", "ingest", "--source", str(demo_source), "--store", str(root),
-                         home=prefect_home, timeout=300)
+                         env=prefect_api_env, timeout=300)
     finally:
         holder.execute("ROLLBACK")
         holder.close()
@@ -171,13 +170,13 @@ def test_a_locked_sqlite_catalog_is_refused_with_one_line(tmp_path, demo_source,
 
 @pytest.mark.ray
 @pytest.mark.prefect
-def test_a_sqlite_lock_held_briefly_mid_run_only_delays_it(tmp_path, demo_source, prefect_home):
+def test_a_sqlite_lock_held_briefly_mid_run_only_delays_it(tmp_path, demo_source, prefect_api_env):
     import sqlite3
 
     root = tmp_path / "store"
     Store(str(root))
     proc = subprocess.Popen([FUSION, "run", "ingest", "--source", str(demo_source), "-c", "smoke", "--store",
-                             str(root)], env={**os.environ, "PREFECT_HOME": str(prefect_home)},
+                             str(root)], env=prefect_api_env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not list(root.glob("datasets/images/*.parquet")) and time.monotonic() < deadline:

@@ -62,8 +62,7 @@ def ray_with_store_env(s3_endpoint):
     if ray.is_initialized():  # started before the environment was set: its workers would not see it
         ray.shutdown()
     yield ensure_ray(load_settings("smoke"))
-    ray.shutdown()
-    ensure_ray(load_settings("smoke"))  # the session's Ray (conftest's ray_local), for the modules after this one
+    ray.shutdown()  # the next test that needs Ray starts one without these keys (conftest's ray_local)
 
 
 @pytest.mark.ray

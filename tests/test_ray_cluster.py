@@ -109,10 +109,10 @@ def nightly_args(ray_cluster, demo_source, module_postgres_url) -> list[str]:
 
 
 def test_nightly_on_a_two_node_cluster_whose_worker_node_has_no_fusion(ray_cluster, nightly_args, tmp_path,
-                                                                      prefect_home):
+                                                                      prefect_api_env):
     address, _, env = ray_cluster
     env = {**env, "RAY_ADDRESS": address, "FUSION_RAY__NODE_IP_ADDRESS": HEAD_IP,
-           "PREFECT_HOME": str(prefect_home)}
+           **{k: prefect_api_env[k] for k in ("PREFECT_API_URL", "PREFECT_HOME")}}
     workdir = tmp_path / "driver"
     workdir.mkdir()
     run = subprocess.run([str(BIN / "fusion"), *nightly_args], env=env, capture_output=True, text=True,

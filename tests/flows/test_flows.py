@@ -282,7 +282,7 @@ def test_training_survives_a_killed_worker(tmp_path):
     root = str(tmp_path / "store")
     ingest_flow(str(tmp_path / "source"), "smoke", _overrides(root))
     preprocess_flow("smoke", _overrides(root))
-    epochs = 20  # enough to learn well above chance, and for the kill to land mid-run however quick the epochs
+    epochs = 12  # enough to learn well above chance, and for the kill to land mid-run however quick the epochs
     # Two workers (one is killed), the batch and the rate scaled with them: 0.4 to 0.5 on the holdout by the end.
     overrides = {**_overrides(root), "train.epochs": epochs, "train.retrain": "always", "train.num_workers": 2}
     checkpoints = Path(root, "checkpoints")
@@ -359,13 +359,14 @@ def test_an_ingest_between_a_nightly_runs_stages_does_not_change_its_inputs(demo
     """While a nightly run is between preprocess and train, an ad hoc ingest flow is refused (the run holds the
     store's writer lease), and a writer outside the flows (Fusion's own functions, as another tool would call
     them) commits new images and pixels versions: the run still trains, infers and clusters the versions its
-    own stages returned."""
+    own stages returned. The run preprocesses to grayscale (one nightly run serves both checks): its model
+    takes one channel."""
     from fusion_core.config import load_settings
     from fusion_core.ingest import ingest_source
     from fusion_core.preprocess import preprocess_dataset
     from fusion_core.store import StoreBusyError
 
-    overrides = _overrides(str(tmp_path / "store"))
+    overrides = {**_overrides(str(tmp_path / "store")), "preprocess.grayscale": True}
     generate_demo_images(tmp_path / "more", per_class=3, seed=9)  # 30 other images
     real_train_flow = nightly.train_flow
 
@@ -393,19 +394,13 @@ def test_an_ingest_between_a_nightly_runs_stages_does_not_change_its_inputs(demo
     clusters = store.get_version("clusters", result["cluster"]["outputs"]["version"])
     assert clusters["info"]["predictions_version"] == predictions["version"] and clusters["num_rows"] == IMAGES
 
-
-def test_grayscale_changes_the_model_input(demo_source, tmp_path):
-    overrides = {**_overrides(str(tmp_path / "store")), "preprocess.grayscale": True, "train.epochs": 1}
-    result = nightly_flow(str(demo_source), "smoke", overrides)
-    assert result["preprocess"]["outputs"]["shape"] == [32, 32, 1]
     from fusion_core.model import load_model
 
-    model = load_model(result["train"]["outputs"]["model_path"])
-    assert model.input_shape == (None, 32, 32, 1)
-    assert result["infer"]["counts"]["predictions"] == IMAGES
+    assert result["preprocess"]["outputs"]["shape"] == [32, 32, 1]
+    assert load_model(result["train"]["outputs"]["model_path"]).input_shape == (None, 32, 32, 1)
 
 
-def test_a_stopped_train_flow_resumes_from_its_last_checkpoint(trained, stage_store, tmp_path, prefect_home):
+def test_a_stopped_train_flow_resumes_from_its_last_checkpoint(trained, stage_store, tmp_path, prefect_api_env):
     """kill -9 the whole `fusion run train` process mid-run; the next run of the same training resumes."""
     import os
     import signal
@@ -418,7 +413,7 @@ def test_a_stopped_train_flow_resumes_from_its_last_checkpoint(trained, stage_st
     fusion = str(Path(sys.executable).with_name("fusion"))
     args = [fusion, "run", "train", "-c", "smoke", "--store", str(store), "--set", "train.epochs=5",
             "--set", "train.seed=7"]
-    env = {**os.environ, "PREFECT_HOME": str(prefect_home)}
+    env = prefect_api_env
     proc = subprocess.Popen(args, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     earlier_runs = set(store.glob("checkpoints/train-*"))
