@@ -231,7 +231,9 @@ def kill_trials(d: dict) -> str:
     diffs = [t["model_accuracy_diff"] for t in d["trials"] if t.get("model_accuracy_diff") is not None]
     if diffs:
         note += (f"Registered model's holdout accuracy minus the clean run's, over the trials that trained: from "
-                 f"{min(diffs):+.3f} to {max(diffs):+.3f}.\n\n")
+                 f"{min(diffs):+.3f} to {max(diffs):+.3f}")
+        tolerances = {t["model_tolerance"] for t in d["trials"] if t.get("model_tolerance") is not None}
+        note += f" (tolerance {min(tolerances):.3f}).\n\n" if tolerances else ".\n\n"
     return note + table(["stage/target", *[k.replace("_", " ") for k in keys], "clean stage s", "processes killed"], rows,
                  set(range(1, len(keys) + 2)))
 
