@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import contextlib
 import datetime
 import json
@@ -130,24 +131,30 @@ class Bench:
             killed = self.kill_inside(proc, stage, target, rng)
             first = _finish(proc)
             lingered: list = []
-            left = _left_behind(proc, lingered)
             if killed:
                 break
+            _left_behind(proc)
         else:
             return {"stage": stage, "target": target, "survived": False, "killed": None,
                     "error": f"no kill landed inside the stage in {attempts} draws"}
-        record = {"stage": stage, "target": target, **killed, "session_emptied_after_s": lingered[0][0],
-                  "lingering_after_5s": lingered[0][1][:5]}
-        if first is None:
-            return {**record, "survived": False, "error": f"the killed run hung (no exit in {STAGE_TIMEOUT_S} s)"}
-        reran = first != 0
-        if reran:
-            second = self.start(stage)
-            code = _finish(second)
-            left += _left_behind(second)
-            if code != 0:
-                return {**record, "survived": False, "left_behind": len(left), "error": f"the rerun failed (exit {code})"}
-        compared = compare(_store(self.store), _store(self.snapshots[stage]), stage)
+        # The killed run's processes are watched while the rerun goes on (Ray's agents of a killed driver take
+        # about a minute to exit); the rerun's session is another, so the two are counted apart.
+        with concurrent.futures.ThreadPoolExecutor(1) as watcher:
+            killed_left = watcher.submit(_left_behind, proc, lingered)
+            record = {"stage": stage, "target": target, **killed}
+            if first is None:
+                return {**record, "survived": False, "error": f"the killed run hung (no exit in {STAGE_TIMEOUT_S} s)"}
+            reran, left = first != 0, []
+            if reran:
+                second = self.start(stage)
+                code = _finish(second)
+                left += _left_behind(second)
+                if code != 0:
+                    return {**record, "survived": False, "left_behind": len(left),
+                            "error": f"the rerun failed (exit {code})"}
+            compared = compare(_store(self.store), _store(self.snapshots[stage]), stage)
+            left = killed_left.result() + left
+        record.update(session_emptied_after_s=lingered[0][0], lingering_after_5s=lingered[0][1][:5])
         return {**record, "reran": reran, "left_behind": len(left), "left_processes": left[:5], **compared,
                 "survived": compared["survived"] and not left}
 
