@@ -1,16 +1,14 @@
 """The store on an S3-compatible server: a real ``moto_server`` on loopback, reached through ``fusion_core.uri``
-with the endpoint and credentials from the standard ``AWS_*`` environment, and the nightly flow end to end on it."""
+with the endpoint and credentials from the standard ``AWS_*`` environment. The nightly flow end to end on it
+runs in test_ray_cluster, on a two-node cluster."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pyarrow.dataset as pads
-import pytest
 from conftest import S3_BUCKET as BUCKET
 
 from fusion_core import uri
-from fusion_core.config import load_settings
 
 
 def _objects(prefix: str) -> list[str]:
@@ -52,59 +50,3 @@ def _local(folder: Path, name: str, data: bytes) -> Path:
     return folder / name
 
 
-@pytest.fixture(scope="module")
-def ray_with_store_env(s3_endpoint):
-    """A local Ray started after ``AWS_*`` are set, so its workers reach the same server with the same keys."""
-    import ray
-
-    from fusion_core.ray_runtime import ensure_ray
-
-    if ray.is_initialized():  # started before the environment was set: its workers would not see it
-        ray.shutdown()
-    yield ensure_ray(load_settings("smoke"))
-    ray.shutdown()  # the next test that needs Ray starts one without these keys (conftest's ray_local)
-
-
-@pytest.mark.ray
-@pytest.mark.tf
-@pytest.mark.prefect
-def test_nightly_flow_with_the_store_on_an_object_store(s3_endpoint, ray_with_store_env, prefect_harness,
-                                                        demo_source, postgres_url, tmp_path, monkeypatch):
-    from flows.nightly import nightly_flow
-    from fusion_core.store import Store
-
-    workdir = tmp_path / "cwd"
-    workdir.mkdir()
-    monkeypatch.chdir(workdir)
-    ray_results = sorted((Path.home() / "ray_results").glob("*"))
-    root = f"s3://{BUCKET}/fusion"
-    overrides = {"store.root": root, "store.db": postgres_url, "infer.in_process_max": 0}  # infer on Ray Data too
-
-    first = nightly_flow(str(demo_source), "smoke", overrides)
-    assert first["ingest"]["counts"]["new_images"] == 120
-    assert first["train"]["counts"]["trained"] == 1
-    second = nightly_flow(str(demo_source), "smoke", overrides)
-    assert second["ingest"]["counts"]["new_images"] == 0
-    assert second["train"]["counts"]["trained"] == 0
-    assert second["infer"]["counts"]["reused"] == 1
-
-    store = Store(root, postgres_url)
-    assert [store.get_run(r["run_id"])["status"] for r in (first, second)] == ["completed", "completed"]
-    model = store.get_model(first["train"]["outputs"]["model_version"])
-    assert model["path"] == f"{root}/models/{first['run_id']}/model.keras"
-    objects = set(_objects("fusion/"))
-    for run in (first, second):
-        assert f"reports/{run['run_id']}/index.html" in objects
-        assert run["report"]["outputs"]["report"] == f"{root}/reports/{run['run_id']}/index.html"
-    assert {f"models/{first['run_id']}/model.keras", f"models/{first['run_id']}/classes.json"} <= objects
-    for dataset in ("images", "pixels", "predictions", "clusters"):
-        shards = {s["path"] for s in store.latest_version(dataset)["shards"]}
-        assert shards and all(p.startswith(f"datasets/{dataset}/") for p in shards) and shards <= objects
-    checkpoints = [k for k in objects if k.startswith("checkpoints/train-")]
-    assert any(k.endswith("/model.keras") for k in checkpoints) and any(k.endswith("/state.json") for k in checkpoints)
-    fs, current = uri.filesystem(uri.join(root, "datasets", "predictions", "current"))
-    assert pads.dataset(current, filesystem=fs, format="parquet").count_rows() == 120
-    assert b"nightly flow, completed" in uri.read_bytes(second["report"]["outputs"]["report"])
-
-    assert list(workdir.iterdir()) == []  # nothing in the working folder: no ./fusion-store, no catalog.db
-    assert sorted((Path.home() / "ray_results").glob("*")) == ray_results  # checkpoints went to the bucket only

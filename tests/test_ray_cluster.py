@@ -1,8 +1,10 @@
-"""The nightly flow on a two-node Ray cluster started with `ray start`, all on loopback.
+"""The nightly flow on a two-node Ray cluster started with `ray start`, all on loopback, its store on an
+S3-compatible server (a real ``moto_server``) and its catalog on PostgreSQL.
 
 The worker node runs from its own working directory in a Python environment that has the pinned
 dependencies but not Fusion: Fusion's code reaches it through the job's ``runtime_env``. The first run's
-driver connects from outside the cluster (``RAY_ADDRESS``); the rerun is submitted as a Ray Job.
+driver connects from outside the cluster (``RAY_ADDRESS``); the rerun is submitted as a Ray Job. Everything
+the runs write lands in the bucket, laid out as on a local disk.
 """
 
 import contextlib
@@ -18,10 +20,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import pyarrow.dataset as pads
 import pytest
 from conftest import S3_BUCKET
 
 from fusion_core import uri
+from fusion_core.store import Store
 
 pytestmark = [pytest.mark.cluster, pytest.mark.ray, pytest.mark.tf, pytest.mark.prefect]
 
@@ -100,17 +104,29 @@ def _stop_cluster(temp_dir: str) -> None:
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+ROOT = f"s3://{S3_BUCKET}/cluster"
+
+
 @pytest.fixture(scope="module")
 def nightly_args(ray_cluster, demo_source, module_postgres_url) -> list[str]:
-    """The store on the S3-compatible server, the catalog on PostgreSQL."""
+    """The store on the S3-compatible server, the catalog on PostgreSQL; inference on Ray Data's actors."""
     return ["run", "nightly", "--source", str(demo_source), "--config", "smoke",
-            "--store", f"s3://{S3_BUCKET}/cluster", "--set", f"store.db={module_postgres_url}",
+            "--store", ROOT, "--set", f"store.db={module_postgres_url}", "--set", "infer.in_process_max=0",
             "--set", "train.placement_strategy=SPREAD", "--set", "train.num_workers=2"]
 
 
+def _objects(prefix: str) -> set[str]:
+    """Keys under ``prefix`` in the bucket, listed with boto3 (not through Fusion's own code)."""
+    import boto3
+
+    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=S3_BUCKET, Prefix=prefix)
+    return {o["Key"][len(prefix):] for page in pages for o in page.get("Contents", [])}
+
+
 def test_nightly_on_a_two_node_cluster_whose_worker_node_has_no_fusion(ray_cluster, nightly_args, tmp_path,
-                                                                      prefect_api_env):
+                                                                      prefect_api_env, module_postgres_url):
     address, _, env = ray_cluster
+    ray_results = sorted((Path.home() / "ray_results").glob("*"))
     env = {**env, "RAY_ADDRESS": address, "FUSION_RAY__NODE_IP_ADDRESS": HEAD_IP,
            **{k: prefect_api_env[k] for k in ("PREFECT_API_URL", "PREFECT_HOME")}}
     workdir = tmp_path / "driver"
@@ -123,13 +139,28 @@ def test_nightly_on_a_two_node_cluster_whose_worker_node_has_no_fusion(ray_clust
     # two training workers spread over both nodes; the one on 127.0.0.3 imported Fusion from the runtime_env
     group = run.stderr[run.stderr.index("Started training worker group of size 2"):][:400]
     assert f"ip={HEAD_IP}" in group and f"ip={WORKER_IP}" in group, group
-    # everything landed in the bucket: datasets, the model, checkpoints, the report; nothing in the driver's folder
-    stored = {path.split("/")[0] for path in uri.walk_files(f"s3://{S3_BUCKET}/cluster")}
-    assert {"datasets", "models", "checkpoints", "reports"} <= stored, stored
+    # everything landed in the bucket: datasets, the model, checkpoints, the report; nothing in the driver's
+    # folder (no ./fusion-store, no catalog.db) and no ~/ray_results
     assert list(workdir.iterdir()) == []
+    assert sorted((Path.home() / "ray_results").glob("*")) == ray_results
+    store = Store(ROOT, module_postgres_url)
+    (first,) = store.list_runs()
+    assert first["status"] == "completed"
+    model = store.champion()
+    assert model["path"] == f"{ROOT}/models/{first['run_id']}/model.keras"
+    objects = _objects("cluster/")
+    assert {f"models/{first['run_id']}/model.keras", f"models/{first['run_id']}/classes.json",
+            f"reports/{first['run_id']}/index.html"} <= objects
+    for dataset in ("images", "pixels", "predictions", "clusters"):
+        shards = {s["path"] for s in store.latest_version(dataset)["shards"]}
+        assert shards and all(p.startswith(f"datasets/{dataset}/") for p in shards) and shards <= objects
+    checkpoints = [k for k in objects if k.startswith("checkpoints/train-")]
+    assert any(k.endswith("/model.keras") for k in checkpoints) and any(k.endswith("/state.json") for k in checkpoints)
+    fs, current = uri.filesystem(uri.join(ROOT, "datasets", "predictions", "current"))
+    assert pads.dataset(current, filesystem=fs, format="parquet").count_rows() == 120
 
 
-def test_a_rerun_submitted_as_a_ray_job_reuses_the_results(ray_cluster, nightly_args, tmp_path):
+def test_a_rerun_submitted_as_a_ray_job_reuses_the_results(ray_cluster, nightly_args, module_postgres_url):
     _, dashboard, env = ray_cluster
     submit = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", dashboard, "--",
                              str(BIN / "fusion"), *nightly_args],
@@ -137,3 +168,8 @@ def test_a_rerun_submitted_as_a_ray_job_reuses_the_results(ray_cluster, nightly_
     assert submit.returncode == 0, (submit.stdout + submit.stderr)[-4000:]
     assert "(nightly): completed" in submit.stdout
     assert "trained=0, reused=1" in submit.stdout  # the model of the first run, not a new one
+    store = Store(ROOT, module_postgres_url)
+    first, second = sorted(store.list_runs(), key=lambda r: r["started_at"])
+    assert second["status"] == "completed"
+    assert f"reports/{second['run_id']}/index.html" in _objects("cluster/")
+    assert b"nightly flow, completed" in uri.read_bytes(f"{ROOT}/reports/{second['run_id']}/index.html")

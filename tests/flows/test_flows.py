@@ -411,26 +411,26 @@ def test_a_stopped_train_flow_resumes_from_its_last_checkpoint(trained, stage_st
     store = tmp_path / "store"
     shutil.copytree(stage_store, store)  # data and a first model, from the stage tests' store
     fusion = str(Path(sys.executable).with_name("fusion"))
-    args = [fusion, "run", "train", "-c", "smoke", "--store", str(store), "--set", "train.epochs=5",
+    args = [fusion, "run", "train", "-c", "smoke", "--store", str(store), "--set", "train.epochs=3",
             "--set", "train.seed=7"]
     env = prefect_api_env
     proc = subprocess.Popen(args, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     earlier_runs = set(store.glob("checkpoints/train-*"))
     registered, deadline = 0, time.monotonic() + 300
-    while registered < 2 and time.monotonic() < deadline and proc.poll() is None:
+    while registered < 1 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)  # kill once Ray Train has registered checkpoints (a folder on disk is not enough)
         registered = _registered_checkpoints(set(store.glob("checkpoints/train-*")) - earlier_runs)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert registered >= 2, "training never checkpointed"
+    assert registered >= 1, "training never checkpointed"
     time.sleep(5)  # let the killed driver's local Ray notice and exit
 
     rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     model = Store(str(store)).list_models()[-1]
     history = model["metrics"]["history"]
-    assert [h["epoch"] for h in history] == list(range(5))
+    assert [h["epoch"] for h in history] == list(range(3))
     assert history[-1]["resumed_at"] > 0  # the rerun started from the stopped run's checkpoint
 
 
