@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "deploy" / "configs"
+PROFILES_DIR = Path(__file__).resolve().parent / "profiles"  # shipped inside the package
 
 _profile_data: contextvars.ContextVar[dict] = contextvars.ContextVar("fusion_profile", default={})
 
@@ -263,7 +263,7 @@ def load_settings(config: str | None = None, overrides: dict[str, Any] | None = 
     """Build settings from a profile or YAML file plus dotted overrides.
 
     Args:
-        config: profile name in ``deploy/configs`` or path to a YAML file.
+        config: profile name in ``fusion_core/profiles`` or path to a YAML file.
         overrides: ``{"train.epochs": 3, "store.root": "/data"}``; highest precedence.
 
     Raises:

@@ -19,8 +19,7 @@ DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
 # What the image may hold: the installed project and its named profiles, nothing else.
-ALLOWED_COPIES = {"pyproject.toml", "constraints.txt", "README.md", "fusion_core/", "flows/", "tasks/",
-                  "deploy/configs/"}
+ALLOWED_COPIES = {"pyproject.toml", "constraints.txt", "README.md", "fusion_core/", "flows/", "tasks/"}
 APT_PACKAGES = {"wget"}  # KubeRay's default probes
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|ACCESS_KEY|CREDENTIAL|STORE__DB", re.IGNORECASE)
 
@@ -169,7 +168,7 @@ def test_the_dockerignore_admits_only_what_the_image_copies():
 
 
 def test_the_profiles_in_the_image_hold_no_credentials():
-    profiles = sorted((ROOT / "deploy" / "configs").glob("*.yaml"))
+    profiles = sorted((ROOT / "fusion_core" / "profiles").glob("*.yaml"))
     assert {p.stem for p in profiles} >= {"smoke", "local", "cluster"}
     for profile in profiles:
         data = yaml.safe_load(profile.read_text()) or {}

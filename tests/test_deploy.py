@@ -30,7 +30,7 @@ def test_nightly_deployment_loads_with_cron_and_valid_parameters(monkeypatch):
 def test_every_profile_loads():
     from fusion_core.config import load_settings
 
-    paths = sorted((ROOT / "deploy" / "configs").glob("*.yaml"))
+    paths = sorted((ROOT / "fusion_core" / "profiles").glob("*.yaml"))
     assert {p.stem for p in paths} >= {"smoke", "local", "cluster"}
     for path in paths:
         assert load_settings(str(path)).profile == path.stem

@@ -134,7 +134,9 @@ def test_unreachable_ray_address_fails_without_starting_ray():
 def test_ray_token_errors_hint_at_the_token():
     from ray.exceptions import AuthenticationError
 
-    check = doctor._ray_failed("10.0.0.1:6379", AuthenticationError("Token authentication failed"))
+    from fusion_core.doctor.cluster import _ray_failed
+
+    check = _ray_failed("10.0.0.1:6379", AuthenticationError("Token authentication failed"))
     assert check.status == FAIL and "RAY_AUTH_TOKEN" in check.hint and "RAY_AUTH_MODE" in check.hint
 
 
