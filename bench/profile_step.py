@@ -56,7 +56,7 @@ def main() -> None:
 
     from fusion_core.model import build_model
     from fusion_core.recipes import RECIPES
-    from fusion_core.train import precision_policy
+    from fusion_core.train_loop import precision_policy
 
     policy = precision_policy(True)
     tf_keras.mixed_precision.set_global_policy(policy)

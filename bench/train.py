@@ -16,7 +16,7 @@ CIFAR-10's own split (``train/`` 50k, ``test/`` 10k JPEGs) is ingested and prepr
   each, 1 seed); the test-time augmentation levels are scored on the full recipe's model.
 
 Both sides use the same dtype policy (bfloat16 compute on CPUs with bf16 instructions; see
-``fusion_core.train.precision_policy``).
+``fusion_core.train_loop.precision_policy``).
 
     python bench/train.py [--parts best,plain,ray1,plain400k,ray400k,ablation] [--seeds 0,1,2]
 
@@ -159,7 +159,7 @@ def ablation(store, pixels: dict, epochs: int, policy: str) -> list[dict]:
     from fusion_core.feed import epoch_batches, epoch_steps, whitening_filters
     from fusion_core.model import build_model, published_model
     from fusion_core.recipes import RECIPES
-    from fusion_core.train import batch_dataset, recipe_callbacks
+    from fusion_core.train_loop import batch_dataset, recipe_callbacks
 
     train, _, test, classes, shape, norm = arrays(store, pixels)
     tf_keras.mixed_precision.set_global_policy(policy)
@@ -242,7 +242,7 @@ def main() -> None:
     from fusion_core.config import load_settings
     from fusion_core.recipes import RECIPES
     from fusion_core.store import Store
-    from fusion_core.train import precision_policy
+    from fusion_core.train_loop import precision_policy
 
     for split in ("train", "test"):
         cifar_folder(args.data / split, split)

@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-LIGHT_MODULES = ["config", "uri", "store", "datasets", "derive", "registry", "ingest", "sources", "decode", "progress",
-                 "ray_runtime", "preprocess", "impute", "corrupt", "evaluate", "train", "infer", "clustering",
-                 "cluster", "runs", "formatting", "demo_data", "report", "recipes", "errors", "inputs", "doctor",
-                 "drift", "scoring"]
+LIGHT_MODULES = ["config", "uri", "store", "datasets", "derive", "registry", "ingest", "sources", "decode",
+                 "progress", "ray_runtime", "preprocess", "impute", "corrupt", "evaluate", "train", "train_loop",
+                 "infer", "clustering", "cluster", "runs", "formatting", "demo_data", "report", "recipes", "errors",
+                 "inputs", "doctor", "drift", "scoring"]
 
 SCRIPT = """
 import importlib, json, sys

@@ -57,7 +57,7 @@ def test_precision_policy_follows_the_hardware(monkeypatch):
     import builtins
     import io
 
-    from fusion_core.train import precision_policy
+    from fusion_core.train_loop import precision_policy
 
     real_open = builtins.open
 

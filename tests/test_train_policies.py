@@ -12,7 +12,8 @@ import pytest
 
 from fusion_core.datasets import array_to_pixels, pixels_schema
 from fusion_core.scoring import to_xy
-from fusion_core.train import should_stop_early, train_run_name
+from fusion_core.train import train_run_name
+from fusion_core.train_loop import should_stop_early
 
 
 def _history(val_accuracies) -> list[dict]:

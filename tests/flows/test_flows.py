@@ -137,7 +137,7 @@ def test_train_flow(trained, stage_store):
     assert model["metrics"]["n"] == result["counts"]["holdout_images"] > 0
     assert model["path"].endswith("model.keras")
     assert 0.0 <= model["metrics"]["ece"] <= 1.0 and model["config"]["code_version"].startswith("0.")
-    from fusion_core.train import precision_policy
+    from fusion_core.train_loop import precision_policy
 
     assert {h["policy"] for h in model["metrics"]["history"]} == {precision_policy(True)}
     assert all(h["seconds"] > 0 for h in model["metrics"]["history"])
