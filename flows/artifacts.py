@@ -18,7 +18,7 @@ from prefect.artifacts import (create_link_artifact, create_markdown_artifact, c
                                create_table_artifact, update_progress_artifact)
 
 from flows.terminal import describe_run, headlines, stage_lines
-from fusion_core import progress
+from fusion_core import progress, uri
 
 TABLES = {"comparison": "holdout metrics, challenger vs champion", "checks": "drift checks"}  # output -> what
 
@@ -57,7 +57,7 @@ def stage_markdown(stage: str, result: dict, message: str | None = None) -> str:
 
 def report_link(report: str) -> str:
     """A link to a report: a URI as it is, a local path as a ``file://`` URL."""
-    return report if "://" in report else Path(report).resolve().as_uri()
+    return report if uri.is_uri(report) else Path(report).resolve().as_uri()
 
 
 class ProgressArtifacts:

@@ -6,7 +6,6 @@ The commands that read a store live in ``flows.cli_query``; the app and its opti
 from __future__ import annotations
 
 import os
-import sys
 import traceback
 from functools import partial
 from importlib import import_module
@@ -19,6 +18,7 @@ from flows.cli_app import (FLOWS, ConfigOpt, SetOpt, StoreOpt, app, complete_run
                            settings_for, setup_logging, state)
 from flows.prefect_server import ServerStartError, prefect_api, start_server, stop_server
 from flows.terminal import describe_run
+from fusion_core import uri
 from fusion_core.config import Settings
 from fusion_core.errors import one_line
 from fusion_core.inputs import STAGE_INPUTS, check_inputs
@@ -114,7 +114,7 @@ def _run_failed(name: str, err: Exception) -> None:
 
 def _source(source: str) -> str:
     """A URI as given, or an existing local path made absolute; anything else is refused."""
-    if "://" in source:
+    if uri.is_uri(source):
         return source
     if not Path(source).exists():
         fail(f"source {source!r} does not exist")

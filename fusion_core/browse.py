@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fusion_core import uri
 from fusion_core.datasets import iter_shard_batches
 from fusion_core.store import Store
 from fusion_core.store.results import path_matches
@@ -96,4 +97,4 @@ def safe_name(text: str) -> str:
 
 def _local_file(source: str) -> bool:
     """Whether a source is a file on this machine (not an archive member, a CIFAR batch entry or a URI)."""
-    return "://" not in source and "!/" not in source and os.path.isfile(source)
+    return not uri.is_uri(source) and "!/" not in source and os.path.isfile(source)

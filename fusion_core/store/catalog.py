@@ -31,9 +31,9 @@ class Store(RunCatalog, VersionCatalog, SourceCatalog, ModelCatalog, ResultTable
     """Catalog access for one store root (artifacts) and database (catalog)."""
 
     def __init__(self, root: str, db_url: str | None = None):
-        self.root = root if "://" in root else str(Path(root).resolve())
+        self.root = root if uri.is_uri(root) else str(Path(root).resolve())
         if db_url is None:
-            if "://" in root:
+            if uri.is_uri(root):
                 raise ValueError("store.db must be set when store.root is a URI")
             Path(self.root).mkdir(parents=True, exist_ok=True)
             db_url = f"sqlite:///{Path(self.root) / 'catalog.db'}"
@@ -63,7 +63,7 @@ class Store(RunCatalog, VersionCatalog, SourceCatalog, ModelCatalog, ResultTable
             StoreNotFoundError: no catalog at the store root, or a catalog database without Fusion's tables.
         """
         root, db_url = settings.store.root, settings.store.db
-        if db_url is None and "://" not in root:
+        if db_url is None and not uri.is_uri(root):
             if not (Path(root) / "catalog.db").is_file():
                 raise StoreNotFoundError(f"no Fusion store at {Path(root).resolve()} (it has no catalog.db; "
                                          f"`fusion run ingest` or `fusion demo` makes one)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from fusion_core import uri
 from fusion_core.store.tables import (PATH_OUTPUTS, SCHEMA_VERSION, cluster_assignments, cluster_summaries,
                                       dataset_shards, meta,
                                       metadata, models, predictions, quarantine, run_stages, runs)
@@ -44,7 +45,7 @@ def _add_checksums_and_heartbeats(conn) -> None:
 def store_relative(path, folder: str):
     """A store path recorded absolute (before version 5) as the catalog keeps it now: from its last
     ``/<folder>/`` on. The old root need not be known, so a store already moved migrates too."""
-    if not isinstance(path, str) or not (path.startswith("/") or "://" in path) or f"/{folder}/" not in path:
+    if not isinstance(path, str) or not (path.startswith("/") or uri.is_uri(path)) or f"/{folder}/" not in path:
         return path
     return f"{folder}/" + path.rsplit(f"/{folder}/", 1)[1]
 
