@@ -23,7 +23,6 @@ Writes bench/results/drift.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import tempfile
