@@ -96,3 +96,33 @@ def rollback_version(models: list[dict], champion: dict | None) -> int | None:
     earlier = [m["version"] for m in models if m["stage"] == "archived"
                and (champion is None or m["version"] < champion["version"])]
     return max(earlier) if earlier else None
+
+
+class PromotionRefused(ValueError):
+    """A champion change by hand that the policy does not allow."""
+
+
+def change_champion(store: Store, action: str, version: int | None, *, margin: float, alpha: float,
+                    force: bool = False, reason: str | None = None, actor: str = "fusion") -> tuple[int, dict | None]:
+    """A champion change by hand: ``promote`` a version through the gate (or past it with ``force``, which needs
+    a ``reason``), or ``rollback`` to a version (default: the previous champion). Recorded with who and why;
+    returns the new champion's version and the champion it replaced.
+
+    Raises:
+        LookupError: a rollback with no earlier champion.
+        PromotionRefused: ``force`` without a reason, or a promotion the gate refuses.
+    """
+    champion = store.champion()
+    if version is None and action == "rollback":
+        version = rollback_version(store.list_models(), champion)
+    if version is None:
+        raise LookupError("no earlier champion to roll back to; name a version")
+    if force and not reason:
+        raise PromotionRefused("--force needs --reason \"why\" (it is recorded)")
+    if action == "promote" and not force:
+        ok, why = promotion_decision(store.get_model(version), champion, margin, alpha)
+        if not ok:
+            raise PromotionRefused(f"model v{version} not promoted: {why}; `--force --reason ...` promotes it anyway")
+        reason = why if not reason else f"{why}; {reason}"
+    store.set_champion(version, reason=reason or f"{action} by hand", actor=actor, forced=force or action == "rollback")
+    return version, champion

@@ -1,4 +1,4 @@
-"""The ``fusion`` commands that read an existing store: runs, results, images, models, and its upkeep."""
+"""The ``fusion`` commands that read an existing store: runs, results and images."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from flows.cli_app import (ConfigOpt, FormatOpt, LimitOpt, RunOpt, SetOpt, StoreOpt, app, check_format,
-                           complete_run, fail, find_run, open_store, settings_for, setup_logging)
+from flows.cli.app import (ConfigOpt, FormatOpt, LimitOpt, RunOpt, SetOpt, StoreOpt, check_format, complete_run,
+                           fail, find_run, open_store)
 from flows.terminal import TABLE_ROWS, as_json, describe_run, export_rows, render, table_lines
 from fusion_core.store import Store
 
@@ -37,7 +37,6 @@ def _with_paths(catalog: Store, rows: list[dict]) -> list[dict]:
              "sources": sources.get(r["image_id"], [])} for r in rows]
 
 
-@app.command()
 def runs(store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt, sets: list[str] = SetOpt,
          limit: int = typer.Option(20, "--limit", min=1, help="how many, newest first"),
          fmt: str = FormatOpt) -> None:
@@ -57,7 +56,6 @@ def runs(store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt, set
     typer.echo(render(rows, fmt, ["run_id", "flow", "status", "started_at", "seconds"], limit))
 
 
-@app.command()
 def show(run_id: str = typer.Argument("latest", help="run id or latest", autocompletion=complete_run),
          store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt,
          sets: list[str] = SetOpt, fmt: str = FormatOpt) -> None:
@@ -76,100 +74,6 @@ def show(run_id: str = typer.Argument("latest", help="run id or latest", autocom
         typer.echo(render([{**s, "run_id": run_row["run_id"]} for s in run_row["stages"]], fmt, [], None))
 
 
-@app.command()
-def models(action: str = typer.Argument("list", help="list, history, promote, rollback or compare"),
-           versions: Optional[list[int]] = typer.Argument(None, help="promote V; rollback [V] (default: the "
-                                                                      "previous champion); compare A B"),
-           force: bool = typer.Option(False, "--force", help="promote even if the gate says no (needs --reason)"),
-           reason: Optional[str] = typer.Option(None, "--reason", help="why, recorded with the promotion"),
-           pixels: Optional[int] = typer.Option(None, "--pixels", help="compare: the pixels version whose holdout "
-                                                                       "scores both (default: B's training data)"),
-           store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt,
-           sets: list[str] = SetOpt, fmt: str = FormatOpt) -> None:
-    """List, promote, roll back or compare model versions.
-
-    Example: fusion models compare 3 4, or fusion models --format csv > models.csv
-    """
-    check_format(fmt)
-    catalog = open_store(config, store, sets)
-    versions = versions or []
-    known = [m["version"] for m in catalog.list_models()]
-    for version in versions:
-        if version not in known:
-            fail(f"fusion models {action}: no model version {version}; "
-                 + (f"versions are {known[0]}-{known[-1]}" if known else "no models yet (run train)"), 1)
-    if action == "compare":
-        if len(versions) != 2:
-            fail("fusion models compare: name two model versions, e.g. `fusion models compare 3 4`")
-        _compare_models(catalog, *versions, pixels)
-    elif action in ("promote", "rollback"):
-        _change_champion(catalog, action, versions[0] if versions else None, force, reason, config, store, sets)
-    elif action == "history":
-        rows = [{**p, "was": f"v{p['previous']}" if p["previous"] else "-"} for p in catalog.promotion_history()]
-        typer.echo(render(rows, fmt, ["at", "version", "was", "forced", "actor", "reason"], len(rows) or None))
-    elif action == "list":
-        rows = [{"version": m["version"], "stage": m["stage"], "name": m["name"],
-                 "accuracy": m["metrics"]["accuracy"], "macro_f1": m["metrics"]["macro_f1"],
-                 "ece": m["metrics"].get("ece"), "data": m["dataset_version"],
-                 "code": m["config"].get("code_version"), "run_id": m["run_id"], "created_at": m["created_at"],
-                 "path": m["path"]} for m in catalog.list_models()]
-        typer.echo(render(rows, fmt, ["version", "stage", "name", "accuracy", "macro_f1", "ece", "data", "code",
-                                      "run_id"], len(rows) or None))
-    else:
-        fail(f"fusion models: unknown action {action!r}; choose list, history, promote, rollback or compare")
-
-
-def _change_champion(catalog: Store, action: str, version: int | None, force: bool, reason: str | None,
-                     config: str | None, store: str | None, sets: list[str]) -> None:
-    """``promote V``: through the gate, or past it with ``--force --reason``; ``rollback``: to an earlier champion."""
-    import getpass
-
-    from fusion_core.registry import promotion_decision, rollback_version
-
-    champion = catalog.champion()
-    if version is None and action == "rollback":
-        version = rollback_version(catalog.list_models(), champion)
-    if version is None:
-        fail(f"fusion models {action}: no earlier champion to roll back to; name a version", 1)
-    if force and not reason:
-        fail(f"fusion models {action}: --force needs --reason \"why\" (it is recorded)")
-    if action == "promote" and not force:
-        train = settings_for(config, store, sets)[0].train
-        ok, why = promotion_decision(catalog.get_model(version), champion, train.promote_margin, train.promote_alpha)
-        if not ok:
-            fail(f"model v{version} not promoted: {why}; `--force --reason ...` promotes it anyway")
-        reason = why if not reason else f"{why}; {reason}"
-    forced = force or action == "rollback"
-    catalog.set_champion(version, reason=reason or f"{action} by hand", actor=getpass.getuser(), forced=forced)
-    typer.echo(f"model v{version} is now champion"
-               + (f" (was v{champion['version']})" if champion and champion["version"] != version else ""))
-
-
-def _compare_models(catalog: Store, a: int, b: int, pixels_version: int | None) -> None:
-    """Both models scored on the same holdout, overall and per class, with McNemar's test."""
-    from fusion_core.scoring import compare_models
-
-    model_a, model_b = catalog.get_model(a), catalog.get_model(b)
-    try:
-        pixels = catalog.require_version("pixels", pixels_version or model_b["dataset_version"])
-    except LookupError as err:
-        fail(f"fusion models compare: {err}; name one with --pixels", 1)
-    try:
-        result = compare_models(catalog, model_a, model_b, pixels)
-    except ValueError as err:
-        fail(str(err))
-    typer.echo(f"models v{a} and v{b} on the test split of pixels v{result['pixels_version']} "
-               f"({result['a']['n']} images)")
-    rows = [{"metric": name, f"v{a}": result["a"][name], f"v{b}": result["b"][name]}
-            for name in ("accuracy", "macro_f1", "ece")]
-    rows += [{"metric": f"f1 {c}", f"v{a}": result["a"]["per_class_f1"][c], f"v{b}": result["b"]["per_class_f1"][c]}
-             for c in result["classes"]]
-    typer.echo("\n".join(table_lines(rows, ["metric", f"v{a}", f"v{b}"], len(rows))))
-    typer.echo(f"McNemar: v{b} alone right on {result['challenger_only']}, v{a} alone right on "
-               f"{result['champion_only']}; p={result['p_value']:.3g} (one-sided, v{b} better)")
-
-
-@app.command()
 def predictions(run: str = RunOpt,
                 label: Optional[str] = typer.Option(None, "--label", help="only this predicted label"),
                 min_confidence: float = typer.Option(0.0, "--min-confidence", min=0.0, max=1.0),
@@ -190,7 +94,6 @@ def predictions(run: str = RunOpt,
     _print(_with_paths(catalog, rows), fmt, columns, limit, out)
 
 
-@app.command()
 def clusters(run: str = RunOpt,
              members: bool = typer.Option(False, "--members", help="list the images of each cluster, not the "
                                                                     "clusters"),
@@ -224,7 +127,6 @@ def clusters(run: str = RunOpt,
         typer.echo(f"exported {len(assignments)} assignments to {out}", err=fmt != "table")
 
 
-@app.command()
 def images(label: Optional[str] = typer.Option(None, "--label", help="only this label"),
            split: Optional[str] = typer.Option(None, "--split", help="only this split: train, val or test"),
            imputed: bool = typer.Option(False, "--imputed", help="only images with missing pixels (imputed by "
@@ -263,7 +165,6 @@ def images(label: Optional[str] = typer.Option(None, "--label", help="only this 
         typer.echo(render(list(itertools.islice(found, limit)), fmt, [], None))
 
 
-@app.command()
 def export(out: Path = typer.Argument(..., help="a new or empty folder"), run: str = RunOpt,
            by: str = typer.Option("predicted", "--by", help="group by predicted label or cluster"),
            copy: bool = typer.Option(False, "--copy", help="write the stored images as PNG files instead of "
@@ -291,73 +192,3 @@ def export(out: Path = typer.Argument(..., help="a new or empty folder"), run: s
         fail(str(err), 1 if isinstance(err, LookupError) else 2)
     typer.echo(f"exported {counts['images']} images into {counts['groups']} folders under {out} "
                f"({counts['linked']} linked, {counts['written']} written as PNG)")
-
-
-@app.command()
-def gc(keep: int = typer.Option(..., "--keep", min=1, help="how many of the newest runs to keep, with all they need"),
-       dry_run: bool = typer.Option(False, "--dry-run", help="only say what would be removed"),
-       store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt, sets: list[str] = SetOpt) -> None:
-    """Remove what no kept run or the champion needs: old versions, results, reports.
-
-    Example: fusion gc --keep 30 --dry-run
-    """
-    from fusion_core.retention import collect_garbage
-
-    removed = collect_garbage(open_store(config, store, sets), keep, dry_run=dry_run)
-    typer.echo(("would remove: " if dry_run else "removed: ")
-               + ", ".join(f"{k}={v}" for k, v in removed.items() if k != "runs_kept")
-               + f" (kept the {removed['runs_kept']} newest runs and what they need)")
-
-
-@app.command()
-def fsck(repair: bool = typer.Option(False, "--repair", help="move orphan files (never committed data) into "
-                                                             "lost+found/<date>/, record missing checksums, close "
-                                                             "abandoned runs"),
-         empty_lost_found: bool = typer.Option(False, "--empty-lost-found",
-                                               help="delete what earlier repairs moved into lost+found/"),
-         store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt, sets: list[str] = SetOpt) -> None:
-    """Check the store against its catalog; --repair moves orphan files into lost+found/<date>/.
-
-    Shards (present, rows, checksum, schema), models, reports and result rows are checked and orphan files
-    listed. Nothing a catalog row names is ever an orphan. Exit code 0 when consistent, 1 otherwise.
-
-    Example: fusion fsck --store ./store && fusion fsck --store ./store --repair
-    """
-    from fusion_core.fsck import LOST_FOUND, check_store
-    from fusion_core.fsck import empty_lost_found as empty
-
-    catalog = open_store(config, store, sets)
-    if empty_lost_found:
-        typer.echo(f"deleted {len(empty(catalog))} files from {catalog.path(LOST_FOUND)}")
-    try:
-        result = check_store(catalog, repair=repair)
-    except RuntimeError as err:
-        fail(str(err))
-    for finding in result.findings:
-        typer.secho(f"{finding.kind:<9} {finding.path}: {finding.detail}",
-                    fg=typer.colors.RED if finding.is_error else typer.colors.YELLOW)
-    for run_id in result.abandoned:
-        typer.echo(f"abandoned run {run_id}: its process died; its resumable work is left for the next run")
-    if result.live_runs and result.orphans and not repair:
-        typer.echo(f"run {result.live_runs[0]} is live: some orphans may be its files, not committed yet")
-    typer.secho(result.summary(), fg=typer.colors.RED if result.errors else typer.colors.GREEN)
-    raise typer.Exit(1 if result.errors else 0)
-
-
-@app.command()
-def report(run_id: str = typer.Argument("latest", help="run id or latest", autocompletion=complete_run),
-           store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt, sets: list[str] = SetOpt) -> None:
-    """Write a run's HTML report and print its path (`fusion run report` does it in Prefect).
-
-    Example: xdg-open "$(fusion report latest)"
-    """
-    from fusion_core.report import write_report
-
-    setup_logging()
-    settings, _ = settings_for(config, store, sets)
-    catalog = open_store(config, store, sets)
-    try:
-        result = write_report(settings, catalog, find_run(catalog, run_id)["run_id"])
-    except LookupError as err:
-        fail(str(err), 1)
-    typer.echo(result.outputs["report"])

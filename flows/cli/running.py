@@ -1,21 +1,18 @@
-"""The ``fusion`` command's runs: the demo, ad hoc flow runs, the nightly schedule, and the doctor.
-
-The commands that read a store live in ``flows.cli_query``; the app and its options in ``flows.cli_app``.
-"""
+"""The ``fusion`` commands that run: the demo, ad hoc flow runs (``run``, ``report``), the nightly schedule,
+and the doctor."""
 
 from __future__ import annotations
 
 import os
 import traceback
 from functools import partial
-from importlib import import_module
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from flows.cli_app import (FLOWS, ConfigOpt, SetOpt, StoreOpt, app, complete_run, fail, find_run, main,
-                           settings_for, setup_logging, state)
+from flows.cli.app import (FLOWS, ConfigOpt, SetOpt, StoreOpt, complete_run, fail, find_run, settings_for,
+                           setup_logging, state)
 from flows.prefect_server import ServerStartError, prefect_api, start_server, stop_server
 from flows.terminal import describe_run
 from fusion_core import uri
@@ -23,8 +20,6 @@ from fusion_core.config import Settings
 from fusion_core.errors import one_line
 from fusion_core.inputs import STAGE_INPUTS, check_inputs
 from fusion_core.store import Store, StoreBusyError, StoreNotFoundError, StoreReadOnlyError
-
-__all__ = ["app", "main"]
 
 NIGHTLY_CRON = "0 2 * * *"
 NO_RAY = ("cluster", "report")  # the flows that run in this process alone
@@ -126,7 +121,6 @@ def _print_run(run_id: str, settings: Settings) -> None:
     typer.echo("\n" + describe_run(catalog.get_run(run_id), catalog))
 
 
-@app.command()
 def demo(config: Optional[str] = ConfigOpt, store: Optional[str] = StoreOpt,
          sets: list[str] = SetOpt) -> None:
     """Generate the demo image set and run the nightly flow on it.
@@ -144,7 +138,6 @@ def demo(config: Optional[str] = ConfigOpt, store: Optional[str] = StoreOpt,
     _print_run(result["run_id"], settings)
 
 
-@app.command()
 def run(flow: str = typer.Argument(..., help=f"one of: {', '.join(FLOWS)}",
                                    autocompletion=lambda incomplete: [f for f in FLOWS if f.startswith(incomplete)]),
         source: Optional[str] = typer.Option(None, "--source", help=SOURCE_HELP + " (ingest, nightly)"),
@@ -172,7 +165,6 @@ def run(flow: str = typer.Argument(..., help=f"one of: {', '.join(FLOWS)}",
     _print_run(result["run_id"], settings)
 
 
-@app.command()
 def serve(source: str = typer.Option(..., "--source", help=SOURCE_HELP),
           config: Optional[str] = ConfigOpt, store: Optional[str] = StoreOpt,
           sets: list[str] = SetOpt, cron: str = typer.Option(NIGHTLY_CRON, help="cron schedule (UTC)"),
@@ -206,7 +198,6 @@ def serve(source: str = typer.Option(..., "--source", help=SOURCE_HELP),
             stop_server(server)
 
 
-@app.command()
 def doctor(config: Optional[str] = ConfigOpt, store: Optional[str] = StoreOpt, sets: list[str] = SetOpt,
            fmt: str = typer.Option("text", "--format", help="text or json")) -> None:
     """Check what a run needs: Prefect, store, catalog, Ray and its workers.
@@ -238,4 +229,13 @@ def doctor(config: Optional[str] = ConfigOpt, store: Optional[str] = StoreOpt, s
     raise typer.Exit(1 if any(c.status == FAIL for c in checks) else 0)
 
 
-import_module("flows.cli_query")  # registers the commands that read a store (after these)
+def report(run_id: str = typer.Argument("latest", help="run id or latest", autocompletion=complete_run),
+           store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt, sets: list[str] = SetOpt) -> None:
+    """Write a run's HTML report (through the report flow, as `fusion run report --run` does) and print its path.
+
+    Example: xdg-open "$(fusion report latest)"
+    """
+    settings, overrides = settings_for(config, store, sets)
+    setup_logging()
+    result = _run_flow("report", None, settings, config, overrides, run_id)
+    typer.echo(result["outputs"]["report"])
