@@ -4,7 +4,7 @@ The 10,000 CIFAR-10 test JPEGs go through Fusion's ingest, preprocess, infer
 (embeddings of the model from ``bench/train.py``, the project's best) and
 cluster stages (k = 10, the number of labels). The same k-means then runs on
 the raw pixels, and scikit-learn's ``KMeans`` (same k, restarts and seed) on the
-same normalised embeddings, timed against ``fusion_core.cluster.kmeans``.
+same normalised embeddings, timed against ``fusion_core.stages.cluster.kmeans``.
 
     python bench/cluster.py [--data bench/data/test] [--model bench/results/best_model.keras] [--reduce whiten]
 
@@ -45,14 +45,14 @@ def main() -> None:
     import numpy as np
     from sklearn.cluster import KMeans
 
-    from fusion_core import registry
-    from fusion_core.cluster import cluster_predictions
-    from fusion_core.clustering import cluster_embeddings, cluster_quality, kmeans, normalize_rows
+    from fusion_core.learning import registry
+    from fusion_core.stages.cluster import cluster_predictions
+    from fusion_core.learning.clustering import cluster_embeddings, cluster_quality, kmeans, normalize_rows
     from fusion_core.config import load_settings
-    from fusion_core.datasets import fixed_list_to_array, pixels_to_array, read_shards, shape_of
-    from fusion_core.infer import infer_dataset
-    from fusion_core.ingest import ingest_source
-    from fusion_core.preprocess import preprocess_dataset
+    from fusion_core.store.datasets import fixed_list_to_array, pixels_to_array, read_shards, shape_of
+    from fusion_core.stages.infer import infer_dataset
+    from fusion_core.stages.ingest import ingest_source
+    from fusion_core.stages.preprocess import preprocess_dataset
     from fusion_core.store import Store
 
     workdir = Path(tempfile.mkdtemp(prefix="fusion-bench-cluster-"))

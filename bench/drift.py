@@ -85,11 +85,11 @@ def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from fusion_core.config import load_settings
     from fusion_core.demo_data import generate_demo_images
-    from fusion_core.drift import check_drift
-    from fusion_core.ingest import ingest_source
-    from fusion_core.preprocess import preprocess_dataset
+    from fusion_core.stages.drift import check_drift
+    from fusion_core.stages.ingest import ingest_source
+    from fusion_core.stages.preprocess import preprocess_dataset
     from fusion_core.store import Store
-    from fusion_core.train import train_model
+    from fusion_core.stages.train import train_model
 
     trials = {kind: [] for kind in KINDS}
     champions = []

@@ -1,7 +1,7 @@
 """Missing-pixel imputation: every method on every mask pattern, against scikit-image and OpenCV, in one run.
 
-For each mask pattern of ``fusion_core.corrupt`` and each method of
-``fusion_core.impute`` (plus ``auto``), and the two references, scikit-image's
+For each mask pattern of ``fusion_core.imaging.corrupt`` and each method of
+``fusion_core.imaging.impute`` (plus ``auto``), and the two references, scikit-image's
 ``inpaint_biharmonic`` (quality) and OpenCV's Telea (speed): PSNR and SSIM over
 the missing pixels and over the whole image, and images per CPU-second on one
 thread (process time, so other load on the machine does not count).
@@ -34,8 +34,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from bench.cifar import cifar_folder, load_cifar  # noqa: E402
 from record import RESULTS, run_context, write_results  # noqa: E402
-from fusion_core.corrupt import PATTERNS, corrupt_pattern  # noqa: E402
-from fusion_core.impute import CHOICES, impute, psnr  # noqa: E402
+from fusion_core.imaging.corrupt import PATTERNS, corrupt_pattern  # noqa: E402
+from fusion_core.imaging.impute import CHOICES, impute, psnr  # noqa: E402
 
 QUALITY_REF, SPEED_REF, DEFAULT = "skimage_biharmonic", "telea", "auto"
 GOAL_PATTERNS, GOAL_DB = ("random30", "blocks"), 0.5

@@ -25,8 +25,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from bench.cifar import cifar_folder, load_cifar  # noqa: E402
 from record import RESULTS, run_context, write_results  # noqa: E402
-from fusion_core.corrupt import corrupt_random  # noqa: E402
-from fusion_core.impute import impute, psnr  # noqa: E402
+from fusion_core.imaging.corrupt import corrupt_random  # noqa: E402
+from fusion_core.imaging.impute import impute, psnr  # noqa: E402
 
 DROP = 0.3
 CHUNK = 2000
@@ -49,7 +49,7 @@ def train_and_test(x_train, y_train, x_test, y_test, epochs: int, seed: int) -> 
     """Fit the seed CNN (the project's ``build_model``) and return (test accuracy, seconds)."""
     import tf_keras
 
-    from fusion_core.model import build_model
+    from fusion_core.learning.model import build_model
 
     tf_keras.utils.set_random_seed(seed)
     model = build_model("seed_cnn", x_train.shape[1:], 10)

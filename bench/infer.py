@@ -35,7 +35,7 @@ def random_pixels(store, n: int, classes: list[str]) -> int:
     import numpy as np
     import pyarrow as pa
 
-    from fusion_core.datasets import array_to_pixels, pixels_schema, write_shard
+    from fusion_core.store.datasets import array_to_pixels, pixels_schema, write_shard
 
     rng = np.random.default_rng(0)
     manifest = []
@@ -52,9 +52,9 @@ def random_pixels(store, n: int, classes: list[str]) -> int:
 
 def measure(settings, store, pixels_version: int, model_version: int, batch_size: int, run_id: str) -> dict:
     """Fusion's infer stage, then plain ``model.predict`` over the same pixels in memory."""
-    from fusion_core import registry
-    from fusion_core.datasets import pixels_to_array, read_shards
-    from fusion_core.infer import infer_dataset
+    from fusion_core.learning import registry
+    from fusion_core.store.datasets import pixels_to_array, read_shards
+    from fusion_core.stages.infer import infer_dataset
 
     pixels = store.require_version("pixels", pixels_version)
     started = time.perf_counter()
@@ -83,11 +83,11 @@ def main() -> None:
     context = run_context()
     os.environ.setdefault("FUSION_RAY__NODE_IP_ADDRESS", "127.0.0.2")
 
-    from fusion_core import registry
+    from fusion_core.learning import registry
     from fusion_core.config import load_settings
-    from fusion_core.ingest import ingest_source
-    from fusion_core.model import build_model
-    from fusion_core.preprocess import preprocess_dataset
+    from fusion_core.stages.ingest import ingest_source
+    from fusion_core.learning.model import build_model
+    from fusion_core.stages.preprocess import preprocess_dataset
     from fusion_core.store import Store
 
     workdir = Path(tempfile.mkdtemp(prefix="fusion-bench-infer-"))

@@ -129,7 +129,7 @@ def layouts(datas: list[bytes], work: Path) -> list[dict]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from fusion_core.decode import decode_image
+    from fusion_core.data.decode import decode_image
 
     pixels = [decode_image(d, 10**8)[0] for d in datas]
     raw = [p.tobytes() for p in pixels]
@@ -170,7 +170,7 @@ def main() -> None:
     import ray
 
     from fusion_core.config import load_settings
-    from fusion_core.ingest import ingest_source
+    from fusion_core.stages.ingest import ingest_source
     from fusion_core.ray_runtime import ensure_ray
     from fusion_core.store import Store
 

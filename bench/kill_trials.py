@@ -293,7 +293,7 @@ def fingerprint(store, dataset: str) -> tuple[collections.Counter, str | None]:
     its rows' content."""
     import hashlib
 
-    from fusion_core.datasets import iter_rows
+    from fusion_core.store.datasets import iter_rows
 
     version = store.latest_version(dataset)
     if version is None:
@@ -357,7 +357,7 @@ def model_tolerance(metrics: dict) -> float:
 def compare(trial, clean, stage: str) -> dict:
     """Lost and duplicated rows, content differences, the model's accuracy against the clean run's, fsck errors
     and orphans of a trial's store."""
-    from fusion_core.fsck import check_store
+    from fusion_core.tools.fsck import check_store
 
     lost = duplicated = differs = 0
     for dataset in OUTPUTS[stage]:

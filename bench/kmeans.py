@@ -49,7 +49,7 @@ def main() -> None:
 
     from sklearn.cluster import MiniBatchKMeans
 
-    from fusion_core.clustering import contingency, fit_clusters, label_scores, normalize_rows
+    from fusion_core.learning.clustering import contingency, fit_clusters, label_scores, normalize_rows
     from fusion_core.config import ClusterConfig
 
     x, labels = embeddings(args.images, args.dim, args.noise)

@@ -54,9 +54,9 @@ def main() -> None:
     import tf_keras
     from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as profiler_plugin
 
-    from fusion_core.model import build_model
+    from fusion_core.learning.model import build_model
     from fusion_core.recipes import RECIPES
-    from fusion_core.train_loop import precision_policy
+    from fusion_core.learning.train_loop import precision_policy
 
     policy = precision_policy(True)
     tf_keras.mixed_precision.set_global_policy(policy)

@@ -16,7 +16,7 @@ CIFAR-10's own split (``train/`` 50k, ``test/`` 10k JPEGs) is ingested and prepr
   each, 1 seed); the test-time augmentation levels are scored on the full recipe's model.
 
 Both sides use the same dtype policy (bfloat16 compute on CPUs with bf16 instructions; see
-``fusion_core.train_loop.precision_policy``).
+``fusion_core.learning.train_loop.precision_policy``).
 
     python bench/train.py [--parts best,plain,ray1,plain400k,ray400k,ablation] [--seeds 0,1,2]
 
@@ -62,8 +62,8 @@ TTA_NAMES = {0: "none (not 6)", 1: "image + mirror (not 6)", 2: "6"}
 
 def arrays(store, pixels: dict) -> tuple[dict, dict, dict, list, tuple, dict | None]:
     """train, val, test {"x", "y"} of a pixels dataset in memory, its classes, shape and norm."""
-    from fusion_core.datasets import read_shards
-    from fusion_core.scoring import class_names, to_xy
+    from fusion_core.store.datasets import read_shards
+    from fusion_core.learning.scoring import class_names, to_xy
 
     paths = [s["path"] for s in pixels["shards"]]
     shape, classes = tuple(pixels["info"]["shape"]), class_names(store, paths)
@@ -77,7 +77,7 @@ def plain_fit(store, pixels: dict, epochs: int, batch_size: int, policy: str, su
     """The seed recipe as one in-process ``model.fit`` on the pixels dataset's rows; timed fit + test."""
     import tf_keras
 
-    from fusion_core.model import build_model
+    from fusion_core.learning.model import build_model
 
     train, val, test, classes, shape, _ = arrays(store, pixels)
     tf_keras.utils.set_random_seed(0)
@@ -99,7 +99,7 @@ def plain_fit(store, pixels: dict, epochs: int, batch_size: int, policy: str, su
 def fusion_train(settings, store, pixels_version: int, overrides: dict, run_id: str) -> tuple[dict, float]:
     """Fusion's train stage on ``pixels_version`` with ``overrides`` on top of ``settings``; returns the
     registered model and seconds."""
-    from fusion_core.train import train_model
+    from fusion_core.stages.train import train_model
 
     settings = settings.model_copy(update={"train": settings.train.model_copy(update=overrides)})
     started = time.perf_counter()
@@ -155,11 +155,11 @@ def ablation(store, pixels: dict, epochs: int, policy: str) -> list[dict]:
     import numpy as np
     import tf_keras
 
-    from fusion_core.airbench import set_whitening
-    from fusion_core.feed import epoch_batches, epoch_steps, whitening_filters
-    from fusion_core.model import build_model, published_model
+    from fusion_core.learning.airbench import set_whitening
+    from fusion_core.learning.feed import epoch_batches, epoch_steps, whitening_filters
+    from fusion_core.learning.model import build_model, published_model
     from fusion_core.recipes import RECIPES
-    from fusion_core.train_loop import batch_dataset, recipe_callbacks
+    from fusion_core.learning.train_loop import batch_dataset, recipe_callbacks
 
     train, _, test, classes, shape, norm = arrays(store, pixels)
     tf_keras.mixed_precision.set_global_policy(policy)
@@ -212,8 +212,8 @@ def big_collection(data: Path, parts: int = 8) -> Path:
 
 def prepared(settings, store, source: Path, run: str) -> int:
     """Ingest and preprocess ``source`` into ``store``; the pixels version."""
-    from fusion_core.ingest import ingest_source
-    from fusion_core.preprocess import preprocess_dataset
+    from fusion_core.stages.ingest import ingest_source
+    from fusion_core.stages.preprocess import preprocess_dataset
 
     started = time.perf_counter()
     images_version = ingest_source(settings, store, str(source), f"{run}-ingest").outputs["version"]
@@ -242,7 +242,7 @@ def main() -> None:
     from fusion_core.config import load_settings
     from fusion_core.recipes import RECIPES
     from fusion_core.store import Store
-    from fusion_core.train_loop import precision_policy
+    from fusion_core.learning.train_loop import precision_policy
 
     for split in ("train", "test"):
         cifar_folder(args.data / split, split)

@@ -25,15 +25,15 @@ class Recipe:
     label_smoothing: float = 0.0
     augment: bool = False  # in the model: random shifts of up to 4 pixels and random flips
     translate: int = 0  # in the feed: random shifts of up to this many pixels, edges reflected
-    flip: Literal["none", "random", "alternating"] = "none"  # in the feed (fusion_core.feed.flip_mask)
+    flip: Literal["none", "random", "alternating"] = "none"  # in the feed (fusion_core.learning.feed.flip_mask)
     epochs: int = 10
     batch_size: int = 64
     early_stopping_patience: int | None = None
     scale_with_workers: bool = False
     bias_lr_scale: float = 1.0  # batch-norm biases learn this many times faster (airbench)
-    ema: bool = False  # airbench's lookahead from 30% of the epochs (fusion_core.airbench.Lookahead)
+    ema: bool = False  # airbench's lookahead from 30% of the epochs (fusion_core.learning.airbench.Lookahead)
     tta: int = 0  # test-time views averaged by the published model: 0 none, 1 mirror, 2 mirror + shifts
-    # airbench's network only (fusion_core.airbench); off switches for the ablation
+    # airbench's network only (fusion_core.learning.airbench); off switches for the ablation
     whitening: bool = True  # a frozen patch-whitening first layer set from the data (else a learned conv)
     dirac: bool = True  # convolutions start as identities
     airbench_bn: bool = True  # batch norm without scale, momentum 0.6, epsilon 1e-12 (else Keras' defaults)

@@ -18,13 +18,13 @@ from prefect.cache_policies import NONE
 from prefect.states import Completed, State
 from prefect.task_engine import TaskRunTimeoutError
 
-from fusion_core.cluster import cluster_predictions
+from fusion_core.stages.cluster import cluster_predictions
 from fusion_core.config import OrchestrationConfig, Settings, load_settings
 from fusion_core.errors import is_transient
-from fusion_core.ingest import ingest_source
-from fusion_core.inputs import infer_model_version as _model_version, input_version as _version
-from fusion_core.preprocess import preprocess_dataset
-from fusion_core.runs import StageResult, record_stage
+from fusion_core.stages.ingest import ingest_source
+from fusion_core.tools.inputs import infer_model_version as _model_version, input_version as _version
+from fusion_core.stages.preprocess import preprocess_dataset
+from fusion_core.data.runs import StageResult, record_stage
 from fusion_core.store import Store
 
 Overrides = dict[str, Any] | None
@@ -74,7 +74,7 @@ def preprocess_task(config: str | None, overrides: Overrides, run_id: str, image
 
 @task(name="drift", cache_policy=NONE, **RETRIES)
 def drift_task(config: str | None, overrides: Overrides, run_id: str, pixels_version: int | None) -> State:
-    from fusion_core.drift import check_drift
+    from fusion_core.stages.drift import check_drift
 
     return _run("drift", config, overrides, run_id, lambda s, store: check_drift(
         s, store, _version(store, "drift", "pixels", pixels_version), run_id))
@@ -85,7 +85,7 @@ def drift_task(config: str | None, overrides: Overrides, run_id: str, pixels_ver
 @task(name="train", cache_policy=NONE, **RETRIES)
 def train_task(config: str | None, overrides: Overrides, run_id: str, pixels_version: int | None,
                drift_flags: list[str] | None = None) -> State:
-    from fusion_core.train import train_model
+    from fusion_core.stages.train import train_model
 
     return _run("train", config, overrides, run_id, lambda s, store: train_model(
         s, store, _version(store, "train", "pixels", pixels_version), run_id, drift_flags))
@@ -94,7 +94,7 @@ def train_task(config: str | None, overrides: Overrides, run_id: str, pixels_ver
 @task(name="infer", cache_policy=NONE, **RETRIES)
 def infer_task(config: str | None, overrides: Overrides, run_id: str, pixels_version: int | None,
                model_version: int | None) -> State:
-    from fusion_core.infer import infer_dataset
+    from fusion_core.stages.infer import infer_dataset
 
     return _run("infer", config, overrides, run_id, lambda s, store: infer_dataset(
         s, store, _version(store, "infer", "pixels", pixels_version), _model_version(s, store, model_version),
@@ -109,6 +109,6 @@ def cluster_task(config: str | None, overrides: Overrides, run_id: str, predicti
 
 @task(name="report", cache_policy=NONE, **RETRIES)
 def report_task(config: str | None, overrides: Overrides, run_id: str, status: str | None = None) -> State:
-    from fusion_core.report import write_report
+    from fusion_core.stages.report import write_report
 
     return _run("report", config, overrides, run_id, lambda s, store: write_report(s, store, run_id, status))

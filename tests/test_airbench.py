@@ -15,7 +15,7 @@ def _data(n=48, size=16, seed=0):
 
 
 def _model(recipe=None, size=16, steps=3):
-    from fusion_core.model import build_model
+    from fusion_core.learning.model import build_model
     from fusion_core.recipes import RECIPES
 
     recipe = recipe or RECIPES["best"]
@@ -23,8 +23,8 @@ def _model(recipe=None, size=16, steps=3):
 
 
 def test_shapes_and_frozen_whitening_set_from_data():
-    from fusion_core.airbench import WHITENING_LAYER, set_whitening
-    from fusion_core.feed import whitening_filters
+    from fusion_core.learning.airbench import WHITENING_LAYER, set_whitening
+    from fusion_core.learning.feed import whitening_filters
 
     model = _model(size=32)
     shapes = [layer.output_shape[1:] for layer in model.layers if layer.__class__.__name__ == "MaxPooling2D"]
@@ -56,7 +56,7 @@ def test_convolutions_start_as_identities():
 
 
 def test_whitening_bias_learns_only_before_it_is_frozen():
-    from fusion_core.airbench import WHITENING_LAYER, FreezeWhiteningBias
+    from fusion_core.learning.airbench import WHITENING_LAYER, FreezeWhiteningBias
     from fusion_core.recipes import RECIPES
 
     model = _model(replace(RECIPES["best"], weight_decay=0.0))
@@ -74,8 +74,8 @@ def test_whitening_bias_learns_only_before_it_is_frozen():
 
 
 def test_lookahead_weights_are_the_ones_published(tmp_path):
-    from fusion_core.airbench import Lookahead
-    from fusion_core.model import load_model, published_model
+    from fusion_core.learning.airbench import Lookahead
+    from fusion_core.learning.model import load_model, published_model
     from fusion_core.recipes import RECIPES
 
     recipe = RECIPES["best"]
@@ -98,7 +98,7 @@ def test_lookahead_weights_are_the_ones_published(tmp_path):
 
 
 def test_lookahead_averages_with_airbenchs_decay():
-    from fusion_core.airbench import Lookahead
+    from fusion_core.learning.airbench import Lookahead
 
     lookahead = Lookahead(total_steps=100, start_epoch=0, every=5)
     rho = 0.95 ** 5 * (50 / 100) ** 3
@@ -111,8 +111,8 @@ def test_test_time_augmentation_averages_the_views():
     import tensorflow as tf
     import tf_keras
 
-    from fusion_core.airbench import tta_views
-    from fusion_core.model import embedding_model, published_model
+    from fusion_core.learning.airbench import tta_views
+    from fusion_core.learning.model import embedding_model, published_model
     from fusion_core.recipes import RECIPES
 
     core = _model()
@@ -140,7 +140,7 @@ def test_test_time_augmentation_averages_the_views():
 
 
 def test_triangle_schedule():
-    from fusion_core.model import Triangle
+    from fusion_core.learning.model import Triangle
 
     schedule = Triangle(1.5, total_steps=100)
     assert float(schedule(0)) == pytest.approx(0.3)  # 0.2 x peak

@@ -105,7 +105,7 @@ def test_fusion_log_lines_outside_a_run_stay_local(recwarn):
     from flows.logs import send_logs_to_prefect
 
     send_logs_to_prefect()
-    logging.getLogger("fusion_core.ingest").warning("logged outside any flow run")
+    logging.getLogger("fusion_core.stages.ingest").warning("logged outside any flow run")
     assert not [w for w in recwarn if "send logs to the API" in str(w.message)]
 
 

@@ -1,11 +1,11 @@
-"""Tests for the pure parts of fusion_core.cluster (no store, no Ray)."""
+"""Tests for the pure parts of fusion_core.stages.cluster (no store, no Ray)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from fusion_core.clustering import (NOISE, choose_k, cluster_accuracy, cluster_embeddings, cluster_quality, kmeans,
+from fusion_core.learning.clustering import (NOISE, choose_k, cluster_accuracy, cluster_embeddings, cluster_quality, kmeans,
                                  normalize_rows, reduce_dimensions, summarize_clusters)
 from fusion_core.config import ClusterConfig
 
@@ -132,7 +132,7 @@ def test_normalize_rows_handles_zero_rows():
 def test_label_scores_match_scikit_learn_on_random_partitions():
     from sklearn import metrics
 
-    from fusion_core.clustering import contingency, label_scores
+    from fusion_core.learning.clustering import contingency, label_scores
 
     rng = np.random.default_rng(3)
     for n, k, c in ((500, 4, 3), (2000, 10, 10), (50, 7, 2)):
@@ -146,7 +146,7 @@ def test_label_scores_match_scikit_learn_on_random_partitions():
 
 
 def test_fitted_clusters_assign_new_rows_to_the_nearest_centre(blobs):
-    from fusion_core.clustering import fit_clusters
+    from fusion_core.learning.clustering import fit_clusters
 
     x, _ = blobs
     clusters, labels, _ = fit_clusters(x[::2], ClusterConfig(reduce="pca", pca_dim=4), 3)

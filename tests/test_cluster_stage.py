@@ -7,9 +7,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from fusion_core.cluster import cluster_predictions
+from fusion_core.stages.cluster import cluster_predictions
 from fusion_core.config import load_settings
-from fusion_core.datasets import array_to_fixed_list, predictions_schema, write_shard
+from fusion_core.store.datasets import array_to_fixed_list, predictions_schema, write_shard
 from fusion_core.store import Store
 
 NAMES = ["a", "b", "c"]

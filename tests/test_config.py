@@ -70,9 +70,9 @@ def _literal_values(annotation) -> tuple:
 
 
 def _model_names_without_tensorflow() -> tuple[str, ...]:
-    """``fusion_core.model.MODELS``, read from the source: importing fusion_core.model imports TensorFlow,
+    """``fusion_core.learning.model.MODELS``, read from the source: importing fusion_core.learning.model imports TensorFlow,
     which this fast test must not load, so the ``MODELS = (...)`` tuple is parsed with ``ast`` instead."""
-    path = Path(importlib.util.find_spec("fusion_core.model").origin)  # finds the file without importing it
+    path = Path(importlib.util.find_spec("fusion_core.learning.model").origin)  # finds the file without importing it
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["MODELS"]:
             return ast.literal_eval(node.value)
@@ -81,7 +81,7 @@ def _model_names_without_tensorflow() -> tuple[str, ...]:
 
 def test_config_choices_match_the_code_registries():
     from fusion_core.config import PreprocessConfig, TrainConfig
-    from fusion_core.impute import CHOICES
+    from fusion_core.imaging.impute import CHOICES
     from fusion_core.recipes import RECIPES
 
     impute = _literal_values(PreprocessConfig.model_fields["impute_method"].annotation)

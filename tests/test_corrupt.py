@@ -1,9 +1,9 @@
-"""Tests for fusion_core.corrupt."""
+"""Tests for fusion_core.imaging.corrupt."""
 
 import numpy as np
 import pytest
 
-from fusion_core.corrupt import (PATTERNS, corrupt_blocks, corrupt_lines, corrupt_pattern, corrupt_random,
+from fusion_core.imaging.corrupt import (PATTERNS, corrupt_blocks, corrupt_lines, corrupt_pattern, corrupt_random,
                                  corrupt_salt_pepper)
 
 

@@ -1,4 +1,4 @@
-"""Tests for fusion_core.datasets: shard writes/reads, schemas and pixel/embedding packing."""
+"""Tests for fusion_core.store.datasets: shard writes/reads, schemas and pixel/embedding packing."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from fusion_core.datasets import (
+from fusion_core.store.datasets import (
     IMAGES_SCHEMA,
     SCHEMA_VERSION,
     array_to_fixed_list,

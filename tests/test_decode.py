@@ -1,4 +1,4 @@
-"""Tests for decoding image bytes (fusion_core.decode): formats, orientation, masks, truncation, limits."""
+"""Tests for decoding image bytes (fusion_core.data.decode): formats, orientation, masks, truncation, limits."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import encode_image, gradient_rgb, random_rgb, rgba_with_hole
-from fusion_core.decode import QuarantineError, decode_image
+from fusion_core.data.decode import QuarantineError, decode_image
 
 MAX = 10_000_000
 
@@ -211,7 +211,7 @@ def test_every_exif_orientation_is_applied(orientation):
 
 
 def test_jpeg_fast_path_gives_pillows_pixels():
-    from fusion_core.decode import _decode_with_pillow
+    from fusion_core.data.decode import _decode_with_pillow
 
     rgb = gradient_rgb(40, 56)
     gray = rgb[..., 0]

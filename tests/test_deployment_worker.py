@@ -217,7 +217,7 @@ def test_nightly_runs_on_the_worker_once_at_a_time_with_logs_and_artifacts(deplo
     flow_runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_=run["run_id"])))
     assert {f.name for f in flow_runs} >= {run["run_id"], f"{run['run_id']}-ingest", f"{run['run_id']}-report"}
     logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[f.id for f in flow_runs])))
-    assert any(log.name == "fusion_core.runs" and log.message.startswith("ingest finished") for log in logs)
+    assert any(log.name == "fusion_core.data.runs" and log.message.startswith("ingest finished") for log in logs)
 
     artifacts = {a.key: a for a in client.read_artifacts(flow_run_filter=FlowRunFilter(
         name=FlowRunFilterName(like_=run["run_id"])))}

@@ -1,11 +1,11 @@
-"""The derived-stage pattern (fusion_core.derive): reuse by idempotency key, on a real SQLite store."""
+"""The derived-stage pattern (fusion_core.data.derive): reuse by idempotency key, on a real SQLite store."""
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-from fusion_core.datasets import read_shards, write_shard
-from fusion_core.derive import derivation_key, derive_dataset, derive_model
+from fusion_core.store.datasets import read_shards, write_shard
+from fusion_core.data.derive import derivation_key, derive_dataset, derive_model
 from fusion_core.store import Store
 
 

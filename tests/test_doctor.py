@@ -14,9 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from fusion_core import doctor
+from fusion_core.tools import doctor
 from fusion_core.config import load_settings
-from fusion_core.doctor import FAIL, PASS, WARN
+from fusion_core.tools.doctor import FAIL, PASS, WARN
 from fusion_core.store import Store
 from fusion_core.store.tables import SCHEMA_VERSION, meta
 
@@ -109,7 +109,7 @@ def test_workers_judged_on_fusion_code_tensorflow_and_gpus():
 
 
 def test_fusion_identity_is_the_version_and_a_hash_of_the_code():
-    from fusion_core.runs import code_version
+    from fusion_core.data.runs import code_version
 
     identity = doctor.fusion_identity()
     assert identity["fusion"] == code_version() and len(identity["code"]) == 12
@@ -134,7 +134,7 @@ def test_unreachable_ray_address_fails_without_starting_ray():
 def test_ray_token_errors_hint_at_the_token():
     from ray.exceptions import AuthenticationError
 
-    from fusion_core.doctor.cluster import _ray_failed
+    from fusion_core.tools.doctor.cluster import _ray_failed
 
     check = _ray_failed("10.0.0.1:6379", AuthenticationError("Token authentication failed"))
     assert check.status == FAIL and "RAY_AUTH_TOKEN" in check.hint and "RAY_AUTH_MODE" in check.hint

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from fusion_core.demo_data import CLASSES, generate_demo_images
-from fusion_core.drift import corrected, holm, mix_check, mmd_test, shift_check
+from fusion_core.stages.drift import corrected, holm, mix_check, mmd_test, shift_check
 
 
 # statistics ------------------------------------------------------------------------------------
@@ -94,11 +94,11 @@ def _darker_few_classes(src, dst, classes, factor=0.45):
 @pytest.mark.tf
 def test_drift_is_flagged_for_a_new_class_mix_of_darker_images_not_for_a_no_change_night(tmp_path, ray_local):
     from fusion_core.config import load_settings
-    from fusion_core.drift import check_drift
-    from fusion_core.ingest import ingest_source
-    from fusion_core.preprocess import preprocess_dataset
+    from fusion_core.stages.drift import check_drift
+    from fusion_core.stages.ingest import ingest_source
+    from fusion_core.stages.preprocess import preprocess_dataset
     from fusion_core.store import Store
-    from fusion_core.train import train_model
+    from fusion_core.stages.train import train_model
 
     # alpha 0.001: a quiet night raises a false alarm about that often (the tests' p-values are uniform when
     # nothing changed), while the injected drift below is far stronger.

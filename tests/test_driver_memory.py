@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from fusion_core.config import load_settings
-from fusion_core.datasets import array_to_pixels, pixels_schema, write_shard
+from fusion_core.store.datasets import array_to_pixels, pixels_schema, write_shard
 from fusion_core.store import Store
 
 pytestmark = [pytest.mark.ray, pytest.mark.tf]
@@ -52,16 +52,16 @@ def _traced_peak_mb(fn) -> float:
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     """An untrained seed CNN saved as a file (predictions' cost does not depend on the weights)."""
-    from fusion_core.model import build_model
-    from fusion_core.registry import save_model_file
+    from fusion_core.learning.model import build_model
+    from fusion_core.learning.registry import save_model_file
 
     folder = tmp_path_factory.mktemp("model")
     return save_model_file(build_model("seed_cnn", (32, 32, 3), 2), str(folder))
 
 
 def test_inference_holds_a_batch_not_the_collection(tmp_path, model, monkeypatch):
-    from fusion_core import infer
-    from fusion_core.registry import register_model
+    from fusion_core.stages import infer
+    from fusion_core.learning.registry import register_model
     from fusion_core.store import results
 
     monkeypatch.setattr(results, "CHUNK_ROWS", 500)  # SQL rows go in small chunks, so they do not mask growth
@@ -84,8 +84,8 @@ def test_inference_holds_a_batch_not_the_collection(tmp_path, model, monkeypatch
 def test_holdout_evaluation_reads_a_shard_at_a_time(tmp_path, model, monkeypatch):
     """Pixels live in Arrow's and TensorFlow's memory, which tracemalloc does not see: so this counts the
     rows the evaluation reads at once."""
-    from fusion_core import scoring
-    from fusion_core.registry import load_published
+    from fusion_core.learning import scoring
+    from fusion_core.learning.registry import load_published
 
     keras_model = load_published(model)
     held, read_shard = [], scoring.read_shard
@@ -105,7 +105,7 @@ def test_holdout_evaluation_reads_a_shard_at_a_time(tmp_path, model, monkeypatch
 
 
 def test_ingest_does_not_load_the_catalogs_known_images(tmp_path, demo_source, ray_local):
-    from fusion_core.ingest import ingest_source
+    from fusion_core.stages.ingest import ingest_source
 
     def run(known: int) -> float:
         root = str(tmp_path / f"store-{known}")
@@ -123,9 +123,9 @@ def test_ingest_does_not_load_the_catalogs_known_images(tmp_path, demo_source, r
 
 def test_an_inference_that_died_before_its_commit_leaves_no_orphans(tmp_path, model, monkeypatch):
     """Found by the kill trials: shards named at random stayed behind when the driver died mid-stage."""
-    from fusion_core import infer
-    from fusion_core.fsck import check_store
-    from fusion_core.registry import register_model
+    from fusion_core.stages import infer
+    from fusion_core.tools.fsck import check_store
+    from fusion_core.learning.registry import register_model
 
     root = str(tmp_path / "store")
     pixels = _pixels(root, 2500)

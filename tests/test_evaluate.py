@@ -1,11 +1,11 @@
-"""Tests for fusion_core.evaluate against hand-computed values."""
+"""Tests for fusion_core.learning.evaluate against hand-computed values."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from fusion_core.evaluate import classification_metrics, confusion_matrix
+from fusion_core.learning.evaluate import classification_metrics, confusion_matrix
 
 
 def test_confusion_matrix_rows_true_cols_predicted():
@@ -70,7 +70,7 @@ def test_empty_input():
 
 
 def test_calibration_error_hand_example():
-    from fusion_core.evaluate import calibration_error
+    from fusion_core.learning.evaluate import calibration_error
 
     probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.8, 0.2]])
     # bins of confidence 0.9 (right), 0.6 (wrong), 0.8 (right): gaps 0.1, 0.6, 0.2, a third each
@@ -78,7 +78,7 @@ def test_calibration_error_hand_example():
 
 
 def test_calibration_error_is_zero_when_confidence_matches_accuracy():
-    from fusion_core.evaluate import calibration_error
+    from fusion_core.learning.evaluate import calibration_error
 
     probs = np.tile([0.75, 0.25], (4, 1))
     assert calibration_error(np.array([0, 0, 0, 1]), probs) == pytest.approx(0.0)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import postgres_database, skip_or_fail
-from fusion_core.fsck import check_store
+from fusion_core.tools.fsck import check_store
 from fusion_core.store import Store
 
 REPO = Path(__file__).resolve().parent.parent

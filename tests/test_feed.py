@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fusion_core.feed import epoch_batches, epoch_steps, flip_mask, translate, whitening_filters
+from fusion_core.learning.feed import epoch_batches, epoch_steps, flip_mask, translate, whitening_filters
 
 
 def _images(n=40, size=8, seed=0):
@@ -75,7 +75,7 @@ def test_flips_and_shifts_apply_to_each_batch():
 
 
 def test_batches_are_grouped_without_mixing_lengths():
-    from fusion_core.feed import grouped
+    from fusion_core.learning.feed import grouped
 
     x, y = _images(45), np.arange(45)
     groups = list(grouped(epoch_batches(x, y, 10, shuffle=False), size=2))

@@ -14,10 +14,10 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
-from fusion_core.datasets import IMAGES_SCHEMA, array_to_pixels, pixels_schema, write_shard
-from fusion_core.fsck import check_store
-from fusion_core.registry import publish_model
-from fusion_core.runs import StageResult, record_stage
+from fusion_core.store.datasets import IMAGES_SCHEMA, array_to_pixels, pixels_schema, write_shard
+from fusion_core.tools.fsck import check_store
+from fusion_core.learning.registry import publish_model
+from fusion_core.data.runs import StageResult, record_stage
 from fusion_core.store import Store
 from fusion_core.store.tables import dataset_shards
 
@@ -135,7 +135,7 @@ def test_repair_moves_orphans_to_lost_found_and_nothing_committed(built):
         "datasets/pixels/never-committed.parquet", "models/unregistered/model.keras", "reports/run-unknown/index.html"]
     assert (lost / "models/unregistered/model.keras").read_bytes() == b"x"  # restorable as it was
 
-    from fusion_core.fsck import empty_lost_found
+    from fusion_core.tools.fsck import empty_lost_found
     assert len(empty_lost_found(built)) == 5 and not (root / "lost+found").exists()
 
 

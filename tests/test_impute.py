@@ -1,12 +1,12 @@
-"""Tests for fusion_core.impute."""
+"""Tests for fusion_core.imaging.impute."""
 
 import logging
 
 import numpy as np
 import pytest
 
-from fusion_core.corrupt import corrupt_blocks, corrupt_random
-from fusion_core.impute import CHOICES, FALLBACK, impute, methods_used, pick_method, psnr
+from fusion_core.imaging.corrupt import corrupt_blocks, corrupt_random
+from fusion_core.imaging.impute import CHOICES, FALLBACK, impute, methods_used, pick_method, psnr
 
 
 def _random_batch(seed=0, shape=(4, 16, 16, 3)):
@@ -72,7 +72,7 @@ def test_all_missing_image_gets_fallback(method, dtype, expected, caplog):
     mask = np.zeros((2, 8, 8), bool)
     mask[0] = True
     mask[1, 2:4, 2:4] = True
-    with caplog.at_level(logging.WARNING, logger="fusion_core.impute"):
+    with caplog.at_level(logging.WARNING, logger="fusion_core.imaging.impute"):
         out = impute(images, mask, method)
     assert np.all(np.isfinite(out))
     np.testing.assert_array_equal(out[0], np.float32(expected))

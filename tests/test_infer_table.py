@@ -1,12 +1,12 @@
-"""fusion_core.infer.predictions_table on a hand-made Predictor batch; no model, no Ray, no TensorFlow."""
+"""fusion_core.stages.infer.predictions_table on a hand-made Predictor batch; no model, no Ray, no TensorFlow."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from fusion_core.datasets import fixed_list_to_array, predictions_schema
-from fusion_core.infer import predictions_table
+from fusion_core.store.datasets import fixed_list_to_array, predictions_schema
+from fusion_core.stages.infer import predictions_table
 
 CLASSES = ["cat", "dog", "bird", "fish"]
 

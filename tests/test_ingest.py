@@ -1,4 +1,4 @@
-"""Tests for the one-pass ingest task (fusion_core.ingest), no Ray. Decoding is tested in test_decode.py."""
+"""Tests for the one-pass ingest task (fusion_core.stages.ingest), no Ray. Decoding is tested in test_decode.py."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from PIL import Image
 
 from conftest import encode_image, gradient_rgb, random_rgb, rgba_with_hole
 from fusion_core.config import IngestConfig
-from fusion_core.datasets import IMAGES_SCHEMA, unpack_mask
-from fusion_core.decode import decode_image
-from fusion_core.ingest import id_keys, ingest_chunk, later_duplicates, split_for
-from fusion_core.sources import iter_items
+from fusion_core.store.datasets import IMAGES_SCHEMA, unpack_mask
+from fusion_core.data.decode import decode_image
+from fusion_core.stages.ingest import id_keys, ingest_chunk, later_duplicates, split_for
+from fusion_core.data.sources import iter_items
 
 MAX = 10_000_000
 
@@ -163,7 +163,7 @@ def test_ingest_chunk_is_deterministic_and_skips_known_ids(chunk_files):
 
 
 def test_ingest_chunk_asks_the_catalog_in_bounded_batches(tmp_path, monkeypatch):
-    import fusion_core.ingest as ingest
+    import fusion_core.stages.ingest as ingest
 
     monkeypatch.setattr(ingest, "LOOKUP_ITEMS", 3)
     src = tmp_path / "src" / "cat"

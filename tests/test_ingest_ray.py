@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from fusion_core.config import load_settings
-from fusion_core.datasets import read_shards, unpack_mask
-from fusion_core.fsck import check_store
-from fusion_core.ingest import ingest_source, split_for
+from fusion_core.store.datasets import read_shards, unpack_mask
+from fusion_core.tools.fsck import check_store
+from fusion_core.stages.ingest import ingest_source, split_for
 from fusion_core.store import Store
 
 pytestmark = pytest.mark.ray
@@ -152,7 +152,7 @@ def test_archive_cifar_and_manifest_sources(tmp_path, png):
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     from fusion_core.config import load_settings
-    from fusion_core.ingest import ingest_source
+    from fusion_core.stages.ingest import ingest_source
     from fusion_core.store import Store
 
     root, source, address, mode = sys.argv[1:5]

@@ -8,10 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-LIGHT_MODULES = ["config", "uri", "store", "datasets", "derive", "registry", "ingest", "sources", "decode",
-                 "progress", "ray_runtime", "preprocess", "impute", "corrupt", "evaluate", "train", "train_loop",
-                 "infer", "clustering", "cluster", "runs", "formatting", "demo_data", "report", "recipes", "errors",
-                 "inputs", "doctor", "drift", "scoring"]
+LIGHT_MODULES = ["config", "recipes", "uri", "errors", "formatting", "progress", "ray_runtime", "demo_data",
+                 "store", "store.datasets", "data.derive", "data.sources", "data.decode", "data.runs",
+                 "learning.registry", "learning.evaluate", "learning.train_loop", "learning.clustering",
+                 "learning.scoring", "imaging.impute", "imaging.corrupt",
+                 "stages.ingest", "stages.preprocess", "stages.drift", "stages.train", "stages.infer",
+                 "stages.cluster", "stages.report", "tools.inputs", "tools.doctor"]
 
 SCRIPT = """
 import importlib, json, sys

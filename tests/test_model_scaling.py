@@ -13,7 +13,7 @@ def _scaling(model):
 
 
 def test_first_layer_standardizes_with_dataset_stats_and_survives_save(tmp_path):
-    from fusion_core.model import build_model, load_model
+    from fusion_core.learning.model import build_model, load_model
 
     norm = {"mean": [100.0, 50.0, 200.0], "std": [10.0, 5.0, 20.0]}
     model = build_model("seed_cnn", (32, 32, 3), 4, norm=norm)

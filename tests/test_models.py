@@ -9,7 +9,7 @@ pytestmark = pytest.mark.tf
 @pytest.mark.parametrize("name", ["seed_cnn", "resnet", "attention", "fast_cnn", "airbench"])
 @pytest.mark.parametrize("recipe", ["seed", "best"])
 def test_model_builds_trains_and_round_trips(name, recipe, tmp_path):
-    from fusion_core.model import build_model, embedding_model, load_model
+    from fusion_core.learning.model import build_model, embedding_model, load_model
     from fusion_core.recipes import RECIPES
 
     model = build_model(name, (32, 32, 1), 7, recipe=RECIPES[recipe], steps_per_epoch=4)
@@ -25,7 +25,7 @@ def test_model_builds_trains_and_round_trips(name, recipe, tmp_path):
 
 
 def test_seed_cnn_is_exactly_the_seed_architecture():
-    from fusion_core.model import build_model
+    from fusion_core.learning.model import build_model
 
     model = build_model("seed_cnn", (32, 32, 3), 10)
     convs = [(lay.filters, lay.kernel_size) for lay in model.layers if lay.__class__.__name__ == "Conv2D"]
@@ -35,7 +35,7 @@ def test_seed_cnn_is_exactly_the_seed_architecture():
 
 
 def test_warmup_cosine_schedule():
-    from fusion_core.model import WarmupCosine
+    from fusion_core.learning.model import WarmupCosine
 
     schedule = WarmupCosine(0.1, warmup_steps=10, total_steps=110)
     assert float(schedule(0)) == 0.0 and float(schedule(5)) == pytest.approx(0.05)
@@ -44,7 +44,7 @@ def test_warmup_cosine_schedule():
 
 
 def test_label_smoothing_loss():
-    from fusion_core.model import SparseCrossEntropy
+    from fusion_core.learning.model import SparseCrossEntropy
 
     probs = np.array([[0.7, 0.2, 0.1]], dtype="float32")
     plain = float(SparseCrossEntropy()(np.array([0]), probs))
@@ -57,7 +57,7 @@ def test_precision_policy_follows_the_hardware(monkeypatch):
     import builtins
     import io
 
-    from fusion_core.train_loop import precision_policy
+    from fusion_core.learning.train_loop import precision_policy
 
     real_open = builtins.open
 
@@ -74,9 +74,9 @@ def test_precision_policy_follows_the_hardware(monkeypatch):
 def test_a_bfloat16_checkpoint_is_published_as_float32(tmp_path):
     import tf_keras
 
-    from fusion_core.model import build_model, load_model, published_model
+    from fusion_core.learning.model import build_model, load_model, published_model
     from fusion_core.recipes import RECIPES
-    from fusion_core.train import _float32_copy
+    from fusion_core.stages.train import _float32_copy
 
     tf_keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
@@ -93,7 +93,7 @@ def test_a_bfloat16_checkpoint_is_published_as_float32(tmp_path):
 
 
 def test_augmentation_shifts_and_flips_in_training_only():
-    from fusion_core.model import _augmentation
+    from fusion_core.learning.model import _augmentation
 
     x = np.random.default_rng(0).integers(1, 255, (16, 32, 32, 3)).astype(np.float32)
     augment = _augmentation((32, 32, 3))

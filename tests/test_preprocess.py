@@ -1,4 +1,4 @@
-"""Tests for the pure parts of fusion_core.preprocess (no Ray)."""
+"""Tests for the pure parts of fusion_core.stages.preprocess (no Ray)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from fusion_core.config import IngestConfig, PreprocessConfig
-from fusion_core.datasets import pixels_to_array, shape_of
-from fusion_core.impute import CHOICES
-from fusion_core.ingest import ingest_chunk
-from fusion_core.preprocess import (channel_stats, pixel_sums, preprocess_batch, preprocess_shard, resize_images,
+from fusion_core.store.datasets import pixels_to_array, shape_of
+from fusion_core.imaging.impute import CHOICES
+from fusion_core.stages.ingest import ingest_chunk
+from fusion_core.stages.preprocess import (channel_stats, pixel_sums, preprocess_batch, preprocess_shard, resize_images,
                                     set_channels)
 
 

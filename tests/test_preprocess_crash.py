@@ -15,9 +15,9 @@ import pyarrow as pa
 import pytest
 
 from fusion_core.config import load_settings
-from fusion_core.corrupt import corrupt_random
-from fusion_core.datasets import IMAGES_SCHEMA, write_shard
-from fusion_core.fsck import check_store
+from fusion_core.imaging.corrupt import corrupt_random
+from fusion_core.store.datasets import IMAGES_SCHEMA, write_shard
+from fusion_core.tools.fsck import check_store
 from fusion_core.store import Store
 
 pytestmark = pytest.mark.ray
@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 CHILD = """
 import sys
 from fusion_core.config import load_settings
-from fusion_core.preprocess import preprocess_dataset
+from fusion_core.stages.preprocess import preprocess_dataset
 from fusion_core.store import Store
 settings = load_settings(None, {"store.root": sys.argv[1], "ray.num_cpus": 1, "ray.node_ip_address": "127.0.0.2",
                                 "preprocess.impute_method": "biharmonic"})
@@ -62,7 +62,7 @@ def _pixel_files(root: str) -> dict[str, bytes]:
 
 
 def _run(root: str) -> dict:
-    from fusion_core.preprocess import preprocess_dataset
+    from fusion_core.stages.preprocess import preprocess_dataset
 
     settings = load_settings(None, {"store.root": root, "preprocess.impute_method": "biharmonic"})
     store = Store.from_settings(settings)

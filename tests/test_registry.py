@@ -1,4 +1,4 @@
-"""The model registry (fusion_core.registry): promotion and rollback policy, publishing on a real SQLite store.
+"""The model registry (fusion_core.learning.registry): promotion and rollback policy, publishing on a real SQLite store.
 
 No TensorFlow: the "model file" is a few bytes, which publishing copies without reading.
 """
@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fusion_core.evaluate import paired_test
-from fusion_core.registry import (CLASSES_FILE, MODEL_FILE, promote_if_better, promotion_decision, publish_model,
+from fusion_core.learning.evaluate import paired_test
+from fusion_core.learning.registry import (CLASSES_FILE, MODEL_FILE, promote_if_better, promotion_decision, publish_model,
                                   read_classes, register_model, rollback_version)
 from fusion_core.store import Store
 

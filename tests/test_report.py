@@ -14,8 +14,8 @@ import pyarrow as pa
 import pytest
 
 from conftest import skip_or_fail
-from fusion_core.report import page, plots, write_report
-from fusion_core.datasets import IMAGES_SCHEMA, array_to_fixed_list, array_to_pixels, pixels_schema, write_shard
+from fusion_core.stages.report import page, plots, write_report
+from fusion_core.store.datasets import IMAGES_SCHEMA, array_to_fixed_list, array_to_pixels, pixels_schema, write_shard
 from fusion_core.store import Store
 
 PNG = b"\x89PNG\r\n\x1a\n"

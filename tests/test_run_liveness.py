@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fusion_core.runs import StageResult, record_stage
+from fusion_core.data.runs import StageResult, record_stage
 from fusion_core.store import Store, StoreBusyError
 from fusion_core.store.tables import runs
 

@@ -4,7 +4,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from fusion_core.runs import code_version
+from fusion_core.data.runs import code_version
 
 
 def test_code_version_is_the_release_and_the_git_commit():

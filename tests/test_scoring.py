@@ -1,4 +1,4 @@
-"""Which models can score which pixels (fusion_core.scoring.mismatch), and inference refusing a model
+"""Which models can score which pixels (fusion_core.learning.scoring.mismatch), and inference refusing a model
 that cannot (no TensorFlow: the published "model" is a few bytes, never loaded)."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from fusion_core.datasets import array_to_pixels, pixels_schema, write_shard
-from fusion_core.registry import register_model
-from fusion_core.scoring import mismatch
+from fusion_core.store.datasets import array_to_pixels, pixels_schema, write_shard
+from fusion_core.learning.registry import register_model
+from fusion_core.learning.scoring import mismatch
 from fusion_core.store import Store
 
 
@@ -37,7 +37,7 @@ def _pixels(store: Store, labels: list[str], shape=(4, 4, 3)) -> int:
     (["cat", "dog"], (4, 4, 1), "it takes 4x4x3 images, these pixels are 4x4x1"),
 ])
 def test_inference_refuses_a_model_that_does_not_fit_the_pixels(tmp_path, labels, shape, says, settings):
-    from fusion_core.infer import infer_dataset
+    from fusion_core.stages.infer import infer_dataset
 
     store = Store(str(tmp_path / "store"))
     trained_on = _pixels(store, ["cat", "dog"])

@@ -1,4 +1,4 @@
-"""Source kinds (fusion_core.sources), each built as a real file or folder in tmp_path; no Ray."""
+"""Source kinds (fusion_core.data.sources), each built as a real file or folder in tmp_path; no Ray."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from fusion_core.config import IngestConfig
-from fusion_core.decode import decode_image
-from fusion_core.ingest import ingest_chunk
-from fusion_core.sources import iter_items, read_bytes, source_kind
-from fusion_core.sources.safe_pickle import load_pickle
+from fusion_core.data.decode import decode_image
+from fusion_core.stages.ingest import ingest_chunk
+from fusion_core.data.sources import iter_items, read_bytes, source_kind
+from fusion_core.data.sources.safe_pickle import load_pickle
 
 MAX = 10_000_000
 
@@ -314,7 +314,7 @@ def test_manifest_with_labels_and_mask_column(tmp_path, fmt, png):
     assert items[1][1] is None and items[1][3] is None
     result = ingest_chunk(str(tmp_path / "store"), items, IngestConfig())
     rows = pq.read_table(tmp_path / "store" / result["shards"][0]["path"]).to_pylist()
-    from fusion_core.datasets import unpack_mask
+    from fusion_core.store.datasets import unpack_mask
 
     np.testing.assert_array_equal(unpack_mask(rows[0]["mask"], 3, 4), mask > 0)
     assert rows[1]["mask"] is None

@@ -1,4 +1,4 @@
-"""Tests for fusion_core.store (SQLite catalog under a temporary folder) and fusion_core.runs."""
+"""Tests for fusion_core.store (SQLite catalog under a temporary folder) and fusion_core.data.runs."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from flows.terminal import describe_run
-from fusion_core.runs import StageResult, record_stage
+from fusion_core.data.runs import StageResult, record_stage
 from fusion_core.store import Store, new_run_id, tables, to_json
 from fusion_core.store.migrations import migrate
 

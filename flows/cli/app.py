@@ -49,7 +49,7 @@ RunOpt = typer.Option("latest", "--run", help="run id, or latest: the newest wit
 
 def _print_version(value: bool) -> None:
     if value:
-        from fusion_core.runs import code_version
+        from fusion_core.data.runs import code_version
 
         typer.echo(f"fusion {code_version()}")
         raise typer.Exit()

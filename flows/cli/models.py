@@ -58,7 +58,7 @@ def _change_champion(catalog: Store, action: str, version: int | None, force: bo
     """``promote V`` or ``rollback [V]``, by the registry's policy; a refusal ends the command."""
     import getpass
 
-    from fusion_core.registry import PromotionRefused, change_champion
+    from fusion_core.learning.registry import PromotionRefused, change_champion
 
     train = settings_for(config, store, sets)[0].train
     try:
@@ -74,7 +74,7 @@ def _change_champion(catalog: Store, action: str, version: int | None, force: bo
 
 def _compare_models(catalog: Store, a: int, b: int, pixels_version: int | None) -> None:
     """Both models scored on the same holdout, overall and per class, with McNemar's test."""
-    from fusion_core.scoring import compare_models
+    from fusion_core.learning.scoring import compare_models
 
     model_a, model_b = catalog.get_model(a), catalog.get_model(b)
     try:

@@ -143,8 +143,8 @@ def images(label: Optional[str] = typer.Option(None, "--label", help="only this 
     """
     import itertools
 
-    from fusion_core.browse import list_images
-    from fusion_core.inputs import input_version
+    from fusion_core.tools.browse import list_images
+    from fusion_core.tools.inputs import input_version
 
     check_format(fmt)
     catalog = open_store(config, store, sets)
@@ -177,8 +177,8 @@ def export(out: Path = typer.Argument(..., help="a new or empty folder"), run: s
 
     Example: fusion export ./by-label --run latest, or fusion export ./by-cluster --run latest --by cluster
     """
-    from fusion_core.browse import GROUPS, export_tree
-    from fusion_core.inputs import input_version
+    from fusion_core.tools.browse import GROUPS, export_tree
+    from fusion_core.tools.inputs import input_version
 
     if by not in GROUPS:
         fail(f"fusion export: --by {by!r}; choose {' or '.join(GROUPS)}")

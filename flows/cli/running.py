@@ -18,7 +18,7 @@ from flows.terminal import describe_run
 from fusion_core import uri
 from fusion_core.config import Settings
 from fusion_core.errors import one_line
-from fusion_core.inputs import STAGE_INPUTS, check_inputs
+from fusion_core.tools.inputs import STAGE_INPUTS, check_inputs
 from fusion_core.store import Store, StoreBusyError, StoreNotFoundError, StoreReadOnlyError
 
 NIGHTLY_CRON = "0 2 * * *"
@@ -210,7 +210,7 @@ def doctor(config: Optional[str] = ConfigOpt, store: Optional[str] = StoreOpt, s
 
     from prefect.settings import get_current_settings
 
-    from fusion_core.doctor import FAIL, WARN, run_checks, summary
+    from fusion_core.tools.doctor import FAIL, WARN, run_checks, summary
 
     if fmt not in ("text", "json"):
         fail(f"fusion doctor: unknown --format {fmt!r}; choose text or json")

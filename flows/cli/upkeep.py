@@ -16,7 +16,7 @@ def gc(keep: int = typer.Option(..., "--keep", min=1, help="how many of the newe
 
     Example: fusion gc --keep 30 --dry-run
     """
-    from fusion_core.retention import collect_garbage
+    from fusion_core.tools.retention import collect_garbage
 
     removed = collect_garbage(open_store(config, store, sets), keep, dry_run=dry_run)
     typer.echo(("would remove: " if dry_run else "removed: ")
@@ -37,8 +37,8 @@ def fsck(repair: bool = typer.Option(False, "--repair", help="move orphan files 
 
     Example: fusion fsck --store ./store && fusion fsck --store ./store --repair
     """
-    from fusion_core.fsck import LOST_FOUND, check_store
-    from fusion_core.fsck import empty_lost_found as empty
+    from fusion_core.tools.fsck import LOST_FOUND, check_store
+    from fusion_core.tools.fsck import empty_lost_found as empty
 
     catalog = open_store(config, store, sets)
     if empty_lost_found:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fusion_core.fsck import check_store
+from fusion_core.tools.fsck import check_store
 from fusion_core.store import Store
 
 FUSION = str(Path(sys.executable).with_name("fusion"))

@@ -137,7 +137,7 @@ def test_train_flow(trained, stage_store):
     assert model["metrics"]["n"] == result["counts"]["holdout_images"] > 0
     assert model["path"].endswith("model.keras")
     assert 0.0 <= model["metrics"]["ece"] <= 1.0 and model["config"]["code_version"].startswith("0.")
-    from fusion_core.train_loop import precision_policy
+    from fusion_core.learning.train_loop import precision_policy
 
     assert {h["policy"] for h in model["metrics"]["history"]} == {precision_policy(True)}
     assert all(h["seconds"] > 0 for h in model["metrics"]["history"])
@@ -157,8 +157,8 @@ def test_infer_flow(inferred, stage_store):
 
 
 def test_inference_in_process_matches_the_actor_pool(inferred, preprocessed, trained, stage_store):
-    from fusion_core.infer import _write_in_process
-    from fusion_core.registry import read_classes
+    from fusion_core.stages.infer import _write_in_process
+    from fusion_core.learning.registry import read_classes
 
     store = Store(stage_store)
     pixels = store.get_version("pixels", preprocessed["outputs"]["version"])
@@ -362,8 +362,8 @@ def test_an_ingest_between_a_nightly_runs_stages_does_not_change_its_inputs(demo
     own stages returned. The run preprocesses to grayscale (one nightly run serves both checks): its model
     takes one channel."""
     from fusion_core.config import load_settings
-    from fusion_core.ingest import ingest_source
-    from fusion_core.preprocess import preprocess_dataset
+    from fusion_core.stages.ingest import ingest_source
+    from fusion_core.stages.preprocess import preprocess_dataset
     from fusion_core.store import StoreBusyError
 
     overrides = {**_overrides(str(tmp_path / "store")), "preprocess.grayscale": True}
@@ -394,7 +394,7 @@ def test_an_ingest_between_a_nightly_runs_stages_does_not_change_its_inputs(demo
     clusters = store.get_version("clusters", result["cluster"]["outputs"]["version"])
     assert clusters["info"]["predictions_version"] == predictions["version"] and clusters["num_rows"] == IMAGES
 
-    from fusion_core.model import load_model
+    from fusion_core.learning.model import load_model
 
     assert result["preprocess"]["outputs"]["shape"] == [32, 32, 1]
     assert load_model(result["train"]["outputs"]["model_path"]).input_shape == (None, 32, 32, 1)

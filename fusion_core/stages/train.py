@@ -1,0 +1,200 @@
+"""Train: the ``pixels`` dataset -> a registered model version, evaluated on the holdout.
+
+Follows Ray Train's example shape: ``train_loop_per_worker(config)`` (``fusion_core.learning.train_loop``) runs on
+every worker under ``MultiWorkerMirroredStrategy`` (when there are several); ``train_model`` is the
+driver. Each worker reads its own shard of the Ray dataset; the driver never
+loads the training data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+
+from fusion_core import uri
+
+from fusion_core.learning import registry
+from fusion_core.config import Settings
+from fusion_core.store.datasets import shard_files
+from fusion_core.data.derive import derivation_key, derive_model
+from fusion_core.recipes import Recipe
+from fusion_core.learning.registry import MODEL_FILE
+from fusion_core.data.runs import StageResult, code_version
+from fusion_core.learning.feed import epoch_steps, whitening_filters
+from fusion_core.learning.scoring import (class_names, comparison_rows, count_labelled, evaluate_against, labelled_rows,
+                                 load_scorer, training_sample)
+from fusion_core.store import Store
+from fusion_core.learning.train_loop import STATE_FILE, train_loop_per_worker, train_run_name
+
+log = logging.getLogger(__name__)
+
+
+def train_model(settings: Settings, store: Store, pixels_version: int, run_id: str,
+                drift_flags: list[str] | None = None) -> StageResult:
+    """Train on ``pixels`` version ``pixels_version``, evaluate on its test split, register and maybe promote.
+
+    Args:
+        drift_flags: the drift checks this run flagged (None: not checked). With ``train.retrain:
+            on_drift`` a run that checked and flagged none keeps the champion without training; with
+            ``drift.action: block_promotion`` a flagged run does not promote.
+
+    Skips training when a model already exists for the same data and training config (unless
+    ``train.retrain`` is ``always``).
+    """
+    cfg = settings.train
+    pixels = store.require_version("pixels", pixels_version)
+    champion = store.champion()
+    if cfg.retrain == "on_drift" and drift_flags == [] and champion is not None:
+        log.info("train: no drift flagged: champion v%d kept, not retrained", champion["version"])
+        return _result(store, champion, trained=False, promotion="no drift flagged: champion kept, not retrained")
+    blocked = (f"drift flagged ({', '.join(drift_flags)}) blocks promotion"
+               if drift_flags and settings.drift.action == "block_promotion" else None)
+    key = derivation_key("pixels", pixels["version"], settings.section_hash("train"))
+    promotion = []
+
+    def build() -> dict:
+        from fusion_core.ray_runtime import ensure_ray
+
+        # The trainer's driver side runs in a Ray task that takes no CPU (the workers need them), so that
+        # this process never imports TensorFlow.
+        ray = ensure_ray(settings)
+        fit = ray.remote(_fit_and_register_in_task).options(num_cpus=0)
+        # The code version is the driver's: the task may run on a node that got Fusion through runtime_env.
+        model = ray.get(fit.remote(settings, store.reopen_args(), pixels, key, run_id, code_version()))
+        promotion.append(registry.promote_if_better(store, model["version"], cfg.promote_margin, cfg.promote_alpha,
+                                                    blocked))
+        log.info("train: model v%d %s", model["version"], promotion[0])
+        return model
+
+    model, reused = derive_model(store, key, build, reuse=cfg.retrain != "always")
+    return _result(store, store.get_model(model["version"]), trained=not reused,
+                   promotion=promotion[0] if promotion else "reused: trained earlier on the same data and settings")
+
+
+def _fit_and_register_in_task(settings: Settings, store_args: tuple[str, str], pixels: dict, key: str,
+                              run_id: str, code: str) -> dict:
+    return _fit_and_register(settings, Store(*store_args), pixels, key, run_id, code)
+
+
+def _fit_and_register(settings: Settings, store: Store, pixels: dict, key: str, run_id: str, code: str) -> dict:
+    """Fit with Ray Train, publish the best checkpoint in float32, evaluate it and register it."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.tensorflow import TensorflowTrainer
+
+    from fusion_core.ray_runtime import ensure_ray, remove_leftover_placement_groups
+    from fusion_core.learning.tf_backend import TensorflowBackendConfig
+
+    cfg = settings.train
+    ray = ensure_ray(settings)
+    remove_leftover_placement_groups()
+    paths = [s["path"] for s in pixels["shards"]]
+    classes = class_names(store, paths)
+    shape = tuple(pixels["info"]["shape"])
+    norm = pixels["info"]["stats"] if pixels["info"].get("scale") == "standardize" else None
+    started = time.perf_counter()
+    fs, files = shard_files(store.root, paths)
+    source = ray.data.read_parquet(files, filesystem=fs, columns=["pixels", "label", "split"])
+    # No global shuffle: blocks in a random order, and each worker shuffles its share every epoch.
+    datasets = {split: source.map_batches(labelled_rows, batch_format="pyarrow", batch_size=4096,
+                                          fn_kwargs={"classes": classes, "split": split})
+                for split in ("train", "val")}
+    datasets["train"] = datasets["train"].randomize_block_order(seed=cfg.seed)
+    if not spare_cpus(ray, cfg):  # Ray Data's tasks need a CPU the workers do not hold; else they read as
+        datasets = {split: data.materialize() for split, data in datasets.items()}  # the workers start
+    recipe = cfg.resolved_recipe()
+    champion = store.champion()
+    init_from = _warm_start(cfg.init, champion, recipe.model, classes, shape)
+    workers = cfg.num_workers
+    # Linear scaling: N workers train with N x the batch at N x the rate, or split one global batch.
+    batch = recipe.batch_size if recipe.scale_with_workers else max(1, recipe.batch_size // workers)
+    rate = recipe.learning_rate * (workers if recipe.scale_with_workers else 1)
+    # Ray Train gives every worker the same number of rows.
+    steps_per_epoch = epoch_steps(count_labelled(store, paths, "train") // workers, batch)
+    whitening = None
+    if recipe.model == "airbench" and recipe.whitening and not init_from:
+        whitening = whitening_filters(training_sample(store, paths, classes, shape), norm).tolist()
+    checkpoints_fs, checkpoints = uri.filesystem(store.path("checkpoints"))  # the store's endpoint, on every worker
+    trainer = TensorflowTrainer(
+        train_loop_per_worker,
+        tensorflow_config=TensorflowBackendConfig(),  # Ray Train's controller then never imports TensorFlow
+        train_loop_config={"recipe": recipe.as_dict(), "shape": list(shape), "classes": classes,
+                           "learning_rate": rate, "seed": cfg.seed, "mixed_precision": cfg.mixed_precision,
+                           "norm": norm, "batch_size_per_worker": batch, "steps_per_epoch": steps_per_epoch,
+                           "jit_compile": cfg.jit_compile, "cache_data": cfg.cache_data,
+                           "init_from": init_from and init_from["path"], "whitening": whitening},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker=cfg.resources_per_worker,
+                                     placement_strategy=cfg.placement_strategy),
+        run_config=RunConfig(name=train_run_name(key, run_id, cfg.retrain), storage_path=checkpoints,
+                             storage_filesystem=checkpoints_fs,
+                             checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_accuracy",
+                                                                checkpoint_score_order="max"),
+                             failure_config=FailureConfig(max_failures=cfg.max_failures)),
+        datasets=datasets,
+    )
+    log.info("train: %s on %d worker(s), %d epochs max, batch %d per worker, learning rate %g",
+             recipe.model, workers, recipe.epochs, batch, rate)
+    result = trainer.fit()
+    log.info("train: trained in %.0f s (from the stage's start)", time.perf_counter() - started)
+    with result.checkpoint.as_directory() as last:
+        with open(os.path.join(last, STATE_FILE)) as fh:
+            history = json.load(fh)["history"]
+    best = result.get_best_checkpoint(metric="val_accuracy", mode="max") or result.checkpoint
+    with best.as_directory() as ckpt, tempfile.TemporaryDirectory() as tmp:
+        model = _float32_copy(os.path.join(ckpt, MODEL_FILE), recipe, shape, classes, norm)
+        metrics = evaluate_against(store, model, champion, paths, classes, shape)
+        model_file = registry.save_model_file(model, tmp)
+        return registry.register_model(
+            store, model_file, classes, run_id=run_id, name=recipe.model, key=key, dataset_version=pixels["version"],
+            metrics={**metrics, "history": history},
+            config={**cfg.model_dump(), "resolved_recipe": recipe.as_dict(), "code_version": code,
+                    "input_shape": list(shape),
+                    "initialised_from": f"champion v{init_from['version']}" if init_from else "scratch"})
+
+
+def spare_cpus(ray, cfg) -> bool:
+    """Whether the cluster has a CPU left over when the training workers hold theirs."""
+    per_worker = (cfg.resources_per_worker or {}).get("CPU", 1)
+    return ray.cluster_resources().get("CPU", 0) - cfg.num_workers * per_worker >= 1
+
+
+def _warm_start(init: str, champion: dict | None, model_name: str, classes: list[str],
+                shape: tuple[int, int, int]) -> dict | None:
+    """The champion to start from with ``train.init: champion`` when it has this run's architecture,
+    classes and input shape; None (train from scratch) otherwise."""
+    if init != "champion" or champion is None:
+        return None
+    problem = f"it is a {champion['name']}" if champion["name"] != model_name else load_scorer(
+        champion, classes, shape)[1]
+    if problem:
+        log.info("train: starting from scratch, not from champion v%d: %s", champion["version"], problem)
+        return None
+    log.info("train: starting from champion v%d's weights", champion["version"])
+    return champion
+
+
+def _float32_copy(path: str, recipe: Recipe, shape: tuple[int, int, int], classes: list[str], norm: dict | None):
+    """The checkpoint's model rebuilt in float32, so that it runs on any machine whatever policy trained it,
+    with the recipe's test-time augmentation."""
+    from fusion_core.learning.model import build_model, load_model, published_model
+
+    model = build_model(recipe.model, shape, len(classes), norm=norm, recipe=recipe)
+    model.set_weights(load_model(path, compile=False).get_weights())
+    return published_model(model, recipe)
+
+
+def _result(store: Store, model: dict, trained: bool, promotion: str) -> StageResult:
+    m = model["metrics"]
+    champ = store.champion()
+    return StageResult(
+        "train",
+        counts={"trained": int(trained), "reused": int(not trained), "holdout_images": m["n"]},
+        metrics={k: m[k] for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "ece") if k in m},
+        outputs={"model_version": model["version"], "model_path": model["path"], "stage": model["stage"],
+                 "promotion": promotion, "champion_version": champ["version"] if champ else None,
+                 "comparison": comparison_rows(m)},
+    )
+
