@@ -45,15 +45,15 @@ def main() -> None:
     import numpy as np
     from sklearn.cluster import KMeans
 
-    from fusion_core.learning import registry
-    from fusion_core.stages.cluster import cluster_predictions
-    from fusion_core.learning.clustering import cluster_embeddings, cluster_quality, kmeans, normalize_rows
     from fusion_core.config import load_settings
-    from fusion_core.store.datasets import fixed_list_to_array, pixels_to_array, read_shards, shape_of
+    from fusion_core.learning import registry
+    from fusion_core.learning.clustering import cluster_embeddings, cluster_quality, kmeans, normalize_rows
+    from fusion_core.stages.cluster import cluster_predictions
     from fusion_core.stages.infer import infer_dataset
     from fusion_core.stages.ingest import ingest_source
     from fusion_core.stages.preprocess import preprocess_dataset
     from fusion_core.store import Store
+    from fusion_core.store.datasets import fixed_list_to_array, pixels_to_array, read_shards, shape_of
 
     workdir = Path(tempfile.mkdtemp(prefix="fusion-bench-cluster-"))
     settings = load_settings(None, {"store.root": str(workdir / "store"), "cluster.k": 10,

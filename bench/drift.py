@@ -88,8 +88,8 @@ def main() -> None:
     from fusion_core.stages.drift import check_drift
     from fusion_core.stages.ingest import ingest_source
     from fusion_core.stages.preprocess import preprocess_dataset
-    from fusion_core.store import Store
     from fusion_core.stages.train import train_model
+    from fusion_core.store import Store
 
     trials = {kind: [] for kind in KINDS}
     champions = []

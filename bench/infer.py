@@ -53,8 +53,8 @@ def random_pixels(store, n: int, classes: list[str]) -> int:
 def measure(settings, store, pixels_version: int, model_version: int, batch_size: int, run_id: str) -> dict:
     """Fusion's infer stage, then plain ``model.predict`` over the same pixels in memory."""
     from fusion_core.learning import registry
-    from fusion_core.store.datasets import pixels_to_array, read_shards
     from fusion_core.stages.infer import infer_dataset
+    from fusion_core.store.datasets import pixels_to_array, read_shards
 
     pixels = store.require_version("pixels", pixels_version)
     started = time.perf_counter()
@@ -83,10 +83,10 @@ def main() -> None:
     context = run_context()
     os.environ.setdefault("FUSION_RAY__NODE_IP_ADDRESS", "127.0.0.2")
 
-    from fusion_core.learning import registry
     from fusion_core.config import load_settings
-    from fusion_core.stages.ingest import ingest_source
+    from fusion_core.learning import registry
     from fusion_core.learning.model import build_model
+    from fusion_core.stages.ingest import ingest_source
     from fusion_core.stages.preprocess import preprocess_dataset
     from fusion_core.store import Store
 

@@ -170,8 +170,8 @@ def main() -> None:
     import ray
 
     from fusion_core.config import load_settings
-    from fusion_core.stages.ingest import ingest_source
     from fusion_core.ray_runtime import ensure_ray
+    from fusion_core.stages.ingest import ingest_source
     from fusion_core.store import Store
 
     work = Path(tempfile.mkdtemp(prefix="fusion-bench-ingest-"))

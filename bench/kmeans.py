@@ -49,8 +49,8 @@ def main() -> None:
 
     from sklearn.cluster import MiniBatchKMeans
 
-    from fusion_core.learning.clustering import contingency, fit_clusters, label_scores, normalize_rows
     from fusion_core.config import ClusterConfig
+    from fusion_core.learning.clustering import contingency, fit_clusters, label_scores, normalize_rows
 
     x, labels = embeddings(args.images, args.dim, args.noise)
     x = normalize_rows(x).astype(np.float32)

@@ -55,8 +55,8 @@ def main() -> None:
     from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as profiler_plugin
 
     from fusion_core.learning.model import build_model
-    from fusion_core.recipes import RECIPES
     from fusion_core.learning.train_loop import precision_policy
+    from fusion_core.recipes import RECIPES
 
     policy = precision_policy(True)
     tf_keras.mixed_precision.set_global_policy(policy)

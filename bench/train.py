@@ -62,8 +62,8 @@ TTA_NAMES = {0: "none (not 6)", 1: "image + mirror (not 6)", 2: "6"}
 
 def arrays(store, pixels: dict) -> tuple[dict, dict, dict, list, tuple, dict | None]:
     """train, val, test {"x", "y"} of a pixels dataset in memory, its classes, shape and norm."""
-    from fusion_core.store.datasets import read_shards
     from fusion_core.learning.scoring import class_names, to_xy
+    from fusion_core.store.datasets import read_shards
 
     paths = [s["path"] for s in pixels["shards"]]
     shape, classes = tuple(pixels["info"]["shape"]), class_names(store, paths)
@@ -158,8 +158,8 @@ def ablation(store, pixels: dict, epochs: int, policy: str) -> list[dict]:
     from fusion_core.learning.airbench import set_whitening
     from fusion_core.learning.feed import epoch_batches, epoch_steps, whitening_filters
     from fusion_core.learning.model import build_model, published_model
-    from fusion_core.recipes import RECIPES
     from fusion_core.learning.train_loop import batch_dataset, recipe_callbacks
+    from fusion_core.recipes import RECIPES
 
     train, _, test, classes, shape, norm = arrays(store, pixels)
     tf_keras.mixed_precision.set_global_policy(policy)
@@ -240,9 +240,9 @@ def main() -> None:
     os.environ.setdefault("FUSION_RAY__NODE_IP_ADDRESS", "127.0.0.2")
 
     from fusion_core.config import load_settings
+    from fusion_core.learning.train_loop import precision_policy
     from fusion_core.recipes import RECIPES
     from fusion_core.store import Store
-    from fusion_core.learning.train_loop import precision_policy
 
     for split in ("train", "test"):
         cifar_folder(args.data / split, split)

@@ -100,8 +100,8 @@ def one_seed(seed: int, work: Path, today: Path, args) -> dict:
     from fusion_core.config import load_settings
     from fusion_core.stages.ingest import ingest_source
     from fusion_core.stages.preprocess import preprocess_dataset
-    from fusion_core.store import Store
     from fusion_core.stages.train import train_model
+    from fusion_core.store import Store
 
     base = {"store.root": str(work / f"store-{seed}"), "train.recipe": args.recipe, "train.epochs": args.epochs,
             "train.num_workers": 1, "ingest.val_fraction": 0.1, "train.seed": seed}

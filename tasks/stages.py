@@ -18,14 +18,14 @@ from prefect.cache_policies import NONE
 from prefect.states import Completed, State
 from prefect.task_engine import TaskRunTimeoutError
 
-from fusion_core.stages.cluster import cluster_predictions
 from fusion_core.config import OrchestrationConfig, Settings, load_settings
-from fusion_core.errors import is_transient
-from fusion_core.stages.ingest import ingest_source
-from fusion_core.tools.inputs import infer_model_version as _model_version, input_version as _version
-from fusion_core.stages.preprocess import preprocess_dataset
 from fusion_core.data.runs import StageResult, record_stage
+from fusion_core.errors import is_transient
+from fusion_core.stages.cluster import cluster_predictions
+from fusion_core.stages.ingest import ingest_source
+from fusion_core.stages.preprocess import preprocess_dataset
 from fusion_core.store import Store
+from fusion_core.tools.inputs import infer_model_version as _model_version, input_version as _version
 
 Overrides = dict[str, Any] | None
 # How a stage's state message names a result it reused ("reused pixels v3"): stage -> (name, output key).

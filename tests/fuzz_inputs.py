@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from fusion_core.config import IngestConfig
-from fusion_core.stages.ingest import ingest_chunk
 from fusion_core.data.sources import iter_items
+from fusion_core.stages.ingest import ingest_chunk
 
 IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG", "gif": "GIF", "bmp": "BMP", "tif": "TIFF", "webp": "WEBP"}
 FORMATS = (*IMAGE_FORMATS, "tar", "tar.gz", "zip", "cifar", "csv", "parquet")

@@ -11,10 +11,10 @@ import pytest
 from prefect.client.schemas.objects import FlowRun
 from prefect.states import Failed
 
-import flows.artifacts as artifacts
 from flows.artifacts import ProgressArtifacts, artifact_key, report_link, stage_markdown
 from flows.nightly import nightly_flow
 from flows.notify import notify_failure
+import flows.artifacts as artifacts
 
 INGEST = {"stage": "ingest", "counts": {"files": 4, "new_images": 3, "already_stored": 0, "quarantined": 1,
                                         "quarantine_reasons": {"truncated": 1}},

@@ -17,8 +17,8 @@ import pytest
 
 from conftest import _png, random_rgb, rgba_with_hole
 from fusion_core.config import IngestConfig
-from fusion_core.stages.ingest import ingest_chunk
 from fusion_core.data.sources import iter_items
+from fusion_core.stages.ingest import ingest_chunk
 from fusion_core.store import Store
 
 FUSION = str(Path(sys.executable).with_name("fusion"))

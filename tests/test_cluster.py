@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fusion_core.learning.clustering import (NOISE, choose_k, cluster_accuracy, cluster_embeddings, cluster_quality, kmeans,
-                                 normalize_rows, reduce_dimensions, summarize_clusters)
 from fusion_core.config import ClusterConfig
+from fusion_core.learning.clustering import (NOISE, choose_k, cluster_accuracy, cluster_embeddings, cluster_quality,
+                                             kmeans, normalize_rows, reduce_dimensions, summarize_clusters)
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from fusion_core.stages.cluster import cluster_predictions
 from fusion_core.config import load_settings
-from fusion_core.store.datasets import array_to_fixed_list, predictions_schema, write_shard
+from fusion_core.stages.cluster import cluster_predictions
 from fusion_core.store import Store
+from fusion_core.store.datasets import array_to_fixed_list, predictions_schema, write_shard
 
 NAMES = ["a", "b", "c"]
 

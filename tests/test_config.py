@@ -70,7 +70,7 @@ def _literal_values(annotation) -> tuple:
 
 
 def _model_names_without_tensorflow() -> tuple[str, ...]:
-    """``fusion_core.learning.model.MODELS``, read from the source: importing fusion_core.learning.model imports TensorFlow,
+    """``fusion_core.learning.model.MODELS``, read from the source: importing that module imports TensorFlow,
     which this fast test must not load, so the ``MODELS = (...)`` tuple is parsed with ``ast`` instead."""
     path = Path(importlib.util.find_spec("fusion_core.learning.model").origin)  # finds the file without importing it
     for node in ast.parse(path.read_text()).body:

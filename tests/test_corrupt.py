@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fusion_core.imaging.corrupt import (PATTERNS, corrupt_blocks, corrupt_lines, corrupt_pattern, corrupt_random,
-                                 corrupt_salt_pepper)
+                                         corrupt_salt_pepper)
 
 
 def test_corrupt_random_fraction_and_reproducible():

@@ -10,23 +10,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from fusion_core.store.datasets import (
-    IMAGES_SCHEMA,
-    SCHEMA_VERSION,
-    array_to_fixed_list,
-    array_to_pixels,
-    fixed_list_to_array,
-    pack_mask,
-    pixels_schema,
-    pixels_to_array,
-    predictions_schema,
-    read_shards,
-    shape_of,
-    shard_checksum,
-    shard_files,
-    unpack_mask,
-    write_shard,
-)
+from fusion_core.store.datasets import (IMAGES_SCHEMA, SCHEMA_VERSION, array_to_fixed_list, array_to_pixels,
+                                        fixed_list_to_array, pack_mask, pixels_schema, pixels_to_array,
+                                        predictions_schema, read_shards, shape_of, shard_checksum, shard_files,
+                                        unpack_mask, write_shard)
 
 
 def _table(start: int, n: int) -> pa.Table:

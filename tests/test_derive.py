@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from fusion_core.store.datasets import read_shards, write_shard
 from fusion_core.data.derive import derivation_key, derive_dataset, derive_model
 from fusion_core.store import Store
+from fusion_core.store.datasets import read_shards, write_shard
 
 
 def test_derivation_key_joins_its_parts():

@@ -14,11 +14,11 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from fusion_core.tools import doctor
 from fusion_core.config import load_settings
-from fusion_core.tools.doctor import FAIL, PASS, WARN
 from fusion_core.store import Store
 from fusion_core.store.tables import SCHEMA_VERSION, meta
+from fusion_core.tools import doctor
+from fusion_core.tools.doctor import FAIL, PASS, WARN
 
 FUSION = str(Path(sys.executable).with_name("fusion"))
 

@@ -97,8 +97,8 @@ def test_drift_is_flagged_for_a_new_class_mix_of_darker_images_not_for_a_no_chan
     from fusion_core.stages.drift import check_drift
     from fusion_core.stages.ingest import ingest_source
     from fusion_core.stages.preprocess import preprocess_dataset
-    from fusion_core.store import Store
     from fusion_core.stages.train import train_model
+    from fusion_core.store import Store
 
     # alpha 0.001: a quiet night raises a false alarm about that often (the tests' p-values are uniform when
     # nothing changed), while the injected drift below is far stronger.

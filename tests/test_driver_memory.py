@@ -11,8 +11,8 @@ import pyarrow as pa
 import pytest
 
 from fusion_core.config import load_settings
-from fusion_core.store.datasets import array_to_pixels, pixels_schema, write_shard
 from fusion_core.store import Store
+from fusion_core.store.datasets import array_to_pixels, pixels_schema, write_shard
 
 pytestmark = [pytest.mark.ray, pytest.mark.tf]
 
@@ -60,8 +60,8 @@ def model(tmp_path_factory):
 
 
 def test_inference_holds_a_batch_not_the_collection(tmp_path, model, monkeypatch):
-    from fusion_core.stages import infer
     from fusion_core.learning.registry import register_model
+    from fusion_core.stages import infer
     from fusion_core.store import results
 
     monkeypatch.setattr(results, "CHUNK_ROWS", 500)  # SQL rows go in small chunks, so they do not mask growth
@@ -123,9 +123,9 @@ def test_ingest_does_not_load_the_catalogs_known_images(tmp_path, demo_source, r
 
 def test_an_inference_that_died_before_its_commit_leaves_no_orphans(tmp_path, model, monkeypatch):
     """Found by the kill trials: shards named at random stayed behind when the driver died mid-stage."""
+    from fusion_core.learning.registry import register_model
     from fusion_core.stages import infer
     from fusion_core.tools.fsck import check_store
-    from fusion_core.learning.registry import register_model
 
     root = str(tmp_path / "store")
     pixels = _pixels(root, 2500)

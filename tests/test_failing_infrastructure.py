@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from conftest import postgres_database, skip_or_fail
-from fusion_core.tools.fsck import check_store
 from fusion_core.store import Store
+from fusion_core.tools.fsck import check_store
 
 REPO = Path(__file__).resolve().parent.parent
 FUSION = str(Path(sys.executable).with_name("fusion"))

@@ -14,12 +14,12 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
-from fusion_core.store.datasets import IMAGES_SCHEMA, array_to_pixels, pixels_schema, write_shard
-from fusion_core.tools.fsck import check_store
-from fusion_core.learning.registry import publish_model
 from fusion_core.data.runs import StageResult, record_stage
+from fusion_core.learning.registry import publish_model
 from fusion_core.store import Store
+from fusion_core.store.datasets import IMAGES_SCHEMA, array_to_pixels, pixels_schema, write_shard
 from fusion_core.store.tables import dataset_shards
+from fusion_core.tools.fsck import check_store
 
 ROWS = 6
 

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fuzz_inputs import CONFIG, FORMATS, IMAGE_FORMATS, layout, mutate, run_case, seed
-from fusion_core.stages.ingest import ingest_chunk
 from fusion_core.data.sources import iter_items
+from fusion_core.stages.ingest import ingest_chunk
 
 EDIT = st.tuples(st.sampled_from(["flip", "flip", "insert", "cut"]), st.integers(0, 4096),
                  st.binary(min_size=1, max_size=16))

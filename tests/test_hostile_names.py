@@ -12,10 +12,10 @@ import pytest
 
 from flows.terminal import table_lines
 from fusion_core.config import IngestConfig
+from fusion_core.data.sources import iter_items
 from fusion_core.stages.ingest import ingest_chunk
 from fusion_core.stages.report.page import html_table
 from fusion_core.stages.report.plots import plot_confusion_matrix, plot_embedding_map
-from fusion_core.data.sources import iter_items
 from fusion_core.store import Store
 
 HOSTILE = [

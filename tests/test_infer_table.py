@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fusion_core.store.datasets import fixed_list_to_array, predictions_schema
 from fusion_core.stages.infer import predictions_table
+from fusion_core.store.datasets import fixed_list_to_array, predictions_schema
 
 CLASSES = ["cat", "dog", "bird", "fish"]
 

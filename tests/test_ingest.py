@@ -13,10 +13,10 @@ from PIL import Image
 
 from conftest import encode_image, gradient_rgb, random_rgb, rgba_with_hole
 from fusion_core.config import IngestConfig
-from fusion_core.store.datasets import IMAGES_SCHEMA, unpack_mask
 from fusion_core.data.decode import decode_image
-from fusion_core.stages.ingest import id_keys, ingest_chunk, later_duplicates, split_for
 from fusion_core.data.sources import iter_items
+from fusion_core.stages.ingest import id_keys, ingest_chunk, later_duplicates, split_for
+from fusion_core.store.datasets import IMAGES_SCHEMA, unpack_mask
 
 MAX = 10_000_000
 

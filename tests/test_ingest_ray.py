@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from fusion_core.config import load_settings
-from fusion_core.store.datasets import read_shards, unpack_mask
-from fusion_core.tools.fsck import check_store
 from fusion_core.stages.ingest import ingest_source, split_for
 from fusion_core.store import Store
+from fusion_core.store.datasets import read_shards, unpack_mask
+from fusion_core.tools.fsck import check_store
 
 pytestmark = pytest.mark.ray
 

@@ -8,11 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from fusion_core.config import IngestConfig, PreprocessConfig
-from fusion_core.store.datasets import pixels_to_array, shape_of
 from fusion_core.imaging.impute import CHOICES
 from fusion_core.stages.ingest import ingest_chunk
 from fusion_core.stages.preprocess import (channel_stats, pixel_sums, preprocess_batch, preprocess_shard, resize_images,
-                                    set_channels)
+                                           set_channels)
+from fusion_core.store.datasets import pixels_to_array, shape_of
 
 
 def _blocky(n, h, w, c, block, seed=0):

@@ -16,9 +16,9 @@ import pytest
 
 from fusion_core.config import load_settings
 from fusion_core.imaging.corrupt import corrupt_random
+from fusion_core.store import Store
 from fusion_core.store.datasets import IMAGES_SCHEMA, write_shard
 from fusion_core.tools.fsck import check_store
-from fusion_core.store import Store
 
 pytestmark = pytest.mark.ray
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from fusion_core.learning.evaluate import paired_test
-from fusion_core.learning.registry import (CLASSES_FILE, MODEL_FILE, promote_if_better, promotion_decision, publish_model,
-                                  read_classes, register_model, rollback_version)
+from fusion_core.learning.registry import (CLASSES_FILE, MODEL_FILE, promote_if_better, promotion_decision,
+                                           publish_model, read_classes, register_model, rollback_version)
 from fusion_core.store import Store
 
 CLASSES = ["cat", "dog", "bird"]

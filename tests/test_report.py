@@ -15,8 +15,8 @@ import pytest
 
 from conftest import skip_or_fail
 from fusion_core.stages.report import page, plots, write_report
-from fusion_core.store.datasets import IMAGES_SCHEMA, array_to_fixed_list, array_to_pixels, pixels_schema, write_shard
 from fusion_core.store import Store
+from fusion_core.store.datasets import IMAGES_SCHEMA, array_to_fixed_list, array_to_pixels, pixels_schema, write_shard
 
 PNG = b"\x89PNG\r\n\x1a\n"
 CLASSES = ["circle", "square", "stripes"]

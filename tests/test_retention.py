@@ -10,11 +10,11 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 
-from fusion_core.store.datasets import array_to_fixed_list, predictions_schema, write_shard
 from fusion_core.data.publish import current_folder, publish_current, published_version
-from fusion_core.tools.retention import collect_garbage
 from fusion_core.data.runs import StageResult, record_stage
 from fusion_core.store import Store
+from fusion_core.store.datasets import array_to_fixed_list, predictions_schema, write_shard
+from fusion_core.tools.retention import collect_garbage
 
 IMAGES = 40
 

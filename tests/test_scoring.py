@@ -6,10 +6,10 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from fusion_core.store.datasets import array_to_pixels, pixels_schema, write_shard
 from fusion_core.learning.registry import register_model
 from fusion_core.learning.scoring import mismatch
 from fusion_core.store import Store
+from fusion_core.store.datasets import array_to_pixels, pixels_schema, write_shard
 
 
 def test_mismatch_names_the_shapes_or_the_unknown_classes():

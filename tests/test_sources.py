@@ -17,9 +17,9 @@ import pytest
 
 from fusion_core.config import IngestConfig
 from fusion_core.data.decode import decode_image
-from fusion_core.stages.ingest import ingest_chunk
 from fusion_core.data.sources import iter_items, read_bytes, source_kind
 from fusion_core.data.sources.safe_pickle import load_pickle
+from fusion_core.stages.ingest import ingest_chunk
 
 MAX = 10_000_000
 

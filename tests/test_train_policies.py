@@ -10,9 +10,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from fusion_core.store.datasets import array_to_pixels, pixels_schema
 from fusion_core.learning.scoring import to_xy
 from fusion_core.learning.train_loop import should_stop_early, train_run_name
+from fusion_core.store.datasets import array_to_pixels, pixels_schema
 
 
 def _history(val_accuracies) -> list[dict]:
@@ -100,9 +100,9 @@ def test_run_name_follows_the_key_unless_retraining_is_forced():
 def test_on_drift_keeps_the_champion_when_the_drift_check_flagged_nothing(tmp_path):
     """No Ray and no TensorFlow are started: the stage returns before training."""
     from fusion_core.config import load_settings
-    from fusion_core.store.datasets import write_shard
-    from fusion_core.store import Store
     from fusion_core.stages.train import train_model
+    from fusion_core.store import Store
+    from fusion_core.store.datasets import write_shard
 
     settings = load_settings("smoke", {"store.root": str(tmp_path / "store"), "train.retrain": "on_drift"})
     store = Store.from_settings(settings)

@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from flows.cli.app import (ConfigOpt, FormatOpt, LimitOpt, RunOpt, SetOpt, StoreOpt, check_format, complete_run,
-                           fail, find_run, open_store)
+from flows.cli.app import (ConfigOpt, FormatOpt, LimitOpt, RunOpt, SetOpt, StoreOpt, check_format, complete_run, fail,
+                           find_run, open_store)
 from flows.terminal import TABLE_ROWS, as_json, describe_run, export_rows, render, table_lines
 from fusion_core.store import Store
 

@@ -18,8 +18,8 @@ from flows.terminal import describe_run
 from fusion_core import uri
 from fusion_core.config import Settings
 from fusion_core.errors import one_line
-from fusion_core.tools.inputs import STAGE_INPUTS, check_inputs
 from fusion_core.store import Store, StoreBusyError, StoreNotFoundError, StoreReadOnlyError
+from fusion_core.tools.inputs import STAGE_INPUTS, check_inputs
 
 NIGHTLY_CRON = "0 2 * * *"
 NO_RAY = ("cluster", "report")  # the flows that run in this process alone

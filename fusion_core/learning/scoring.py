@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fusion_core.learning import registry
-from fusion_core.store.datasets import pixels_to_array, read_shard
 from fusion_core.learning.evaluate import calibration_error, classification_metrics, paired_test
 from fusion_core.store import Store
+from fusion_core.store.datasets import pixels_to_array, read_shard
 
 
 def labelled_rows(batch: pa.Table, classes: list[str], split: str) -> pa.Table:

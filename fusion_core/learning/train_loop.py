@@ -13,9 +13,9 @@ import time
 import numpy as np
 
 from fusion_core import uri
-from fusion_core.recipes import Recipe
 from fusion_core.learning.registry import MODEL_FILE
 from fusion_core.learning.scoring import xy_arrays
+from fusion_core.recipes import Recipe
 
 SHUFFLE_ROWS = 10_000  # rows in each worker's shuffle buffer
 STATE_FILE = "state.json"  # {"history": [per-epoch metrics]}, beside each checkpoint's model

@@ -14,14 +14,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fusion_core.learning.clustering import (NOISE, Clusters, Tally, cluster_embeddings, cluster_quality, contingency_of,
-                                    fit_clusters, label_scores, summarize_clusters)
 from fusion_core.config import ClusterConfig, Settings
-from fusion_core.store.datasets import fixed_list_to_array, iter_rows, read_shard, read_shards, write_shard
 from fusion_core.data.derive import derivation_key, derive_dataset
 from fusion_core.data.publish import publish_current
 from fusion_core.data.runs import StageResult
+from fusion_core.learning.clustering import (NOISE, Clusters, Tally, cluster_embeddings, cluster_quality,
+                                             contingency_of, fit_clusters, label_scores, summarize_clusters)
 from fusion_core.store import Store
+from fusion_core.store.datasets import fixed_list_to_array, iter_rows, read_shard, read_shards, write_shard
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ import numpy as np
 import pyarrow.compute as pc
 
 from fusion_core.config import DriftConfig, Settings
-from fusion_core.store.datasets import images_shard_stem, pixels_to_array, read_shard
 from fusion_core.data.runs import StageResult
 from fusion_core.store import Store
+from fusion_core.store.datasets import images_shard_stem, pixels_to_array, read_shard
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +176,8 @@ def model_checks(model_path: str, reference: np.ndarray, new: np.ndarray, n_clas
 
     from fusion_core.learning import registry
     from fusion_core.learning.clustering import kmeans, normalize_rows
-    from fusion_core.learning.scoring import predict_with_embeddings
     from fusion_core.learning.model import embedding_model
+    from fusion_core.learning.scoring import predict_with_embeddings
 
     model = embedding_model(registry.load_published(model_path, compile=False))
     (ref_probs, ref_emb), (new_probs, new_emb) = (predict_with_embeddings(model, x, 256) for x in (reference, new))

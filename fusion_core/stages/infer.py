@@ -14,15 +14,15 @@ from collections.abc import Iterator
 import numpy as np
 import pyarrow as pa
 
-from fusion_core.learning import registry
 from fusion_core.config import Settings
-from fusion_core.store.datasets import (array_to_fixed_list, iter_rows, iter_shard_batches, pixels_to_array,
-                                  predictions_schema, shard_files, write_shard)
 from fusion_core.data.derive import derivation_key, derive_dataset
 from fusion_core.data.publish import publish_current
 from fusion_core.data.runs import StageResult
+from fusion_core.learning import registry
 from fusion_core.learning.scoring import labels_of, mismatch, predict_with_embeddings
 from fusion_core.store import Store
+from fusion_core.store.datasets import (array_to_fixed_list, iter_rows, iter_shard_batches, pixels_to_array,
+                                        predictions_schema, shard_files, write_shard)
 
 log = logging.getLogger(__name__)
 

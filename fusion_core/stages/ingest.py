@@ -23,12 +23,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fusion_core.config import IngestConfig, Settings
-from fusion_core.store.datasets import IMAGES_SCHEMA, delete_shard, pack_mask, read_shard, read_shards, write_shard
 from fusion_core.data.decode import QuarantineError, decode_image
-from fusion_core.progress import Progress
 from fusion_core.data.runs import StageResult
 from fusion_core.data.sources import Item, iter_items, quarantine_row, read_bytes
+from fusion_core.progress import Progress
 from fusion_core.store import Store
+from fusion_core.store.datasets import IMAGES_SCHEMA, delete_shard, pack_mask, read_shard, read_shards, write_shard
 
 log = logging.getLogger(__name__)
 

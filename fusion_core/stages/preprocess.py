@@ -22,12 +22,12 @@ from PIL import Image
 
 from fusion_core import uri
 from fusion_core.config import PreprocessConfig, Settings
-from fusion_core.store.datasets import (array_to_pixels, pixels_schema, pixels_to_array, read_shards, shape_of, shard_rows,
-                                  unpack_mask, write_shard)
 from fusion_core.data.derive import derivation_key, derive_dataset
-from fusion_core.imaging.impute import impute, methods_used
 from fusion_core.data.runs import StageResult
+from fusion_core.imaging.impute import impute, methods_used
 from fusion_core.store import Store
+from fusion_core.store.datasets import (array_to_pixels, pixels_schema, pixels_to_array, read_shards, shape_of,
+                                        shard_rows, unpack_mask, write_shard)
 
 log = logging.getLogger(__name__)
 

@@ -15,19 +15,18 @@ import tempfile
 import time
 
 from fusion_core import uri
-
-from fusion_core.learning import registry
 from fusion_core.config import Settings
-from fusion_core.store.datasets import shard_files
 from fusion_core.data.derive import derivation_key, derive_model
-from fusion_core.recipes import Recipe
-from fusion_core.learning.registry import MODEL_FILE
 from fusion_core.data.runs import StageResult, code_version
+from fusion_core.learning import registry
 from fusion_core.learning.feed import epoch_steps, whitening_filters
+from fusion_core.learning.registry import MODEL_FILE
 from fusion_core.learning.scoring import (class_names, comparison_rows, count_labelled, evaluate_against, labelled_rows,
-                                 load_scorer, training_sample)
-from fusion_core.store import Store
+                                          load_scorer, training_sample)
 from fusion_core.learning.train_loop import STATE_FILE, train_loop_per_worker, train_run_name
+from fusion_core.recipes import Recipe
+from fusion_core.store import Store
+from fusion_core.store.datasets import shard_files
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +83,8 @@ def _fit_and_register(settings: Settings, store: Store, pixels: dict, key: str, 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
-    from fusion_core.ray_runtime import ensure_ray, remove_leftover_placement_groups
     from fusion_core.learning.tf_backend import TensorflowBackendConfig
+    from fusion_core.ray_runtime import ensure_ray, remove_leftover_placement_groups
 
     cfg = settings.train
     ray = ensure_ray(settings)

@@ -6,8 +6,7 @@ import sqlalchemy as sa
 
 from fusion_core import uri
 from fusion_core.store.tables import (PATH_OUTPUTS, SCHEMA_VERSION, cluster_assignments, cluster_summaries,
-                                      dataset_shards, meta,
-                                      metadata, models, predictions, quarantine, run_stages, runs)
+                                      dataset_shards, meta, metadata, models, predictions, quarantine, run_stages, runs)
 
 
 def _add_lookup_indexes(conn) -> None:

@@ -7,11 +7,10 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import sqlalchemy as sa
 
-from fusion_core.store.datasets import shard_checksum
 from fusion_core.store.common import insert_new, now, retrying
+from fusion_core.store.datasets import shard_checksum
 from fusion_core.store.results import RESULT_TABLES
-from fusion_core.store.tables import (dataset_shards, dataset_versions, image_sources, metadata, models,
-                                      quarantine)
+from fusion_core.store.tables import dataset_shards, dataset_versions, image_sources, metadata, models, quarantine
 
 
 class VersionCatalog:

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from fusion_core import uri
-from fusion_core.store.datasets import iter_shard_batches
 from fusion_core.store import Store
+from fusion_core.store.datasets import iter_shard_batches
 from fusion_core.store.results import path_matches
 
 BATCH_ROWS = 500  # images read, and looked up in the catalog, at a time

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import pyarrow.parquet as pq
 
 from fusion_core import uri
-from fusion_core.store.datasets import IMAGES_SCHEMA, pixels_schema, shard_checksum
 from fusion_core.data.publish import CURRENT, VERSION_FILE
 from fusion_core.store import Store
+from fusion_core.store.datasets import IMAGES_SCHEMA, pixels_schema, shard_checksum
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import logging
 
 from fusion_core import uri
 from fusion_core.data.publish import published_version
-from fusion_core.store import Store
 from fusion_core.learning.train_loop import train_run_name
+from fusion_core.store import Store
 
 log = logging.getLogger(__name__)
 

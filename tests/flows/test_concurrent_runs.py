@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fusion_core.tools.fsck import check_store
 from fusion_core.store import Store
+from fusion_core.tools.fsck import check_store
 
 FUSION = str(Path(sys.executable).with_name("fusion"))
 IMAGES = 120  # the smoke demo source's valid images

@@ -14,7 +14,6 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import flows.nightly as nightly
 from flows.cli import app
 from flows.cluster import cluster_flow
 from flows.infer import infer_flow
@@ -24,6 +23,7 @@ from flows.preprocess import preprocess_flow
 from flows.train import train_flow
 from fusion_core.demo_data import generate_demo_images
 from fusion_core.store import Store
+import flows.nightly as nightly
 
 pytestmark = [pytest.mark.ray, pytest.mark.tf, pytest.mark.prefect]
 
@@ -157,8 +157,8 @@ def test_infer_flow(inferred, stage_store):
 
 
 def test_inference_in_process_matches_the_actor_pool(inferred, preprocessed, trained, stage_store):
-    from fusion_core.stages.infer import _write_in_process
     from fusion_core.learning.registry import read_classes
+    from fusion_core.stages.infer import _write_in_process
 
     store = Store(stage_store)
     pixels = store.get_version("pixels", preprocessed["outputs"]["version"])

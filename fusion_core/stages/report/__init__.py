@@ -18,9 +18,9 @@ import logging
 
 from fusion_core import uri
 from fusion_core.config import Settings
+from fusion_core.data.runs import StageResult
 from fusion_core.stages.report import sections
 from fusion_core.stages.report.page import render_report
-from fusion_core.data.runs import StageResult
 from fusion_core.store import Store
 
 log = logging.getLogger(__name__)

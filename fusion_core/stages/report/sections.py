@@ -14,12 +14,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fusion_core.store.datasets import fixed_list_to_array, pixels_to_array, read_shard, shape_of, unpack_mask
-from fusion_core.stages.report.page import html_image, html_table
 from fusion_core.learning.scoring import comparison_rows
+from fusion_core.stages.report.page import html_image, html_table
 from fusion_core.stages.report.plots import (pca_2d, plot_cluster_montage, plot_confusion_matrix, plot_embedding_map,
-                                      plot_imputation_examples, plot_training_curves)
+                                             plot_imputation_examples, plot_training_curves)
 from fusion_core.store import Store
+from fusion_core.store.datasets import fixed_list_to_array, pixels_to_array, read_shard, shape_of, unpack_mask
 
 IMPUTATION_EXAMPLES = 6
 MAP_POINTS = 5000

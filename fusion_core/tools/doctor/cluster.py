@@ -108,8 +108,8 @@ def fusion_identity() -> dict:
     """
     import hashlib
 
-    import fusion_core
     from fusion_core.data.runs import code_version
+    import fusion_core
 
     package, digest = Path(fusion_core.__file__).parent, hashlib.sha256()
     for path in sorted(package.rglob("*.py")):

@@ -13,8 +13,8 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from fusion_core import uri
-from fusion_core.tools.doctor.check import FAIL, INSTALL_HINT, PACKAGES, PASS, WARN, Check, one_line
 from fusion_core.store.tables import SCHEMA_VERSION, meta
+from fusion_core.tools.doctor.check import FAIL, INSTALL_HINT, PACKAGES, PASS, WARN, Check, one_line
 
 
 def versions() -> list[Check]:
