@@ -19,6 +19,7 @@ from fusion_core.store import Store
 from fusion_core.store.tables import SCHEMA_VERSION, meta
 from fusion_core.tools import doctor
 from fusion_core.tools.doctor import FAIL, PASS, WARN
+from fusion_core.tools.doctor.cluster import fusion_identity, ray_resources
 
 FUSION = str(Path(sys.executable).with_name("fusion"))
 
@@ -111,17 +112,17 @@ def test_workers_judged_on_fusion_code_tensorflow_and_gpus():
 def test_fusion_identity_is_the_version_and_a_hash_of_the_code():
     from fusion_core.data.runs import code_version
 
-    identity = doctor.fusion_identity()
+    identity = fusion_identity()
     assert identity["fusion"] == code_version() and len(identity["code"]) == 12
-    assert doctor.fusion_identity() == identity
+    assert fusion_identity() == identity
 
 
 def test_ray_resources_warn_when_training_workers_do_not_fit():
     settings = load_settings(None, {"train.num_workers": 4})
-    assert doctor.ray_resources(1, {"CPU": 8.0}, settings).status == PASS
-    short = doctor.ray_resources(1, {"CPU": 2.0}, settings)
+    assert ray_resources(1, {"CPU": 8.0}, settings).status == PASS
+    short = ray_resources(1, {"CPU": 2.0}, settings)
     assert short.status == WARN and "needs 4 CPU" in short.detail
-    gpus = doctor.ray_resources(2, {"CPU": 8.0}, load_settings(None, {"train.use_gpu": True}))
+    gpus = ray_resources(2, {"CPU": 8.0}, load_settings(None, {"train.use_gpu": True}))
     assert gpus.status == WARN and "GPU" in gpus.detail
 
 
