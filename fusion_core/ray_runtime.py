@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
+from fusion_core import uri
 from fusion_core.config import Settings
 from fusion_core.progress import Progress
 
@@ -38,7 +39,7 @@ def ensure_ray(settings: Settings):
         context = ray.init(num_cpus=settings.ray.num_cpus, dashboard_host="127.0.0.1", **kwargs)
     url = getattr(context, "dashboard_url", None)
     if url:
-        _dashboard["url"] = url if "://" in url else f"http://{url}"
+        _dashboard["url"] = url if uri.is_uri(url) else f"http://{url}"
         log.info("Ray dashboard: %s", _dashboard["url"])
     return ray
 

@@ -30,6 +30,11 @@ def is_uri(path: str) -> bool:
     return "://" in path
 
 
+def without_scheme(path: str) -> str:
+    """``path`` without its ``scheme://``, if it has one."""
+    return path.split("://", 1)[-1]
+
+
 _LOCAL = pafs.LocalFileSystem()
 
 

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from fusion_core import uri
 from fusion_core.store.results import CHUNK_ROWS, batched
 
 LOOKUP_CHUNK = 500  # ids per IN (...) lookup
@@ -49,7 +50,7 @@ def redact(value: Any) -> Any:
         return {k: redact(v) for k, v in value.items()}
     if isinstance(value, list):
         return [redact(v) for v in value]
-    if isinstance(value, str) and "://" in value and "@" in value:
+    if isinstance(value, str) and uri.is_uri(value) and "@" in value:
         try:
             return sa.engine.make_url(value).render_as_string(hide_password=True)
         except sa.exc.ArgumentError:

@@ -7,6 +7,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+from fusion_core import uri
 from fusion_core.config import Settings
 from fusion_core.tools.doctor.check import FAIL, INSTALL_HINT, PASS, WARN, WORKER_TIMEOUT_S, Check, one_line
 
@@ -46,7 +47,7 @@ def ray_checks(settings: Settings) -> Iterator[Check]:
 
 def _unreachable(address: str) -> str | None:
     """Why ``host:port`` (or ``ray://host:port``) takes no TCP connection, or None (also for ``auto``)."""
-    host, sep, port = address.split("://")[-1].rpartition(":")
+    host, sep, port = uri.without_scheme(address).rpartition(":")
     if not sep or not port.isdigit():
         return None
     try:
@@ -60,7 +61,7 @@ def _token_refused(address: str) -> Exception | None:
     """The cluster's refusal of this process's token (at once; ``ray.init`` retries before it gives up)."""
     from ray.exceptions import AuthenticationError
 
-    if "://" in address or ":" not in address:
+    if uri.is_uri(address) or ":" not in address:
         return None
     try:
         from ray._raylet import GcsClient  # what ray.init uses to reach the head
