@@ -103,14 +103,14 @@ def main() -> None:
             store = Store.from_settings(settings)
             images = ingest_source(settings, store, str(source), run).outputs["version"]
             pixels = preprocess_dataset(settings, store, images, run).outputs["version"]
-            return check_drift(settings, store, pixels, run).as_dict()
+            return check_drift(settings, store, pixels, run, store.champion_version()).as_dict()
 
         for b in range(args.bases):
             generate_demo_images(work / f"yesterday-{b}", per_class=args.base_per_class, seed=b, corrupt=0)
             night(work / f"base-{b}", work / f"yesterday-{b}", "yesterday")
             settings = load_settings(None, {**base, "store.root": str(work / f"base-{b}"), "train.seed": b})
             store = Store.from_settings(settings)
-            champion = train_model(settings, store, store.latest_version("pixels")["version"], "yesterday")
+            champion = train_model(settings, store, store.latest_version("pixels")["version"], "yesterday", None)
             champions.append({"base": b, "seed": b, "accuracy": champion.metrics["accuracy"]})
             print(f"base {b}: champion's holdout accuracy {champion.metrics['accuracy']:.3f}", flush=True)
 

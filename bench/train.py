@@ -103,7 +103,7 @@ def fusion_train(settings, store, pixels_version: int, overrides: dict, run_id: 
 
     settings = settings.model_copy(update={"train": settings.train.model_copy(update=overrides)})
     started = time.perf_counter()
-    result = train_model(settings, store, pixels_version, run_id)
+    result = train_model(settings, store, pixels_version, run_id, store.champion_version())
     seconds = time.perf_counter() - started
     return store.get_model(result.outputs["model_version"]), seconds
 

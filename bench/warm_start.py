@@ -115,7 +115,7 @@ def one_seed(seed: int, work: Path, today: Path, args) -> dict:
     def train(pixels: int, init: str, run_id: str) -> dict:
         started = time.perf_counter()
         outcome = train_model(load_settings(None, {**base, "train.init": init, "train.retrain": "always"}),
-                              store, pixels, run_id)
+                              store, pixels, run_id, store.champion_version())
         model = store.get_model(outcome.outputs["model_version"])
         return {"version": model["version"], "stage_s": round(time.perf_counter() - started, 1),
                 "initialised_from": model["config"]["initialised_from"],

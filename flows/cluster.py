@@ -15,4 +15,4 @@ def cluster_flow(config: str | None = None, overrides: dict[str, Any] | None = N
                  predictions_version: int | None = None, run_id: str | None = None) -> dict:
     """Cluster the embeddings of ``predictions`` version ``predictions_version`` (default: the newest)."""
     return run_stage("cluster", cluster_task, config, overrides, run_id,
-                     {"predictions_version": predictions_version}, predictions_version)
+                     {"predictions_version": predictions_version})

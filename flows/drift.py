@@ -14,6 +14,5 @@ from tasks.stages import drift_task
 def drift_flow(config: str | None = None, overrides: dict[str, Any] | None = None,
                pixels_version: int | None = None, run_id: str | None = None) -> dict:
     """Compare the new images of ``pixels`` version ``pixels_version`` (default: the newest) with the data
-    the champion was trained on."""
-    return run_stage("drift", drift_task, config, overrides, run_id, {"pixels_version": pixels_version},
-                     pixels_version)
+    the champion was trained on (the champion when the run started)."""
+    return run_stage("drift", drift_task, config, overrides, run_id, {"pixels_version": pixels_version})

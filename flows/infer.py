@@ -17,5 +17,4 @@ def infer_flow(config: str | None = None, overrides: dict[str, Any] | None = Non
     """Predict ``pixels`` version ``pixels_version`` (default: the newest) with model ``model_version``
     (default: ``infer.model_version``, else the champion)."""
     return run_stage("infer", infer_task, config, overrides, run_id,
-                     {"pixels_version": pixels_version, "model_version": model_version},
-                     pixels_version, model_version)
+                     {"pixels_version": pixels_version, "model_version": model_version})

@@ -14,4 +14,4 @@ from tasks.stages import ingest_task
 def ingest_flow(source: str, config: str | None = None, overrides: dict[str, Any] | None = None,
                 run_id: str | None = None) -> dict:
     """Ingest every new image under ``source``; joins ``run_id`` when called by the nightly flow."""
-    return run_stage("ingest", ingest_task, config, overrides, run_id, {"source": source}, source)
+    return run_stage("ingest", ingest_task, config, overrides, run_id, {"source": source})

@@ -1,7 +1,9 @@
 """The nightly flow: every stage chained, each as a subflow of one run.
 
 Each stage works on the versions the stage before it returned, so what one run trains, infers and
-clusters is fixed by its own ingest and preprocess, whatever else commits to the store meanwhile.
+clusters is fixed by its own ingest and preprocess, whatever else commits to the store meanwhile; drift
+and train compare with the champion of the run's start, and infer uses the champion train leaves, whatever
+is promoted by hand meanwhile. The stages share the run's settings, parsed once.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def nightly_flow(source: str, config: str | None = None, overrides: dict[str, An
         ``{"run_id": ..., "<stage>": stage result, ...}``.
     """
     with tracked_run("nightly", config, overrides, None, {"source": source}) as run:
-        rid = run["run_id"]
+        rid = run.run_id
         try:
             results = _stages(source, config, overrides, rid)
         except Exception:
@@ -45,8 +47,8 @@ def nightly_flow(source: str, config: str | None = None, overrides: dict[str, An
             raise
         # The report comes last, when the run's outcome is known, and leads with what changed.
         results["report"] = report_flow(config, overrides, run_id=rid, status="completed")
-        run["summary"] = {stage: {k: v for k, v in r.items() if k != "run_id"} for stage, r in results.items()}
-        return {"run_id": rid, **run["summary"]}
+        run.summary = {stage: {k: v for k, v in r.items() if k != "run_id"} for stage, r in results.items()}
+        return {"run_id": rid, **run.summary}
 
 
 def _stages(source: str, config: str | None, overrides: dict[str, Any] | None, rid: str) -> dict:

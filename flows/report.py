@@ -15,4 +15,4 @@ def report_flow(config: str | None = None, overrides: dict[str, Any] | None = No
                 run_id: str | None = None, status: str | None = None) -> dict:
     """Write the HTML report of run ``run_id`` (of this flow's own run when unset); ``status`` is the run's
     outcome when the caller knows it before the catalog does."""
-    return run_stage("report", report_task, config, overrides, run_id, {}, status)
+    return run_stage("report", report_task, config, overrides, run_id, {"status": status})

@@ -19,5 +19,5 @@ def train_flow(config: str | None = None, overrides: dict[str, Any] | None = Non
     ``drift_flags``: what the run's drift check flagged (None: not checked); see ``train.retrain`` and
     ``drift.action``.
     """
-    return run_stage("train", train_task, config, overrides, run_id, {"pixels_version": pixels_version},
-                     pixels_version, drift_flags)
+    return run_stage("train", train_task, config, overrides, run_id,
+                     {"pixels_version": pixels_version, "drift_flags": drift_flags})

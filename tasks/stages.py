@@ -1,25 +1,24 @@
 """Prefect tasks: one thin wrapper per stage, retries set here.
 
-This is the boundary where Prefect's serialisable parameters (a config name, overrides, versions)
-become objects: each task builds the settings and opens the store once, records the stage against
-its run, and calls the stage function with ``(settings, store, inputs)``. An input version left
-unset (a single-stage run) means the newest committed one; the nightly flow always passes the
-versions its earlier stages returned. A task returns a ``Completed`` state holding the stage's result
-(``flows/_run.py`` takes the result from it), so its message can say that a result was reused.
+Each task gets the run's context (``RunContext``: the settings parsed and the store opened once per run,
+and the champion the run started with) and the stage's inputs, records the stage against its run, and
+calls the stage function. An input version left unset (a single-stage run) means the newest committed
+one; the nightly flow always passes the versions its earlier stages returned. A task returns a
+``Completed`` state holding the stage's result (``flows/_run.py`` takes the result from it), so its
+message can say that a result was reused.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NONE
 from prefect.states import Completed, State
 from prefect.task_engine import TaskRunTimeoutError
 
-from fusion_core.config import OrchestrationConfig, Settings, load_settings
-from fusion_core.data.runs import StageResult, record_stage
+from fusion_core.config import OrchestrationConfig, Settings
+from fusion_core.data.runs import RunContext, StageResult, record_stage
 from fusion_core.errors import is_transient
 from fusion_core.stages.cluster import cluster_predictions
 from fusion_core.stages.ingest import ingest_source
@@ -27,8 +26,6 @@ from fusion_core.stages.preprocess import preprocess_dataset
 from fusion_core.store import Store
 from fusion_core.tools.inputs import infer_model_version as _model_version, input_version as _version
 
-Overrides = dict[str, Any] | None
-# How a stage's state message names a result it reused ("reused pixels v3"): stage -> (name, output key).
 REUSED = {"preprocess": ("pixels", "version"), "train": ("model", "model_version"),
           "infer": ("predictions", "version"), "cluster": ("clusters", "version")}
 
@@ -45,12 +42,9 @@ _DELAYS = OrchestrationConfig().retry_delays
 RETRIES = {"retries": len(_DELAYS), "retry_delay_seconds": _DELAYS, "retry_condition_fn": _transient}
 
 
-def _run(stage: str, config: str | None, overrides: Overrides, run_id: str,
-         fn: Callable[[Settings, Store], StageResult]) -> State:
+def _run(stage: str, run: RunContext, fn: Callable[[Settings, Store], StageResult]) -> State:
     """Run and record a stage; the returned state holds its result and says when it reused an earlier one."""
-    settings = load_settings(config, overrides)
-    store = Store.from_settings(settings)
-    result = record_stage(store, run_id, stage, lambda: fn(settings, store))
+    result = record_stage(run.store, run.run_id, stage, lambda: fn(run.settings, run.store))
     return Completed(message=_reuse_message(stage, result), data=result)
 
 
@@ -62,53 +56,52 @@ def _reuse_message(stage: str, result: dict) -> str | None:
 
 
 @task(name="ingest", cache_policy=NONE, **RETRIES)
-def ingest_task(config: str | None, overrides: Overrides, run_id: str, source: str) -> State:
-    return _run("ingest", config, overrides, run_id, lambda s, store: ingest_source(s, store, source, run_id))
+def ingest_task(run: RunContext, source: str) -> State:
+    return _run("ingest", run, lambda s, store: ingest_source(s, store, source, run.run_id))
 
 
 @task(name="preprocess", cache_policy=NONE, **RETRIES)
-def preprocess_task(config: str | None, overrides: Overrides, run_id: str, images_version: int | None) -> State:
-    return _run("preprocess", config, overrides, run_id, lambda s, store: preprocess_dataset(
-        s, store, _version(store, "preprocess", "images", images_version), run_id))
+def preprocess_task(run: RunContext, images_version: int | None) -> State:
+    return _run("preprocess", run, lambda s, store: preprocess_dataset(
+        s, store, _version(store, "preprocess", "images", images_version), run.run_id))
 
 
 @task(name="drift", cache_policy=NONE, **RETRIES)
-def drift_task(config: str | None, overrides: Overrides, run_id: str, pixels_version: int | None) -> State:
+def drift_task(run: RunContext, pixels_version: int | None) -> State:
     from fusion_core.stages.drift import check_drift
 
-    return _run("drift", config, overrides, run_id, lambda s, store: check_drift(
-        s, store, _version(store, "drift", "pixels", pixels_version), run_id))
+    return _run("drift", run, lambda s, store: check_drift(
+        s, store, _version(store, "drift", "pixels", pixels_version), run.run_id, run.champion_version))
 
 
 # Ray Train's FailureConfig recovers from worker failures within an attempt; a retry resumes from the
 # last checkpoint.
 @task(name="train", cache_policy=NONE, **RETRIES)
-def train_task(config: str | None, overrides: Overrides, run_id: str, pixels_version: int | None,
-               drift_flags: list[str] | None = None) -> State:
+def train_task(run: RunContext, pixels_version: int | None, drift_flags: list[str] | None = None) -> State:
     from fusion_core.stages.train import train_model
 
-    return _run("train", config, overrides, run_id, lambda s, store: train_model(
-        s, store, _version(store, "train", "pixels", pixels_version), run_id, drift_flags))
+    return _run("train", run, lambda s, store: train_model(
+        s, store, _version(store, "train", "pixels", pixels_version), run.run_id, run.champion_version,
+        drift_flags))
 
 
 @task(name="infer", cache_policy=NONE, **RETRIES)
-def infer_task(config: str | None, overrides: Overrides, run_id: str, pixels_version: int | None,
-               model_version: int | None) -> State:
+def infer_task(run: RunContext, pixels_version: int | None, model_version: int | None) -> State:
     from fusion_core.stages.infer import infer_dataset
 
-    return _run("infer", config, overrides, run_id, lambda s, store: infer_dataset(
-        s, store, _version(store, "infer", "pixels", pixels_version), _model_version(s, store, model_version),
-        run_id))
+    return _run("infer", run, lambda s, store: infer_dataset(
+        s, store, _version(store, "infer", "pixels", pixels_version),
+        _model_version(s, store, model_version or run.champion_version), run.run_id))
 
 
 @task(name="cluster", cache_policy=NONE, **RETRIES)
-def cluster_task(config: str | None, overrides: Overrides, run_id: str, predictions_version: int | None) -> State:
-    return _run("cluster", config, overrides, run_id, lambda s, store: cluster_predictions(
-        s, store, _version(store, "cluster", "predictions", predictions_version), run_id))
+def cluster_task(run: RunContext, predictions_version: int | None) -> State:
+    return _run("cluster", run, lambda s, store: cluster_predictions(
+        s, store, _version(store, "cluster", "predictions", predictions_version), run.run_id))
 
 
 @task(name="report", cache_policy=NONE, **RETRIES)
-def report_task(config: str | None, overrides: Overrides, run_id: str, status: str | None = None) -> State:
+def report_task(run: RunContext, status: str | None = None) -> State:
     from fusion_core.stages.report import write_report
 
-    return _run("report", config, overrides, run_id, lambda s, store: write_report(s, store, run_id, status))
+    return _run("report", run, lambda s, store: write_report(s, store, run.run_id, status))

@@ -110,12 +110,13 @@ def test_drift_is_flagged_for_a_new_class_mix_of_darker_images_not_for_a_no_chan
         run_id = store.start_run("nightly", {})
         images = ingest_source(settings, store, str(source), run_id).outputs["version"]
         pixels = preprocess_dataset(settings, store, images, run_id).outputs["version"]
-        return check_drift(settings, store, pixels, run_id).as_dict() | {"pixels": pixels, "run_id": run_id}
+        checked = check_drift(settings, store, pixels, run_id, store.champion_version())
+        return checked.as_dict() | {"pixels": pixels, "run_id": run_id}
 
     generate_demo_images(tmp_path / "day1", per_class=40, seed=10, corrupt=0)
     first = night(tmp_path / "day1")
     assert first["outputs"]["checks"] == [] and "no champion yet" in first["outputs"]["note"]
-    train_model(settings, store, first["pixels"], first["run_id"])
+    train_model(settings, store, first["pixels"], first["run_id"], None)
 
     generate_demo_images(tmp_path / "day2", per_class=15, seed=11, corrupt=0)  # the same world, new images
     quiet = night(tmp_path / "day2")

@@ -114,7 +114,7 @@ def test_on_drift_keeps_the_champion_when_the_drift_check_flagged_nothing(tmp_pa
                                   info={"shape": [2, 2, 1]})
     v = store.register_model("r0", "seed_cnn", "m.keras", "k", pixels, {"accuracy": 0.7, "macro_f1": 0.6, "n": 9}, {})
     store.set_champion(v, reason="test")
-    kept = train_model(settings, store, pixels, "r1", drift_flags=[])
+    kept = train_model(settings, store, pixels, "r1", v, drift_flags=[])
     assert kept.counts["trained"] == 0 and kept.outputs["model_version"] == v
     assert kept.outputs["promotion"] == "no drift flagged: champion kept, not retrained"
     assert len(store.list_models()) == 1

@@ -11,6 +11,7 @@ from pathlib import Path
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+from fusion_core.config import Settings
 from fusion_core.store import Store, to_json
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,19 @@ class StageResult:
 
     def as_dict(self) -> dict:
         return to_json(asdict(self))
+
+
+@dataclass
+class RunContext:
+    """What the stages of a run share, resolved once when the run opens: the run's settings and store, and
+    the champion it started with (None: none yet), which drift and train compare with whatever is promoted
+    while the run goes on."""
+
+    run_id: str
+    settings: Settings
+    store: Store
+    champion_version: int | None
+    summary: dict | None = None  # what the run records when it completes
 
 
 @functools.cache

@@ -197,11 +197,13 @@ def model_checks(model_path: str, reference: np.ndarray, new: np.ndarray, n_clas
 
 
 # the stage ------------------------------------------------------------------------------------------
-def check_drift(settings: Settings, store: Store, pixels_version: int, run_id: str) -> StageResult:
-    """Compare the new images of ``pixels`` version ``pixels_version`` with the champion's training data."""
+def check_drift(settings: Settings, store: Store, pixels_version: int, run_id: str,
+                champion_version: int | None) -> StageResult:
+    """Compare the new images of ``pixels`` version ``pixels_version`` with the training data of model
+    ``champion_version`` (the champion the run started with; None: none yet, nothing to compare)."""
     cfg = settings.drift
     pixels = store.require_version("pixels", pixels_version)
-    champion = store.champion()
+    champion = store.get_model(champion_version) if champion_version is not None else None
     reference = store.get_version("pixels", champion["dataset_version"]) if champion else None
     if reference is None:
         why = "no champion yet" if champion is None else f"champion v{champion['version']}'s data is no longer stored"

@@ -31,11 +31,13 @@ from fusion_core.store.datasets import shard_files
 log = logging.getLogger(__name__)
 
 
-def train_model(settings: Settings, store: Store, pixels_version: int, run_id: str,
+def train_model(settings: Settings, store: Store, pixels_version: int, run_id: str, champion_version: int | None,
                 drift_flags: list[str] | None = None) -> StageResult:
     """Train on ``pixels`` version ``pixels_version``, evaluate on its test split, register and maybe promote.
 
     Args:
+        champion_version: the champion the run started with (None: none yet): the model a challenger must
+            beat, and the one a warm start starts from.
         drift_flags: the drift checks this run flagged (None: not checked). With ``train.retrain:
             on_drift`` a run that checked and flagged none keeps the champion without training; with
             ``drift.action: block_promotion`` a flagged run does not promote.
@@ -45,10 +47,11 @@ def train_model(settings: Settings, store: Store, pixels_version: int, run_id: s
     """
     cfg = settings.train
     pixels = store.require_version("pixels", pixels_version)
-    champion = store.champion()
+    champion = store.get_model(champion_version) if champion_version is not None else None
     if cfg.retrain == "on_drift" and drift_flags == [] and champion is not None:
         log.info("train: no drift flagged: champion v%d kept, not retrained", champion["version"])
-        return _result(store, champion, trained=False, promotion="no drift flagged: champion kept, not retrained")
+        return _result(champion, champion_version, trained=False,
+                       promotion="no drift flagged: champion kept, not retrained")
     blocked = (f"drift flagged ({', '.join(drift_flags)}) blocks promotion"
                if drift_flags and settings.drift.action == "block_promotion" else None)
     key = derivation_key("pixels", pixels["version"], settings.section_hash("train"))
@@ -62,23 +65,24 @@ def train_model(settings: Settings, store: Store, pixels_version: int, run_id: s
         ray = ensure_ray(settings)
         fit = ray.remote(_fit_and_register_in_task).options(num_cpus=0)
         # The code version is the driver's: the task may run on a node that got Fusion through runtime_env.
-        model = ray.get(fit.remote(settings, store.reopen_args(), pixels, key, run_id, code_version()))
+        model = ray.get(fit.remote(settings, store.reopen_args(), pixels, champion, key, run_id, code_version()))
         promotion.append(registry.promote_if_better(store, model["version"], cfg.promote_margin, cfg.promote_alpha,
                                                     blocked))
         log.info("train: model v%d %s", model["version"], promotion[0])
         return model
 
     model, reused = derive_model(store, key, build, reuse=cfg.retrain != "always")
-    return _result(store, store.get_model(model["version"]), trained=not reused,
+    return _result(store.get_model(model["version"]), champion_version, trained=not reused,
                    promotion=promotion[0] if promotion else "reused: trained earlier on the same data and settings")
 
 
-def _fit_and_register_in_task(settings: Settings, store_args: tuple[str, str], pixels: dict, key: str,
-                              run_id: str, code: str) -> dict:
-    return _fit_and_register(settings, Store(*store_args), pixels, key, run_id, code)
+def _fit_and_register_in_task(settings: Settings, store_args: tuple[str, str], pixels: dict, champion: dict | None,
+                              key: str, run_id: str, code: str) -> dict:
+    return _fit_and_register(settings, Store(*store_args), pixels, champion, key, run_id, code)
 
 
-def _fit_and_register(settings: Settings, store: Store, pixels: dict, key: str, run_id: str, code: str) -> dict:
+def _fit_and_register(settings: Settings, store: Store, pixels: dict, champion: dict | None, key: str, run_id: str,
+                      code: str) -> dict:
     """Fit with Ray Train, publish the best checkpoint in float32, evaluate it and register it."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
@@ -104,7 +108,6 @@ def _fit_and_register(settings: Settings, store: Store, pixels: dict, key: str, 
     if not spare_cpus(ray, cfg):  # Ray Data's tasks need a CPU the workers do not hold; else they read as
         datasets = {split: data.materialize() for split, data in datasets.items()}  # the workers start
     recipe = cfg.resolved_recipe()
-    champion = store.champion()
     init_from = _warm_start(cfg.init, champion, recipe.model, classes, shape)
     workers = cfg.num_workers
     # Linear scaling: N workers train with N x the batch at N x the rate, or split one global batch.
@@ -185,15 +188,17 @@ def _float32_copy(path: str, recipe: Recipe, shape: tuple[int, int, int], classe
     return published_model(model, recipe)
 
 
-def _result(store: Store, model: dict, trained: bool, promotion: str) -> StageResult:
+def _result(model: dict, champion_version: int | None, trained: bool, promotion: str) -> StageResult:
+    """The stage's result; its ``champion_version`` (what infer uses next) is ``model`` when it is champion,
+    else the champion the run started with."""
     m = model["metrics"]
-    champ = store.champion()
+    champion = model["version"] if model["stage"] == "champion" else champion_version
     return StageResult(
         "train",
         counts={"trained": int(trained), "reused": int(not trained), "holdout_images": m["n"]},
         metrics={k: m[k] for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "ece") if k in m},
         outputs={"model_version": model["version"], "model_path": model["path"], "stage": model["stage"],
-                 "promotion": promotion, "champion_version": champ["version"] if champ else None,
+                 "promotion": promotion, "champion_version": champion,
                  "comparison": comparison_rows(m)},
     )
 

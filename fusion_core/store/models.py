@@ -29,6 +29,10 @@ class ModelCatalog:
                                .order_by(models.c.version.desc()).limit(1)).first()
             return self._model(row)
 
+    def champion_version(self) -> int | None:
+        champion = self.champion()
+        return champion["version"] if champion else None
+
     def get_model(self, version: int) -> dict | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(models).where(models.c.version == version)).first()
