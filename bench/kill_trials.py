@@ -72,17 +72,20 @@ CONFIDENCE_TOLERANCE = 1e-4
 class Bench:
     """The work folder, the store path every trial uses, and the clean runs' snapshots and stage durations."""
 
-    def __init__(self, workdir: Path, per_class: int):
+    def __init__(self, workdir: Path, per_class: int, prefect_api: str | None = None):
         from fusion_core.demo_data import generate_demo_images
 
         self.workdir, self.store = workdir, workdir / "store"
         self.source = workdir / "source"
         generate_demo_images(self.source, per_class=per_class, seed=0)
-        # Each run starts its own temporary Prefect server, as `fusion run` does for a user; the home is shared.
+        # Each run starts its own temporary Prefect server, as `fusion run` does for a user (the home is shared),
+        # unless ``prefect_api`` names a running server for them all.
         self.env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "RAY_USAGE_STATS_ENABLED": "0",
                     "PREFECT_HOME": str(workdir / "prefect")}
         for name in ("RAY_ADDRESS", "PREFECT_API_URL"):
             self.env.pop(name, None)
+        if prefect_api:
+            self.env["PREFECT_API_URL"] = prefect_api
         self.snapshots: dict[str, Path] = {}
         self.clean_s: dict[str, float] = {}  # the stage's own duration in the clean run, from the catalog
         self.last_run: dict[str, str] = {}  # snapshot -> the run whose report the report stage writes
@@ -396,10 +399,10 @@ def compare(trial, clean, stage: str) -> dict:
 
 
 def run_trials(stages: list[str], driver_trials: int, worker_trials: int, per_class: int, seed: int,
-               workdir: Path, on_trial=None) -> dict:
+               workdir: Path, on_trial=None, prefect_api: str | None = None) -> dict:
     """Every trial of every stage; the per-stage table and each trial's record. ``on_trial`` gets the result so
-    far (``complete`` False) after each trial."""
-    bench = Bench(workdir, per_class)
+    far (``complete`` False) after each trial. ``prefect_api``: a Prefect server for every run (the suite's)."""
+    bench = Bench(workdir, per_class, prefect_api)
     rng, trials = random.Random(seed), []
 
     def result(complete: bool) -> dict:

@@ -33,6 +33,8 @@ class _Section(BaseModel):
 class StoreConfig(_Section):
     root: str = "./fusion-store"
     db: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file under root")
+    sqlite_lock_wait_s: float = Field(30.0, gt=0, description="how long a SQLite catalog waits for another "
+                                      "program's write lock before the run fails")
 
 
 class RayConfig(_Section):

@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
+from fusion_core.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 FUSION = str(Path(sys.executable).with_name("fusion"))
@@ -44,11 +45,13 @@ def test_nightly_needs_a_source_folder(tmp_path):
 @pytest.mark.tf
 @pytest.mark.prefect
 def test_demo_then_runs_show_and_models(tmp_path, prefect_home):
+    """The demo, as a user runs it; while it runs, `fusion show` shows it live, and a second nightly run and an
+    ad hoc ingest on its store are refused with one line (one run writes at a time; results never interleave)."""
     store, source = str(tmp_path / "store"), str(tmp_path / "demo-data")
     env = {**os.environ, "PREFECT_HOME": str(prefect_home)}
     demo = subprocess.Popen([FUSION, "demo", "--config", "smoke", "--store", store, "--set", f"demo.source={source}"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    dashboards = set()  # what `fusion show` says while the run lives
+    dashboards, refusals = set(), []  # what `fusion show` says while the run lives; the other runs' answers
     while demo.poll() is None:
         time.sleep(3)
         if any(dashboards):
@@ -57,9 +60,22 @@ def test_demo_then_runs_show_and_models(tmp_path, prefect_home):
                               capture_output=True, text=True)
         if live.returncode == 0 and json.loads(live.stdout)["status"] == "running":
             dashboards.add(json.loads(live.stdout)["params"].get("ray_dashboard"))
+            other_run = [FUSION, "run", "--source", source, "-c", "smoke", "--store", store]
+            refusals = refusals or [subprocess.run(other_run[:2] + [flow] + other_run[2:], env=env,
+                                                   capture_output=True, text=True, timeout=300)
+                                    for flow in ("nightly", "ingest")]
     stdout, stderr = demo.communicate()
     assert demo.returncode == 0, stderr[-3000:]
     assert any(d and d.startswith("http://127.0.0.1:") for d in dashboards), dashboards
+    for refused in refusals:
+        (line,) = [x for x in refused.stderr.splitlines() if x.strip()]
+        assert refused.returncode == 2 and "(nightly) is running on the store" in line, refused.stderr
+        assert "one run writes to a store at a time: try again when it ends" in line
+    assert len(refusals) == 2
+    catalog = Store(store)
+    runs = [(r["flow"], r["status"]) for r in catalog.list_runs() if r["status"] != "refused"]
+    assert runs == [("nightly", "completed")]
+    assert [v["num_rows"] for v in catalog.list_versions("images")] == [120]
     assert "Ray dashboard: http://127.0.0.1:" in stderr
     assert "(nightly): completed" in stdout
     for stage in ("ingest", "preprocess", "train", "infer", "cluster", "report"):

@@ -148,7 +148,8 @@ def test_a_catalog_that_goes_away_mid_run_fails_it_and_a_rerun_completes(tmp_pat
 
 
 def test_a_locked_sqlite_catalog_is_refused_with_one_line(tmp_path, demo_source, prefect_api_env):
-    """Another program holds the SQLite catalog's write lock longer than the busy timeout (30 s)."""
+    """Another program holds the SQLite catalog's write lock longer than the busy timeout
+    (``store.sqlite_lock_wait_s``, 30 s by default; 3 s here)."""
     import sqlite3
 
     root = tmp_path / "store"
@@ -157,7 +158,7 @@ def test_a_locked_sqlite_catalog_is_refused_with_one_line(tmp_path, demo_source,
     holder.execute("BEGIN EXCLUSIVE")
     try:
         result = _fusion("run", "ingest", "--source", str(demo_source), "--store", str(root),
-                         env=prefect_api_env, timeout=300)
+                         "--set", "store.sqlite_lock_wait_s=3", env=prefect_api_env, timeout=300)
     finally:
         holder.execute("ROLLBACK")
         holder.close()

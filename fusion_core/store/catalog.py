@@ -9,6 +9,7 @@ store root, and says where the store's files lie.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -30,7 +31,7 @@ _migrated: set[str] = set()  # catalogs this process has brought to the current 
 class Store(RunCatalog, VersionCatalog, SourceCatalog, ModelCatalog, ResultTables):
     """Catalog access for one store root (artifacts) and database (catalog)."""
 
-    def __init__(self, root: str, db_url: str | None = None):
+    def __init__(self, root: str, db_url: str | None = None, sqlite_lock_wait_s: float = 30.0):
         self.root = root if uri.is_uri(root) else str(Path(root).resolve())
         if db_url is None:
             if uri.is_uri(root):
@@ -39,7 +40,7 @@ class Store(RunCatalog, VersionCatalog, SourceCatalog, ModelCatalog, ResultTable
             db_url = f"sqlite:///{Path(self.root) / 'catalog.db'}"
         self.engine = sa.create_engine(db_url, pool_pre_ping=True)
         if self.engine.dialect.name == "sqlite":
-            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+            sa.event.listen(self.engine, "connect", partial(_sqlite_pragmas, round(sqlite_lock_wait_s * 1000)))
         self._migrate_once(db_url)
 
     def _migrate_once(self, db_url: str) -> None:
@@ -53,7 +54,7 @@ class Store(RunCatalog, VersionCatalog, SourceCatalog, ModelCatalog, ResultTable
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Store":
-        return cls(settings.store.root, settings.store.db)
+        return cls(settings.store.root, settings.store.db, settings.store.sqlite_lock_wait_s)
 
     @classmethod
     def open_existing(cls, settings: Settings) -> "Store":
@@ -102,9 +103,9 @@ class StoreNotFoundError(LookupError):
 
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:
+def _sqlite_pragmas(lock_wait_ms: int, dbapi_conn, _record) -> None:
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={lock_wait_ms}")
     cursor.execute("PRAGMA case_sensitive_like=ON")  # as LIKE is on PostgreSQL (path globs)
     cursor.close()
