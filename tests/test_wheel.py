@@ -4,6 +4,7 @@ with the `smoke` profile)."""
 
 from __future__ import annotations
 
+import shutil
 import site
 import subprocess
 import sys
@@ -19,8 +20,13 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.ray
 @pytest.mark.prefect
 def test_the_wheel_installs_and_runs_outside_the_checkout(tmp_path, demo_source, prefect_api_env):
-    dist = tmp_path / "dist"
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(ROOT)],
+    source, dist = tmp_path / "source", tmp_path / "dist"  # built from a copy: a build leaves files behind
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source)
+    for package in ("fusion_core", "flows", "tasks"):
+        shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(source)],
                            capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = dist.glob("fusion-*.whl")
