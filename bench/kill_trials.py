@@ -1,11 +1,11 @@
 """Kill trials: every stage killed at a random moment, rerun, and compared with a clean run.
 
-For each stage (ingest, preprocess, train, infer, cluster, report, and the nightly flow as a whole) the store is
-put back to what the stage starts from and ``fusion run STAGE`` runs it, as a user would: its own local Ray (on
+For each stage (ingest, preprocess, train, infer, cluster, mine, report, and the nightly flow as a whole) the store
+is put back to what the stage starts from and ``fusion run STAGE`` runs it, as a user would: its own local Ray (on
 127.0.0.2) and its own temporary Prefect server. The kill moment is drawn while the stage runs: once the catalog
 records the stage's start, after a uniform share of the stage's clean duration, and only if the stage has not
 ended. Then SIGKILL goes either to the driver (the ``fusion`` process) or to a process doing the stage's work:
-a Ray task that ingests or preprocesses, a Ray Data map worker or inference actor while it predicts, a Ray Train
+a Ray task that ingests, preprocesses or mines, a Ray Data map worker or inference actor while it predicts, a Ray Train
 worker mid-epoch after its first checkpoint, or the training controller (``WORKERS``). Each record says which
 process class was killed, what the stage was doing, and how many processes the trial left behind once its runs
 ended (its Ray, its Prefect server: none should outlive the run).
@@ -50,11 +50,12 @@ import processes
 from record import run_context, write_results
 
 BIN = Path(sys.executable).parent
-STAGES = ("ingest", "preprocess", "train", "infer", "cluster", "report", "nightly")
+STAGES = ("ingest", "preprocess", "train", "infer", "cluster", "mine", "report", "nightly")
 BEFORE = {"ingest": "empty", "preprocess": "ingest", "train": "preprocess", "infer": "train", "cluster": "infer",
-          "report": "cluster", "nightly": "empty"}  # the clean state each stage starts from
+          "mine": "cluster", "report": "mine", "nightly": "empty"}  # the clean state each stage starts from
 OUTPUTS = {"ingest": ["images"], "preprocess": ["pixels"], "train": [], "infer": ["predictions"],
-           "cluster": ["clusters"], "report": [], "nightly": ["images", "pixels", "predictions", "clusters"]}
+           "cluster": ["clusters"], "mine": ["mining"], "report": [],
+           "nightly": ["images", "pixels", "predictions", "clusters", "mining"]}
 CONTENT = {"images", "pixels"}  # deterministic datasets, compared byte for byte; the rest by rows
 SETTINGS = {"ray.num_cpus": 2, "ray.node_ip_address": "127.0.0.2", "ingest.files_per_task": 250,
             "train.epochs": 2, "train.num_workers": 1, "infer.concurrency": 1,
@@ -64,7 +65,7 @@ STAGE_TIMEOUT_S = 900
 # The processes that do each stage's work, by the names Ray gives them (a substring of the process title).
 WORKERS = {"ingest": ("ingest_task",), "preprocess": ("preprocess_shard",),
            "train": ("RayTrainWorker", "TrainController", "_fit_and_register_in_task"),
-           "infer": ("MapWorker", "MapBatches", "ReadParquet")}
+           "infer": ("MapWorker", "MapBatches", "ReadParquet"), "mine": ("_mine_shards",)}
 WORKERS["nightly"] = tuple(name for names in WORKERS.values() for name in names)
 CONFIDENCE_TOLERANCE = 1e-4
 
