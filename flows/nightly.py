@@ -18,6 +18,7 @@ from flows.cluster import cluster_flow
 from flows.drift import drift_flow
 from flows.infer import infer_flow
 from flows.ingest import ingest_flow
+from flows.mine import mine_flow
 from flows.notify import notify_failure
 from flows.preprocess import preprocess_flow
 from flows.report import report_flow
@@ -33,7 +34,8 @@ NIGHTLY_TIMEOUT_S = 20 * 3600
 
 @flow(name="nightly", timeout_seconds=NIGHTLY_TIMEOUT_S, on_failure=[notify_failure], on_crashed=[notify_failure])
 def nightly_flow(source: str, config: str | None = None, overrides: dict[str, Any] | None = None) -> dict:
-    """Ingest what is new under ``source``, then preprocess, check drift, train, infer, cluster and write the report.
+    """Ingest what is new under ``source``, then preprocess, check drift, train, infer, cluster, mine and write the
+    report.
 
     Returns:
         ``{"run_id": ..., "<stage>": stage result, ...}``.
@@ -62,8 +64,9 @@ def _stages(source: str, config: str | None, overrides: dict[str, Any] | None, r
     infer = infer_flow(config, overrides, pixels_version=pixels,
                        model_version=train["outputs"]["champion_version"], run_id=rid)
     cluster = cluster_flow(config, overrides, predictions_version=infer["outputs"]["version"], run_id=rid)
+    mine = mine_flow(config, overrides, predictions_version=infer["outputs"]["version"], run_id=rid)
     return {"ingest": ingest, "preprocess": preprocess, "drift": drift, "train": train, "infer": infer,
-            "cluster": cluster}
+            "cluster": cluster, "mine": mine}
 
 
 def _report_failure(config: str | None, overrides: dict[str, Any] | None, rid: str) -> None:

@@ -38,6 +38,11 @@ def headlines(stages: dict) -> list[str]:
     if "clusters" in (cluster.get("counts") or {}):
         quality = ", ".join(f"{k} {v:.3f}" for k, v in cluster["metrics"].items() if k in ("silhouette", "nmi", "ari"))
         out.append(f"{cluster['counts']['clusters']} clusters found ({quality})")
+    c = (stages.get("mine") or {}).get("counts") or {}
+    if "label_issues" in c:
+        out.append(f"mined: {c['in_duplicate_sets']} images in {c['duplicate_sets']} duplicate sets "
+                   f"({c['leaking']} across train and holdout), {c['label_issues']} likely label errors, "
+                   f"{c['outliers']} outliers (fusion find)")
     return out
 
 
@@ -55,8 +60,9 @@ def describe_run(run: dict, store: Store) -> str:
     lines += ["Results",
               f"  store root   {store.root}",
               f"  catalog      {store.engine.url.render_as_string(hide_password=True)}"
-              " (tables: runs, run_stages, models, quarantine, predictions, cluster_assignments, cluster_summaries)",
-              f"  datasets     {store.path('datasets')}/<images|pixels|predictions|clusters>/*.parquet",
+              " (tables: runs, run_stages, models, quarantine, predictions, cluster_assignments, cluster_summaries,"
+              " findings)",
+              f"  datasets     {store.path('datasets')}/<images|pixels|predictions|clusters|mining>/*.parquet",
               f"  details      fusion show {run['run_id']} --store {store.root}",
               *(f"  report       {s['outputs']['report']}" for s in run["stages"] if (s["outputs"] or {}).get("report"))]
     prefect = (run.get("params") or {}).get("prefect")  # the Prefect flow run, when the run had one

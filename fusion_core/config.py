@@ -139,6 +139,19 @@ class ClusterConfig(_Section):
         return self
 
 
+class MineConfig(_Section):
+    """What the mine stage looks for in a predictions version's embeddings and probabilities."""
+
+    neighbours: int = Field(10, ge=1, description="nearest neighbours looked up per image")
+    near_duplicate_similarity: float = Field(0.97, gt=0, le=1, description="cosine similarity of embeddings from "
+                                             "which two images count as near-duplicates")
+    exact_max: int = Field(200_000, ge=2, description="exact nearest-neighbour search up to this many images, "
+                                                      "an HNSW graph (approximate) above")
+    outlier_fraction: float = Field(0.01, ge=0, lt=1, description="the most unique images flagged as outliers")
+    folds: int = Field(5, ge=2, description="folds of the out-of-sample probabilities that label issues use")
+    seed: int = 0
+
+
 class DriftConfig(_Section):
     """What counts as drift between a run's new images and the data the champion was trained on.
 
@@ -174,6 +187,7 @@ class StageTimeouts(_Section):
     train: float | None = Field(8 * HOUR, gt=0)
     infer: float | None = Field(4 * HOUR, gt=0)
     cluster: float | None = Field(2 * HOUR, gt=0)
+    mine: float | None = Field(2 * HOUR, gt=0)
     report: float | None = Field(HOUR / 2, gt=0)
 
 
@@ -215,6 +229,7 @@ class Settings(BaseSettings):
     train: TrainConfig = TrainConfig()
     infer: InferConfig = InferConfig()
     cluster: ClusterConfig = ClusterConfig()
+    mine: MineConfig = MineConfig()
     drift: DriftConfig = DriftConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
     demo: DemoConfig = DemoConfig()

@@ -12,7 +12,8 @@ from fusion_core.progress import Progress
 log = logging.getLogger(__name__)
 
 # Environment every Ray worker needs: tf-keras under MultiWorkerMirroredStrategy (docs/architecture.md).
-WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+# Ray Data's own progress bars stay off: Fusion reports progress itself (fusion_core.progress).
+WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
 _dashboard: dict[str, str] = {}  # the Ray dashboard's URL, once this process has connected to Ray
 
 

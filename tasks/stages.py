@@ -27,7 +27,7 @@ from fusion_core.store import Store
 from fusion_core.tools.inputs import infer_model_version as _model_version, input_version as _version
 
 REUSED = {"preprocess": ("pixels", "version"), "train": ("model", "model_version"),
-          "infer": ("predictions", "version"), "cluster": ("clusters", "version")}
+          "infer": ("predictions", "version"), "cluster": ("clusters", "version"), "mine": ("mining", "version")}
 
 
 def _transient(_task, _task_run, state: State) -> bool:
@@ -98,6 +98,14 @@ def infer_task(run: RunContext, pixels_version: int | None, model_version: int |
 def cluster_task(run: RunContext, predictions_version: int | None) -> State:
     return _run("cluster", run, lambda s, store: cluster_predictions(
         s, store, _version(store, "cluster", "predictions", predictions_version), run.run_id))
+
+
+@task(name="mine", cache_policy=NONE, **RETRIES)
+def mine_task(run: RunContext, predictions_version: int | None) -> State:
+    from fusion_core.stages.mine import mine_predictions
+
+    return _run("mine", run, lambda s, store: mine_predictions(
+        s, store, _version(store, "mine", "predictions", predictions_version), run.run_id))
 
 
 @task(name="report", cache_policy=NONE, **RETRIES)

@@ -22,7 +22,7 @@ from fusion_core.stages.ingest import ingest_chunk
 from fusion_core.store import Store
 
 FUSION = str(Path(sys.executable).with_name("fusion"))
-COMMANDS = ["runs", "show", "models", "predictions", "clusters", "images", "export", "gc", "fsck", "report", "demo",
+COMMANDS = ["runs", "show", "models", "predictions", "clusters", "find", "images", "export", "gc", "fsck", "report", "demo",
             "run", "serve", "doctor"]
 
 

@@ -159,6 +159,11 @@ def _build_store(root: Path) -> tuple[Store, str]:
     store.replace_results("cluster_summaries", run_id, [
         {"cluster": c, "size": 10, "top_label": CLASSES[c], "purity": 1.0, "top_labels": {CLASSES[c]: 10},
          "exemplars": ids[c::3][:5], "outliers": ids[c::3][-5:]} for c in range(3)])
+    store.replace_results("findings", run_id, [
+        {"kind": "label_error", "image_id": ids[0], "score": 0.9, "duplicate_set": None, "label": CLASSES[0],
+         "suggested": CLASSES[1], "split": "train"},
+        *({"kind": "duplicate", "image_id": i, "score": 0.99, "duplicate_set": 0, "label": CLASSES[0],
+           "suggested": None, "split": "train"} for i in ids[:2])])
     store.add_quarantine(run_id, [{"source": "/src/bad.png", "content_hash": "0" * 64, "stage": "ingest",
                                    "error_class": "not_an_image", "message": "cannot identify image file"}])
     outputs = {
@@ -173,6 +178,8 @@ def _build_store(root: Path) -> tuple[Store, str]:
                   {"model_version": model_v, "stage": "champion", "promotion": "first model: promoted"}),
         "infer": ({"predictions": n, "reused": 0}, {"version": preds_v, "table_run_id": run_id}),
         "cluster": ({"images": n, "clusters": 3}, {"version": clusters_v, "table_run_id": run_id}),
+        "mine": ({"images": n, "duplicate_sets": 1, "in_duplicate_sets": 2, "leaking": 0, "label_issues": 1,
+                  "outliers": 0}, {"table_run_id": run_id}),
     }
     for stage, (counts, out) in outputs.items():
         store.start_stage(run_id, stage)
@@ -193,7 +200,8 @@ def test_write_report_has_every_section_with_its_images(settings):
         assert (folder / name).read_bytes().startswith(PNG)
         assert f'src="{name}"' in html
     assert "not_an_image" in html and "/src/bad.png" in html
-    assert result.counts == {"sections": 9, "images": 6}
+    assert result.counts == {"sections": 10, "images": 6}
+    assert "Likely label errors</h3>" in html and "fusion find label-errors" in html and "Near-duplicates</h3>" in html
     # it leads with what changed: the promotion decision, then drift (flagged checks first)
     assert html.index("What changed</h2>") < html.index("Run summary</h2>")
     assert html.index("first model: promoted") < html.index("flagged label_mix") < html.index("Run summary</h2>")
@@ -234,7 +242,7 @@ def test_write_report_of_an_ingest_only_run_says_what_is_missing(settings):
     store.finish_run(run_id, "completed")
     result = write_report(settings, store, run_id)
     html = Path(result.outputs["report"]).read_text()
-    assert html.count("Not in this run.") == 7
+    assert html.count("Not in this run.") == 8
     assert "empty_file" in html and result.outputs["images"] == []
 
 

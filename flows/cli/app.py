@@ -23,7 +23,7 @@ app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_e
                   help="Fusion: mine image collections - ingest, impute, train, infer, cluster.\n\n"
                        "Example: fusion demo, then fusion runs and fusion show latest")
 
-FLOWS = ("ingest", "preprocess", "drift", "train", "infer", "cluster", "report", "nightly")
+FLOWS = ("ingest", "preprocess", "drift", "train", "infer", "cluster", "mine", "report", "nightly")
 FORMAT_HELP = "table, json or csv (json and csv print every row unless --limit)"
 state = {"debug": False}  # set by the --debug option
 

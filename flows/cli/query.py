@@ -16,7 +16,7 @@ OutOpt = typer.Option(None, "--out", help="also export all matching rows to a .c
 PathOpt = typer.Option(None, "--path", help="only images with a source path matching this glob (* and ?)")
 
 
-def _print(rows: list[dict], fmt: str, columns: list[str], limit: int | None, out: Path | None = None) -> None:
+def print_rows(rows: list[dict], fmt: str, columns: list[str], limit: int | None, out: Path | None = None) -> None:
     typer.echo(render(rows, fmt, columns, limit))
     if out:
         _export(rows, out)
@@ -30,7 +30,7 @@ def _export(rows: list[dict], out: Path) -> None:
         fail(str(err))
 
 
-def _with_paths(catalog: Store, rows: list[dict]) -> list[dict]:
+def with_paths(catalog: Store, rows: list[dict]) -> list[dict]:
     """Rows with each image's source paths (``path``: the first, ``sources``: all) and a short ``image``."""
     sources = catalog.sources_of(r["image_id"] for r in rows)
     return [{**r, "image": r["image_id"][:12], "path": (sources.get(r["image_id"]) or [None])[0],
@@ -91,7 +91,7 @@ def predictions(run: str = RunOpt,
                                   at_least={"confidence": min_confidence}, path_glob=path,
                                   order_by=("-confidence", "image_id"), limit=None if out or fmt == "table" else limit)
     columns = ["path", "label", "predicted", "confidence", "top_k", "split", "model_version", "image"]
-    _print(_with_paths(catalog, rows), fmt, columns, limit, out)
+    print_rows(with_paths(catalog, rows), fmt, columns, limit, out)
 
 
 def clusters(run: str = RunOpt,
@@ -116,12 +116,12 @@ def clusters(run: str = RunOpt,
                                       equal={"cluster": cluster} if cluster is not None else {}, path_glob=path,
                                       order_by=("cluster", "distance", "image_id"),
                                       limit=None if out or fmt == "table" else limit)
-        _print(_with_paths(catalog, rows), fmt, ["cluster", "distance", "path", "image"], limit, out)
+        print_rows(with_paths(catalog, rows), fmt, ["cluster", "distance", "path", "image"], limit, out)
         return
     rows = catalog.select_results("cluster_summaries", source_run, order_by=("cluster",))
-    _print(rows, fmt, ["cluster", "size", "top_label", "purity"], limit or len(rows) or None)
+    print_rows(rows, fmt, ["cluster", "size", "top_label", "purity"], limit or len(rows) or None)
     if out:  # every image's assignment
-        assignments = _with_paths(catalog, catalog.select_results("cluster_assignments", source_run,
+        assignments = with_paths(catalog, catalog.select_results("cluster_assignments", source_run,
                                                                   order_by=("image_id",)))
         _export(assignments, out)
         typer.echo(f"exported {len(assignments)} assignments to {out}", err=fmt != "table")

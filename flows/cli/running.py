@@ -59,14 +59,14 @@ def _run_flow(name: str, source: str | None, settings: Settings, config: str | N
 
 def _flow(name: str, source: str | None, report_run: str | None):
     """The flow function ``fusion run NAME`` calls, with its source or run bound (imports Prefect)."""
-    from flows import cluster, drift, infer, ingest, nightly, preprocess, report, train
+    from flows import cluster, drift, infer, ingest, mine, nightly, preprocess, report, train
 
     if name in ("ingest", "nightly"):
         return partial({"ingest": ingest.ingest_flow, "nightly": nightly.nightly_flow}[name], source=source)
     if name == "report":
         return partial(report.report_flow, run_id=report_run)
     return {"preprocess": preprocess.preprocess_flow, "drift": drift.drift_flow, "train": train.train_flow,
-            "infer": infer.infer_flow, "cluster": cluster.cluster_flow}[name]
+            "infer": infer.infer_flow, "cluster": cluster.cluster_flow, "mine": mine.mine_flow}[name]
 
 
 def _writable_store(name: str, settings: Settings) -> Store:

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from fusion_core.store.tables import image_sources, metadata, run_stages
 
-RESULT_TABLES = ("predictions", "cluster_assignments", "cluster_summaries")
+RESULT_TABLES = ("predictions", "cluster_assignments", "cluster_summaries", "findings")
 CHUNK_ROWS = 5000  # rows per INSERT statement
 
 

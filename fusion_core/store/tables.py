@@ -123,6 +123,17 @@ cluster_summaries = sa.Table(
     sa.Column("exemplars", sa.JSON),
     sa.Column("outliers", sa.JSON),
 )
+findings = sa.Table(  # what the mine stage flagged: one row per image and kind of finding
+    "findings", metadata,
+    sa.Column("run_id", sa.String(40), primary_key=True),
+    sa.Column("kind", sa.String(20), primary_key=True),
+    sa.Column("image_id", sa.String(64), primary_key=True, index=True),
+    sa.Column("score", sa.Float, nullable=False),  # higher: more of it (similarity, uniqueness, label doubt)
+    sa.Column("duplicate_set", sa.Integer),
+    sa.Column("label", sa.Text),
+    sa.Column("suggested", sa.Text),
+    sa.Column("split", sa.String(8)),
+)
 writer_lease = sa.Table(  # at most one row: the run that may write to the store now
     "writer_lease", metadata,
     sa.Column("name", sa.String(20), primary_key=True),

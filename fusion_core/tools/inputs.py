@@ -11,7 +11,7 @@ from fusion_core.store import Store
 
 NEEDS = {"images": "ingest", "pixels": "preprocess", "predictions": "infer"}  # dataset -> stage that makes it
 STAGE_INPUTS = {"preprocess": "images", "drift": "pixels", "train": "pixels", "infer": "pixels",
-                "cluster": "predictions"}  # stage -> the dataset it reads
+                "cluster": "predictions", "mine": "predictions"}  # stage -> the dataset it reads
 
 
 def input_version(store: Store, stage: str, dataset: str, version: int | None = None) -> int:

@@ -19,10 +19,11 @@ from fusion_core.store import Store
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("images", "pixels", "predictions", "clusters")
-STAGE_OUTPUT = {"ingest": "images", "preprocess": "pixels", "infer": "predictions", "cluster": "clusters"}
+DATASETS = ("images", "pixels", "predictions", "clusters", "mining")
+STAGE_OUTPUT = {"ingest": "images", "preprocess": "pixels", "infer": "predictions", "cluster": "clusters",
+                "mine": "mining"}
 DERIVED_FROM = {"pixels": ("images", "images_version"), "predictions": ("pixels", "pixels_version"),
-                "clusters": ("predictions", "predictions_version")}
+                "clusters": ("predictions", "predictions_version"), "mining": ("predictions", "predictions_version")}
 
 
 def collect_garbage(store: Store, keep: int, dry_run: bool = False) -> dict:
@@ -77,7 +78,7 @@ def _needed_versions(store: Store, runs: list[dict], versions: dict[str, dict[in
         current = published_version(store, name)
         if current is not None:
             needed[name].add(current)
-    for name in ("clusters", "predictions", "pixels"):  # downstream first, so sources of sources count
+    for name in ("mining", "clusters", "predictions", "pixels"):  # downstream first: sources of sources count
         source, field = DERIVED_FROM[name]
         for version in list(needed[name]):
             parent = (versions[name].get(version) or {}).get("info", {}).get(field)

@@ -18,6 +18,7 @@ from flows.cli import app
 from flows.cluster import cluster_flow
 from flows.infer import infer_flow
 from flows.ingest import ingest_flow
+from flows.mine import mine_flow
 from flows.nightly import nightly_flow
 from flows.preprocess import preprocess_flow
 from flows.train import train_flow
@@ -185,6 +186,35 @@ def test_cluster_flow(clustered, stage_store):
     assert sum(s["size"] for s in summaries) == IMAGES
 
 
+def test_mine_flow_then_find(inferred, stage_store):
+    """The mine stage's counts, its findings table and `fusion find` agree; a rerun reuses the result."""
+    import json
+
+    result = mine_flow("smoke", _overrides(stage_store), predictions_version=inferred["outputs"]["version"])
+    store = Store(stage_store)
+    mined = store.get_version("mining", result["outputs"]["version"])
+    assert mined["num_rows"] == IMAGES and mined["info"]["predictions_version"] == inferred["outputs"]["version"]
+    findings = store.query("findings", result["run_id"])
+    kinds = {kind: [f for f in findings if f["kind"] == kind]
+             for kind in ("duplicate", "leak", "label_error", "outlier")}
+    counts = result["counts"]
+    assert len(kinds["duplicate"]) == counts["in_duplicate_sets"] and len(kinds["leak"]) == counts["leaking"]
+    assert len(kinds["label_error"]) == counts["label_issues"] and len(kinds["outlier"]) == counts["outliers"] >= 1
+    labels = {p["label"] for p in store.query("predictions", inferred["run_id"])}
+    assert {f["suggested"] for f in kinds["label_error"]} <= labels
+
+    found = CliRunner().invoke(app, ["find", "outliers", "--store", stage_store, "-f", "json"])
+    assert found.exit_code == 0, found.output
+    rows = json.loads(found.output)
+    assert len(rows) == counts["outliers"] and all(Path(r["path"]).is_file() for r in rows)
+    assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+    unknown = CliRunner().invoke(app, ["find", "typos", "--store", stage_store])
+    assert unknown.exit_code == 2 and "label-errors" in unknown.output
+
+    again = mine_flow("smoke", _overrides(stage_store), predictions_version=inferred["outputs"]["version"])
+    assert again["counts"]["reused"] == 1 and again["outputs"]["version"] == result["outputs"]["version"]
+
+
 def test_train_flow_best_recipe_and_promotion_rule(trained, stage_store):
     # cache_data off: this run streams every epoch from Ray Data (the other runs cache after the first).
     overrides = {**_overrides(stage_store), "train.recipe": "best", "train.epochs": 2, "train.promote_margin": 2.0,
@@ -320,7 +350,7 @@ def test_nightly_end_to_end_then_rerun_adds_nothing(demo_nightly, demo_source, t
     run = store.get_run(first["run_id"])
     assert run["status"] == "completed"
     assert [s["stage"] for s in run["stages"]] == ["ingest", "preprocess", "drift", "train", "infer", "cluster",
-                                                   "report"]
+                                                   "mine", "report"]
     assert first["drift"]["outputs"]["note"].startswith("no champion yet")
     current = pads.dataset(store.path("datasets", "predictions", "current"), format="parquet").to_table()
     assert sorted(current.column("image_id").to_pylist()) == sorted({r["image_id"] for r in
@@ -332,7 +362,7 @@ def test_nightly_end_to_end_then_rerun_adds_nothing(demo_nightly, demo_source, t
     second = nightly_flow(str(demo_source), "smoke", _overrides(str(moved)))
     assert second["ingest"]["counts"]["new_images"] == 0
     assert second["train"]["counts"]["trained"] == 0
-    assert second["infer"]["counts"]["reused"] == 1
+    assert second["infer"]["counts"]["reused"] == second["mine"]["counts"]["reused"] == 1
     store = Store(str(moved))
     assert store.get_run(second["run_id"])["status"] == "completed"
     assert store.latest_version("images")["version"] == 1

@@ -3,8 +3,8 @@
 The page leads with what changed (the promotion decision and why, drift, the
 model against the champion and the run against the previous one), then follows
 the stages: run summary, drift checks, ingestion and quarantine, imputation
-examples, training curves, holdout evaluation, an embedding map, and cluster
-quality with exemplars and outliers. A section whose stage is not part of the run says so. Stages that
+examples, training curves, holdout evaluation, an embedding map, cluster
+quality with exemplars and outliers, and what mining found. A section whose stage is not part of the run says so. Stages that
 reused earlier results (a rerun) are shown with those results. Plots are drawn
 with matplotlib's Agg canvas, imported only when a plot is drawn.
 
@@ -20,6 +20,7 @@ from fusion_core import uri
 from fusion_core.config import Settings
 from fusion_core.data.runs import StageResult
 from fusion_core.stages.report import sections
+from fusion_core.stages.report.mining import mining_findings
 from fusion_core.stages.report.page import render_report
 from fusion_core.store import Store
 
@@ -63,6 +64,7 @@ def write_report(settings: Settings, store: Store, run_id: str, status: str | No
         sections.embedding_map(store, predictions, clusters),
         sections.cluster_exemplars(store, run_id, predictions, outputs.get("cluster"),
                                    (stages.get("cluster") or {}).get("metrics")),
+        mining_findings(store, run_id, stages.get("mine")),
     ]
     figures = {name: data for section in shown for name, data in section.figures.items()}
     document = render_report(f"Fusion run {run_id}", f"{run['flow']} flow, {run['status']}; store {store.root}",
