@@ -42,7 +42,7 @@ def headlines(stages: dict) -> list[str]:
     if "label_issues" in c:
         out.append(f"mined: {c['in_duplicate_sets']} images in {c['duplicate_sets']} duplicate sets "
                    f"({c['leaking']} across train and holdout), {c['label_issues']} likely label errors, "
-                   f"{c['outliers']} outliers (fusion find)")
+                   f"{c['outliers']} outliers, {c['poor_quality']} poor images (fusion find)")
     return out
 
 
@@ -61,10 +61,11 @@ def describe_run(run: dict, store: Store) -> str:
               f"  store root   {store.root}",
               f"  catalog      {store.engine.url.render_as_string(hide_password=True)}"
               " (tables: runs, run_stages, models, quarantine, predictions, cluster_assignments, cluster_summaries,"
-              " findings)",
+              " findings, decisions)",
               f"  datasets     {store.path('datasets')}/<images|pixels|predictions|clusters|mining>/*.parquet",
               f"  details      fusion show {run['run_id']} --store {store.root}",
-              *(f"  report       {s['outputs']['report']}" for s in run["stages"] if (s["outputs"] or {}).get("report"))]
+              *(f"  report       {s['outputs']['report']}" for s in run["stages"] if (s["outputs"] or {}).get("report")),
+              *(f"  gallery      {s['outputs']['gallery']}" for s in run["stages"] if (s["outputs"] or {}).get("gallery"))]
     prefect = (run.get("params") or {}).get("prefect")  # the Prefect flow run, when the run had one
     if prefect:
         lines.append(f"  prefect      {prefect['url'] or 'flow run ' + prefect['flow_run_id']}")

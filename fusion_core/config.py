@@ -139,8 +139,22 @@ class ClusterConfig(_Section):
         return self
 
 
+class QualityConfig(_Section):
+    """Thresholds of the image quality flags (``fusion_core.imaging.quality``); pixel values scaled to 0-1."""
+
+    dark_below: float = Field(0.1, ge=0, le=1, description="mean brightness under which an image is dark")
+    light_above: float = Field(0.92, ge=0, le=1, description="mean brightness over which an image is light")
+    constant_below: float = Field(0.015, ge=0, description="brightness standard deviation of a near-constant image")
+    entropy_below: float = Field(1.0, ge=0, le=5, description="histogram entropy (bits) of a low-information image")
+    blurry_below: float = Field(0.002, ge=0, description="variance of the Laplacian of a blurry image")
+    colour_below: float = Field(0.01, ge=0, description="mean channel difference of a grey image")
+    max_aspect: float = Field(2.5, ge=1, description="aspect ratio (either way) beyond which the size is odd")
+    size_factor: float = Field(4.0, ge=1, description="times the median area (either way) beyond which the size is odd")
+
+
 class MineConfig(_Section):
-    """What the mine stage looks for in a predictions version's embeddings and probabilities."""
+    """What the mine stage looks for in a predictions version's embeddings and probabilities, and in the
+    images' pixels."""
 
     neighbours: int = Field(10, ge=1, description="nearest neighbours looked up per image")
     near_duplicate_similarity: float = Field(0.97, gt=0, le=1, description="cosine similarity of embeddings from "
@@ -150,6 +164,7 @@ class MineConfig(_Section):
     outlier_fraction: float = Field(0.01, ge=0, lt=1, description="the most unique images flagged as outliers")
     folds: int = Field(5, ge=2, description="folds of the out-of-sample probabilities that label issues use")
     seed: int = 0
+    quality: QualityConfig = QualityConfig()
 
 
 class DriftConfig(_Section):

@@ -22,8 +22,8 @@ from fusion_core.stages.ingest import ingest_chunk
 from fusion_core.store import Store
 
 FUSION = str(Path(sys.executable).with_name("fusion"))
-COMMANDS = ["runs", "show", "models", "predictions", "clusters", "find", "images", "export", "gc", "fsck", "report", "demo",
-            "run", "serve", "doctor"]
+COMMANDS = ["runs", "show", "models", "predictions", "clusters", "find", "similar", "exclude", "relabel", "review",
+            "decisions", "images", "export", "gc", "fsck", "report", "demo", "run", "serve", "doctor"]
 
 
 def fusion(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

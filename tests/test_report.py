@@ -142,8 +142,11 @@ def _build_store(root: Path) -> tuple[Store, str]:
                "per_class_f1": {"circle": 0.75, "square": 0.9, "stripes": 0.6}, "confusion_matrix": cm,
                "history": [{"epoch": e, "loss": 1.0 - 0.3 * e, "accuracy": 0.5 + 0.1 * e,
                             "val_loss": 1.1 - 0.3 * e, "val_accuracy": 0.45 + 0.1 * e} for e in range(2)]}
-    model_v = store.register_model(run_id, "cnn", str(root / "models/m.keras"), "k", pixels_v, metrics, {})
+    model_v = store.register_model(run_id, "cnn", str(root / "models/m.keras"), "k", pixels_v, metrics,
+                                   {"decisions": {"excluded": 1, "relabelled": 1, "leaks_moved": 0}})
     store.set_champion(model_v, reason="test")
+    store.decide([{"image_id": ids[3], "action": "exclude", "reason": "blurred"},
+                  {"image_id": ids[4], "action": "relabel", "label": CLASSES[2]}], "ann")
     probs = rng.random((n, 3)).astype(np.float32)
     preds = pa.table({"image_id": ids, "label": labels, "split": pixels.column("split"),
                       "predicted": [CLASSES[i] for i in probs.argmax(axis=1)], "confidence": probs.max(axis=1),
@@ -156,6 +159,12 @@ def _build_store(root: Path) -> tuple[Store, str]:
                          "distance": pa.array(rng.random(n), pa.float32())})
     clusters_v = store.commit_version("clusters", [write_shard(store.root, "datasets/clusters/a.parquet", clusters)],
                                       run_id, info={"predictions_version": preds_v})
+    store.replace_results("predictions", run_id, [
+        {"image_id": i, "model_version": model_v, "label": label, "split": split, "confidence": 0.5,
+         "predicted": CLASSES[1] if i in (ids[0], ids[3]) else label}
+        for i, label, split in zip(ids, labels, pixels.column("split").to_pylist())])
+    store.replace_results("cluster_assignments", run_id, [{"image_id": i, "cluster": c, "distance": i.count("1")}
+                                                          for i, c in zip(ids, assigned)])
     store.replace_results("cluster_summaries", run_id, [
         {"cluster": c, "size": 10, "top_label": CLASSES[c], "purity": 1.0, "top_labels": {CLASSES[c]: 10},
          "exemplars": ids[c::3][:5], "outliers": ids[c::3][-5:]} for c in range(3)])
@@ -202,11 +211,32 @@ def test_write_report_has_every_section_with_its_images(settings):
     assert "not_an_image" in html and "/src/bad.png" in html
     assert result.counts == {"sections": 10, "images": 6}
     assert "Likely label errors</h3>" in html and "fusion find label-errors" in html and "Near-duplicates</h3>" in html
+    assert "1 image(s) excluded, 1 label(s) corrected" in html and "<td>blurred</td>" in html
+    assert 'href="gallery/index.html"' in html and result.outputs["gallery"] == str(folder / "gallery" / "index.html")
     # it leads with what changed: the promotion decision, then drift (flagged checks first)
     assert html.index("What changed</h2>") < html.index("Run summary</h2>")
     assert html.index("first model: promoted") < html.index("flagged label_mix") < html.index("Run summary</h2>")
     assert html.index("FLAGGED") < html.index("pixel_shift</td>")
     assert "16-d embeddings" in html  # the dimension the model has, read from the predictions
+
+
+def test_the_gallery_pages_its_groups_and_every_link_and_thumbnail_resolves(settings, monkeypatch):
+    from fusion_core.stages.report import gallery
+
+    monkeypatch.setattr(gallery, "PAGE_SIZE", 4)
+    store, run_id = _build_store(Path(settings.store.root))
+    write_report(settings, Store.from_settings(settings), run_id)
+    folder = Path(store.root) / "reports" / run_id / "gallery"
+    pages = {p.name: p.read_text() for p in folder.glob("*.html")}
+    assert {"index.html", "label-error-1.html", "duplicate-1.html", "confusion-0-1-1.html", "cluster-0-1.html",
+            "cluster-0-3.html"} <= set(pages) and not {"cluster-0-4.html", "confusion-2-0-1.html"} & set(pages)
+    for name, text in pages.items():
+        for link in re.findall(r'(?:href|src)="([^"#]+)"', text):
+            assert (folder / link).is_file(), (name, link)
+    assert "suggested square" in pages["label-error-1.html"] and ">next<" not in pages["label-error-1.html"]
+    assert ">next<" in pages["cluster-0-1.html"] and ">previous<" in pages["cluster-0-3.html"]
+    assert len(list((folder / "thumbs").glob("*.png"))) == len(set(re.findall(r'src="thumbs/(\w+)\.png"',
+                                                                               "".join(pages.values()))))
 
 
 def test_the_report_compares_with_the_champion_and_the_previous_run_and_shows_the_known_status(settings):
@@ -286,6 +316,13 @@ def test_nightly_report_renders_with_its_images_in_chromium(demo_nightly, tmp_pa
     assert loaded, f"the page's load script did not run ({chromium})"
     assert len(images) == 6 and int(loaded.group(1)) == len(images)
     assert "Not in this run." not in dom.stdout
+
+    gallery = page.parent / "gallery"  # a page of the gallery: its thumbnails load and its links resolve
+    members = _chromium_run(gallery / "cluster-0-1.html", "--dump-dom")
+    assert members.returncode == 0, members.stderr[-2000:]
+    thumbnails = re.findall(r"<img\b", members.stdout)
+    assert thumbnails and re.search(r'data-images-loaded="(\d+)"', members.stdout).group(1) == str(len(thumbnails))
+    assert all((gallery / link).is_file() for link in re.findall(r'href="([^"#]+)"', members.stdout))
 
     shot = tmp_path / "report.png"
     taken = _chromium_run(page, f"--screenshot={shot}", "--window-size=1280,4000", "--hide-scrollbars")

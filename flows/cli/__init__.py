@@ -1,13 +1,13 @@
 """The ``fusion`` command: the app and its frame (``app``), and its commands, registered here in the order
 ``fusion --help`` lists them: those that run (``running``), read a store (``query``, ``mining``), manage models
-(``models``) and look after a store (``upkeep``)."""
+(``models``), record people's decisions about images (``decisions``) and look after a store (``upkeep``)."""
 
-from flows.cli import mining, models, query, running, upkeep
+from flows.cli import decisions, mining, models, query, running, upkeep
 from flows.cli.app import app, main
 
 COMMANDS = [running.demo, running.run, running.serve, running.doctor, query.runs, query.show, models.models,
-            query.predictions, query.clusters, mining.find, query.images, query.export, upkeep.gc, upkeep.fsck,
-            running.report]
+            query.predictions, query.clusters, mining.find, mining.similar, decisions.exclude, decisions.relabel, decisions.review,
+            decisions.decisions, query.images, query.export, upkeep.gc, upkeep.fsck, running.report]
 for command in COMMANDS:
     app.command()(command)
 

@@ -4,8 +4,8 @@ Plain functions over numpy arrays, one row per image:
 
 - ``neighbours``: each image's nearest other images by cosine similarity, from faiss (exact inner-product
   search on L2-normalised embeddings; an HNSW graph above ``exact_max`` images).
-- ``duplicate_sets``: images joined when their similarity reaches a threshold, grouped into sets (connected
-  components); ``leaking_sets``: the sets that hold both training and holdout (val or test) images.
+- ``duplicate_sets``: images joined when their similarity reaches a threshold, or when they share a perceptual
+  hash, grouped into sets (connected components); ``leaking_sets``: the sets that hold both training and holdout (val or test) images.
 - ``uniqueness``: one minus the mean similarity to the nearest neighbours; the most unique are outliers.
 - ``out_of_sample_probs`` and ``label_issues``: a k-fold logistic regression on the embeddings gives each labelled
   image probabilities from a model that never saw it; cleanlab's confident learning then flags likely label errors,
@@ -19,7 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 # The kinds of finding (rows of the ``findings`` table), and what ``fusion find`` calls them.
-FINDINGS = {"duplicate": "duplicates", "leak": "leaks", "label_error": "label-errors", "outlier": "outliers"}
+FINDINGS = {"duplicate": "duplicates", "leak": "leaks", "label_error": "label-errors", "outlier": "outliers",
+            "quality": "quality"}
 
 
 def normalised(x: np.ndarray) -> np.ndarray:
@@ -55,15 +56,20 @@ def _without_self(sims: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray
     return sims[keep].reshape(len(idx), k), idx[keep].reshape(len(idx), k)
 
 
-def duplicate_sets(sims: np.ndarray, idx: np.ndarray, threshold: float) -> np.ndarray:
+def duplicate_sets(sims: np.ndarray, idx: np.ndarray, threshold: float, hashes: np.ndarray | None = None) -> np.ndarray:
     """Each row's duplicate set (-1: none): rows joined wherever a neighbour's similarity reaches ``threshold``,
-    sets numbered from 0 by their first row."""
+    and rows with the same perceptual hash (``hashes``; 0: none), sets numbered from 0 by their first row."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
     n = len(sims)
     rows, cols = np.nonzero(sims >= threshold)
-    graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, idx[rows, cols])), shape=(n, n))
+    rows, cols = rows, idx[rows, cols]
+    if hashes is not None:  # each row joined to the one before it with the same hash
+        order = np.argsort(hashes, kind="stable")
+        same = (hashes[order][1:] == hashes[order][:-1]) & (hashes[order][1:] != 0)
+        rows, cols = np.concatenate([rows, order[1:][same]]), np.concatenate([cols, order[:-1][same]])
+    graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(n, n))
     _, component = connected_components(graph, directed=False)
     sizes = np.bincount(component)
     in_set = sizes[component] > 1

@@ -1,7 +1,8 @@
 """Model inputs from ``pixels`` shards, and models scored on a dataset's test split (the holdout).
 
 Holdout rows are read one shard at a time; several models are scored in the same pass, so a
-challenger and the champion are compared on exactly the same images. TensorFlow is needed only by
+challenger and the champion are compared on exactly the same images. People's decisions (excluded images,
+corrected labels) apply to every read of labelled rows that is given them. TensorFlow is needed only by
 whoever built the models passed in.
 """
 
@@ -15,23 +16,28 @@ from fusion_core.learning import registry
 from fusion_core.learning.evaluate import calibration_error, classification_metrics, paired_test
 from fusion_core.store import Store
 from fusion_core.store.datasets import pixels_to_array, read_shard
+from fusion_core.store.decisions import Decisions
+
+NONE = Decisions()
 
 
-def labelled_rows(batch: pa.Table, classes: list[str], split: str) -> pa.Table:
-    """Labelled rows of one split: their ``pixels`` column as stored and class indices ``y``.
+def labelled_rows(batch: pa.Table, classes: list[str], split: str, decisions: Decisions = NONE) -> pa.Table:
+    """Labelled rows of one split, decisions applied: their ``pixels`` column as stored and class indices ``y``.
 
     What Ray Data carries to the training workers: plain Arrow columns keep their type even for a batch
     with no rows of the split, where a tensor column would fall back to pickled objects.
     """
+    batch = decisions.apply(batch) if decisions else batch
     batch = batch.filter(pc.and_(pc.equal(batch.column("split"), split), pc.is_valid(batch.column("label"))))
     index = {c: i for i, c in enumerate(classes)}
     return pa.table({"pixels": batch.column("pixels"),
                      "y": pa.array([index[v] for v in batch.column("label").to_pylist()], pa.int64())})
 
 
-def to_xy(batch: pa.Table, classes: list[str], shape: tuple[int, int, int], split: str) -> dict:
+def to_xy(batch: pa.Table, classes: list[str], shape: tuple[int, int, int], split: str,
+          decisions: Decisions = NONE) -> dict:
     """Labelled rows of one split as model inputs: uint8 pixels ``x`` and class indices ``y``."""
-    return xy_arrays(labelled_rows(batch, classes, split), shape)
+    return xy_arrays(labelled_rows(batch, classes, split, decisions), shape)
 
 
 def xy_arrays(rows: pa.Table, shape: tuple[int, int, int]) -> dict:
@@ -39,23 +45,25 @@ def xy_arrays(rows: pa.Table, shape: tuple[int, int, int]) -> dict:
     return {"x": pixels_to_array(rows.column("pixels"), shape), "y": rows.column("y").to_numpy()}
 
 
-def count_labelled(store: Store, shards: list[str], split: str) -> int:
-    """Rows of ``split`` with a label (those ``to_xy`` keeps), reading two columns of each shard."""
+def count_labelled(store: Store, shards: list[str], split: str, decisions: Decisions = NONE) -> int:
+    """Rows of ``split`` with a label (those ``to_xy`` keeps), reading three columns of each shard."""
     total = 0
     for shard in shards:
-        rows = read_shard(store.root, shard, columns=["label", "split"], filters=[("split", "==", split)])
+        rows = read_shard(store.root, shard, columns=["image_id", "label", "split"], filters=[("split", "==", split)])
+        rows = decisions.apply(rows)
         total += rows.num_rows - rows.column("label").null_count
     return total
 
 
 def training_sample(store: Store, shards: list[str], classes: list[str], shape: tuple[int, int, int],
-                    n: int = 5000, spread: int = 8) -> np.ndarray:
+                    decisions: Decisions = NONE, n: int = 5000, spread: int = 8) -> np.ndarray:
     """Up to ``n`` training images (uint8) taken evenly from up to ``spread`` shards across the dataset."""
     picked = [shards[round(i * (len(shards) - 1) / max(spread - 1, 1))] for i in range(min(spread, len(shards)))]
     images = []
     for shard in dict.fromkeys(picked):
-        rows = read_shard(store.root, shard, columns=["pixels", "label", "split"], filters=[("split", "==", "train")])
-        images.append(to_xy(rows, classes, shape, "train")["x"][:n // len(picked) + 1])
+        rows = read_shard(store.root, shard, columns=["image_id", "pixels", "label", "split"],
+                          filters=[("split", "==", "train")])
+        images.append(to_xy(rows, classes, shape, "train", decisions)["x"][:n // len(picked) + 1])
     return np.concatenate(images)[:n]
 
 
@@ -75,13 +83,14 @@ def class_names(store: Store, shards: list[str]) -> list[str]:
     return names
 
 
-def holdout_outputs(store: Store, models: list, shards: list[str], classes: list[str],
-                    shape: tuple[int, int, int]) -> tuple[np.ndarray, list[np.ndarray]]:
+def holdout_outputs(store: Store, models: list, shards: list[str], classes: list[str], shape: tuple[int, int, int],
+                    decisions: Decisions = NONE) -> tuple[np.ndarray, list[np.ndarray]]:
     """Labels of the test split and each model's predicted probabilities for it, one shard at a time."""
     labels, probs = [], [[] for _ in models]
     for shard in shards:
-        rows = read_shard(store.root, shard, columns=["pixels", "label", "split"], filters=[("split", "==", "test")])
-        holdout = to_xy(rows, classes, shape, "test")
+        rows = read_shard(store.root, shard, columns=["image_id", "pixels", "label", "split"],
+                          filters=[("split", "==", "test")])
+        holdout = to_xy(rows, classes, shape, "test", decisions)
         if len(holdout["y"]):
             labels.append(holdout["y"])
             for out, model in zip(probs, models):
@@ -96,9 +105,10 @@ def holdout_metrics(y: np.ndarray, probs: np.ndarray, classes: list[str]) -> dic
     return {**classification_metrics(y, probs.argmax(axis=1), classes), "ece": calibration_error(y, probs)}
 
 
-def evaluate_model(store: Store, model, shards: list[str], classes: list[str], shape: tuple[int, int, int]) -> dict:
+def evaluate_model(store: Store, model, shards: list[str], classes: list[str], shape: tuple[int, int, int],
+                   decisions: Decisions = NONE) -> dict:
     """Holdout metrics of one model."""
-    y, (probs,) = holdout_outputs(store, [model], shards, classes, shape)
+    y, (probs,) = holdout_outputs(store, [model], shards, classes, shape, decisions)
     return holdout_metrics(y, probs, classes)
 
 
@@ -124,19 +134,19 @@ def load_scorer(row: dict, classes: list[str], shape) -> tuple[object, str | Non
 
 
 def evaluate_against(store: Store, model, champion: dict | None, shards: list[str], classes: list[str],
-                     shape: tuple[int, int, int]) -> dict:
+                     shape: tuple[int, int, int], decisions: Decisions = NONE) -> dict:
     """Holdout metrics of ``model`` plus, under ``vs_champion``, the champion's on the same images.
 
     ``vs_champion`` holds the champion's version, accuracy, macro F1, per-class F1, the image count and
     McNemar's test (``evaluate.paired_test``); or ``incompatible`` with the reason it cannot score them.
     """
     if champion is None:
-        return evaluate_model(store, model, shards, classes, shape)
+        return evaluate_model(store, model, shards, classes, shape, decisions)
     champion_model, problem = load_scorer(champion, classes, shape)
     if problem:
-        return {**evaluate_model(store, model, shards, classes, shape),
+        return {**evaluate_model(store, model, shards, classes, shape, decisions),
                 "vs_champion": {"version": champion["version"], "incompatible": problem}}
-    y, (mine, theirs) = holdout_outputs(store, [model, champion_model], shards, classes, shape)
+    y, (mine, theirs) = holdout_outputs(store, [model, champion_model], shards, classes, shape, decisions)
     ours, rival = holdout_metrics(y, mine, classes), holdout_metrics(y, theirs, classes)
     test = paired_test(mine.argmax(axis=1) == y, theirs.argmax(axis=1) == y)
     return {**ours, "vs_champion": {"version": champion["version"], "n": rival["n"], "accuracy": rival["accuracy"],
@@ -144,8 +154,8 @@ def evaluate_against(store: Store, model, champion: dict | None, shards: list[st
 
 
 def compare_models(store: Store, a: dict, b: dict, pixels: dict) -> dict:
-    """Models ``a`` and ``b`` (catalog rows) scored on the same holdout of ``pixels``: per-model metrics and
-    McNemar's test of ``b`` against ``a``."""
+    """Models ``a`` and ``b`` (catalog rows) scored on the same holdout of ``pixels`` with the decisions in
+    force: per-model metrics and McNemar's test of ``b`` against ``a``."""
     shards = [s["path"] for s in pixels["shards"]]
     shape, classes = tuple(pixels["info"]["shape"]), class_names(store, shards)
     loaded = []
@@ -154,7 +164,7 @@ def compare_models(store: Store, a: dict, b: dict, pixels: dict) -> dict:
         if problem:
             raise ValueError(f"model v{row['version']} cannot score pixels v{pixels['version']}: {problem}")
         loaded.append(model)
-    y, outputs = holdout_outputs(store, loaded, shards, classes, shape)
+    y, outputs = holdout_outputs(store, loaded, shards, classes, shape, store.decisions())
     scored = [holdout_metrics(y, p, classes) for p in outputs]
     return {"pixels_version": pixels["version"], "classes": classes, "a": scored[0], "b": scored[1],
             **paired_test(outputs[1].argmax(axis=1) == y, outputs[0].argmax(axis=1) == y)}

@@ -3,9 +3,12 @@
 What is wrong in the collection, from what inference stored (``fusion_core.learning.mining``): near-duplicate
 sets, and those that leak between the training data and the holdout; likely label errors (confident learning
 on out-of-sample probabilities), with the label the probabilities suggest; outliers (the most unique images);
-each image's hardness and mistakenness. The work runs in one Ray task, which reads the predictions shards
-and writes one mining shard: the driver holds neither the embeddings nor the rows, and streams the flagged
-images into the ``findings`` table from the shard.
+each image's hardness and mistakenness; poor images by their quality flags (``fusion_core.imaging.quality``,
+from the stored pixels of the images the predictions came from). People's decisions in force apply: excluded images are not mined, and
+corrected labels replace the given ones. The pixel statistics are computed by one Ray task per images shard;
+the rest runs in one Ray task, which reads the predictions shards and writes one mining shard: the driver
+holds neither the embeddings nor the rows, and streams the flagged images into the ``findings`` table from the
+shard.
 """
 
 from __future__ import annotations
@@ -15,14 +18,17 @@ from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from fusion_core.config import MineConfig, Settings
 from fusion_core.data.derive import derivation_key, derive_dataset
 from fusion_core.data.publish import publish_current
 from fusion_core.data.runs import StageResult
+from fusion_core.imaging.quality import image_stats, quality_flags
 from fusion_core.learning import mining, registry
 from fusion_core.store import Store
-from fusion_core.store.datasets import fixed_list_to_array, iter_rows, read_shards, write_shard
+from fusion_core.store.datasets import fixed_list_to_array, iter_rows, read_shard, read_shards, write_shard
+from fusion_core.store.decisions import Decisions
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +48,7 @@ SCHEMA = pa.schema([
     pa.field("suggested", pa.string()),
     pa.field("hardness", pa.float32(), nullable=False),
     pa.field("mistakenness", pa.float32()),
+    pa.field("quality", pa.string()),  # quality flags, comma-separated; null: none
 ], metadata={"fusion.dataset": "mining"})
 
 
@@ -50,20 +57,26 @@ def mine_predictions(settings: Settings, store: Store, predictions_version: int,
     cfg = settings.mine
     preds = store.require_version("predictions", predictions_version)
     model = store.get_model(preds["info"]["model_version"])
+    decisions = store.decisions()
+    pixels = store.require_version("pixels", preds["info"]["pixels_version"])
+    images = store.require_version("images", pixels["info"]["images_version"])
 
     def build() -> tuple[list[dict], dict]:
         from fusion_core.ray_runtime import ensure_ray
 
         ray = ensure_ray(settings)
+        stats = ray.remote(_image_stats).options(num_cpus=1)
+        quality = [stats.remote(store.root, s["path"]) for s in images["shards"]]
         task = ray.remote(_mine_shards).options(num_cpus=1)
-        shard, counts = ray.get(task.remote(store.root, [s["path"] for s in preds["shards"]],
-                                            registry.read_classes(model["path"]), cfg,
+        shard, counts = ray.get(task.remote(store.root, [s["path"] for s in preds["shards"]], quality,
+                                            registry.read_classes(model["path"]), cfg, decisions,
                                             f"datasets/mining/{run_id}.parquet"))
         store.replace_results("findings", run_id, _findings(store, shard["path"]))
         log.info("mine: %s", ", ".join(f"{v} {k}" for k, v in counts.items()))
         return [shard], {"predictions_version": preds["version"], "counts": counts}
 
-    key = derivation_key("predictions", preds["version"], settings.section_hash("mine"))
+    key = derivation_key("predictions", preds["version"], settings.section_hash("mine"),
+                         *(("decisions", decisions.digest()) if decisions else ()))
     mined, reused = derive_dataset(store, "mining", key, run_id, build)
     publish_current(store, mined)
     return StageResult("mine", counts={"images": mined["num_rows"], "reused": int(reused), **mined["info"]["counts"]},
@@ -71,14 +84,23 @@ def mine_predictions(settings: Settings, store: Store, predictions_version: int,
                                 "table_run_id": mined["run_id"]})
 
 
-def _mine_shards(root: str, paths: list[str], classes: list[str], cfg: MineConfig, out: str) -> tuple[dict, dict]:
-    """Read the predictions, mine them, write the mining shard; returns its manifest entry and the counts."""
+def _image_stats(root: str, path: str) -> pa.Table:
+    """The quality statistics of one images shard."""
+    return image_stats(read_shard(root, path, columns=["image_id", "height", "width", "channels", "pixels"]))
+
+
+def _mine_shards(root: str, paths: list[str], quality: list, classes: list[str], cfg: MineConfig,
+                 decisions: Decisions, out: str) -> tuple[dict, dict]:
+    """Read the predictions, mine them with the images' quality statistics (``_image_stats`` results), write
+    the mining shard; returns its manifest entry and the counts."""
+    import ray
+
     table = read_shards(root, paths, columns=["image_id", "label", "split", "predicted", "probs", "embedding"])
-    table = mine_table(table, classes, cfg)
+    table = mine_table(decisions.apply(table), classes, cfg, pa.concat_tables(ray.get(quality)))
     counts = {"duplicate_sets": len(set(table.column("duplicate_set").to_pylist()) - {-1}),
               "in_duplicate_sets": _count(table, "duplicate_set", lambda v: v >= 0),
               "leaking": _count(table, "leak"), "label_issues": _count(table, "label_issue"),
-              "outliers": _count(table, "outlier")}
+              "outliers": _count(table, "outlier"), "poor_quality": _count(table, "quality", lambda v: v is not None)}
     return write_shard(root, out, table), counts
 
 
@@ -86,8 +108,9 @@ def _count(table: pa.Table, column: str, test=bool) -> int:
     return sum(1 for v in table.column(column).to_pylist() if test(v))
 
 
-def mine_table(predictions: pa.Table, classes: list[str], cfg: MineConfig) -> pa.Table:
-    """The mining rows of a predictions table (columns image_id, label, split, predicted, probs, embedding)."""
+def mine_table(predictions: pa.Table, classes: list[str], cfg: MineConfig, stats: pa.Table | None = None) -> pa.Table:
+    """The mining rows of a predictions table (columns image_id, label, split, predicted, probs, embedding),
+    with the quality flags of ``stats`` (``imaging.quality.STATS`` of the collection; None: no flags)."""
     n = predictions.num_rows
     x = fixed_list_to_array(predictions.column("embedding"))
     probs = fixed_list_to_array(predictions.column("probs"))
@@ -97,11 +120,16 @@ def mine_table(predictions: pa.Table, classes: list[str], cfg: MineConfig) -> pa
     given = np.asarray([index.get(v, -1) for v in predictions.column("label").to_pylist()], dtype=np.int64)
     labelled = given >= 0
 
+    flags, hashes = pa.nulls(n, pa.string()), None
+    if stats is not None:
+        position = pc.index_in(predictions.column("image_id"), stats.column("image_id"))
+        flags = pc.take(pa.array(quality_flags(stats, cfg.quality), pa.string()), position)
+        hashes = pc.take(stats.column("phash"), position).fill_null(0).to_numpy()
     sets, leak, outlier = np.full(n, -1), np.zeros(n, bool), np.zeros(n, bool)
     nearest, similarity, unique = np.full(n, None, dtype=object), np.full(n, np.nan), np.full(n, np.nan)
     if n >= 2:
         sims, idx = mining.neighbours(x, cfg.neighbours, cfg.exact_max)
-        sets = mining.duplicate_sets(sims, idx, cfg.near_duplicate_similarity)
+        sets = mining.duplicate_sets(sims, idx, cfg.near_duplicate_similarity, hashes)
         leak = np.isin(sets, mining.leaking_sets(sets, splits)) & (sets >= 0)
         nearest, similarity, unique = ids[idx[:, 0]], sims[:, 0], mining.uniqueness(sims)
         if cfg.outlier_fraction:
@@ -122,7 +150,7 @@ def mine_table(predictions: pa.Table, classes: list[str], cfg: MineConfig) -> pa
         "nearest_id": pa.array(nearest, pa.string()), "nearest_similarity": _floats(similarity),
         "uniqueness": _floats(unique), "outlier": pa.array(outlier), "label_issue": pa.array(issue),
         "label_quality": _floats(quality), "suggested": pa.array(suggested, pa.string()),
-        "hardness": pa.array(mining.hardness(probs)), "mistakenness": _floats(mistaken),
+        "hardness": pa.array(mining.hardness(probs)), "mistakenness": _floats(mistaken), "quality": flags,
     }, schema=SCHEMA)
 
 
@@ -141,10 +169,10 @@ def _enough_labels(labels: np.ndarray) -> bool:
 
 def _findings(store: Store, shard: str) -> Iterator[dict]:
     """The flagged images of a mining shard as ``findings`` rows, streamed: every member of a duplicate set (and,
-    when the set leaks, a ``leak`` row too), each likely label error and each outlier."""
+    when the set leaks, a ``leak`` row too), each likely label error, each outlier and each poor image."""
     for r in iter_rows(store.root, [shard], SCHEMA.names):
         row = {"image_id": r["image_id"], "label": r["label"], "split": r["split"], "duplicate_set": None,
-               "suggested": None}
+               "suggested": None, "flags": None}
         if r["duplicate_set"] >= 0:
             found = {**row, "score": r["nearest_similarity"], "duplicate_set": r["duplicate_set"]}
             yield {**found, "kind": "duplicate"}
@@ -154,3 +182,5 @@ def _findings(store: Store, shard: str) -> Iterator[dict]:
             yield {**row, "kind": "label_error", "score": 1 - r["label_quality"], "suggested": r["suggested"]}
         if r["outlier"]:
             yield {**row, "kind": "outlier", "score": r["uniqueness"]}
+        if r["quality"]:
+            yield {**row, "kind": "quality", "score": r["quality"].count(",") + 1, "flags": r["quality"]}

@@ -13,20 +13,25 @@ import logging
 import os
 import tempfile
 import time
+from dataclasses import replace
+
+import numpy as np
 
 from fusion_core import uri
 from fusion_core.config import Settings
 from fusion_core.data.derive import derivation_key, derive_model
 from fusion_core.data.runs import StageResult, code_version
+from fusion_core.imaging.quality import dhash
 from fusion_core.learning import registry
 from fusion_core.learning.feed import epoch_steps, whitening_filters
 from fusion_core.learning.registry import MODEL_FILE
-from fusion_core.learning.scoring import (class_names, comparison_rows, count_labelled, evaluate_against, labelled_rows,
-                                          load_scorer, training_sample)
+from fusion_core.learning.scoring import (class_names, comparison_rows, count_labelled, evaluate_against,
+                                          labelled_rows, load_scorer, training_sample)
 from fusion_core.learning.train_loop import STATE_FILE, train_loop_per_worker, train_run_name
 from fusion_core.recipes import Recipe
 from fusion_core.store import Store
-from fusion_core.store.datasets import shard_files
+from fusion_core.store.datasets import pixels_to_array, read_shard, shard_files
+from fusion_core.store.decisions import Decisions
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +47,24 @@ def train_model(settings: Settings, store: Store, pixels_version: int, run_id: s
             on_drift`` a run that checked and flagged none keeps the champion without training; with
             ``drift.action: block_promotion`` a flagged run does not promote.
 
-    Skips training when a model already exists for the same data and training config (unless
-    ``train.retrain`` is ``always``).
+    People's decisions in force when the stage starts (excluded images, corrected labels) apply to the
+    training data and the holdout, for the challenger and the champion alike; a change of them is new training
+    data. Holdout images with the perceptual hash of a training image move to the training data
+    (``holdout_copies``), so that no near-copy of a training image judges the model. Skips training when a model already exists for the same data, decisions and training
+    config (unless ``train.retrain`` is ``always``).
     """
     cfg = settings.train
     pixels = store.require_version("pixels", pixels_version)
     champion = store.get_model(champion_version) if champion_version is not None else None
-    if cfg.retrain == "on_drift" and drift_flags == [] and champion is not None:
-        log.info("train: no drift flagged: champion v%d kept, not retrained", champion["version"])
+    decisions = store.decisions()
+    if cfg.retrain == "on_drift" and drift_flags == [] and champion is not None and _same_decisions(champion, decisions):
+        log.info("train: no drift flagged and no new decisions: champion v%d kept, not retrained", champion["version"])
         return _result(champion, champion_version, trained=False,
                        promotion="no drift flagged: champion kept, not retrained")
     blocked = (f"drift flagged ({', '.join(drift_flags)}) blocks promotion"
                if drift_flags and settings.drift.action == "block_promotion" else None)
-    key = derivation_key("pixels", pixels["version"], settings.section_hash("train"))
+    key = derivation_key("pixels", pixels["version"], settings.section_hash("train"),
+                         *(("decisions", decisions.digest()) if decisions else ()))
     promotion = []
 
     def build() -> dict:
@@ -65,7 +75,8 @@ def train_model(settings: Settings, store: Store, pixels_version: int, run_id: s
         ray = ensure_ray(settings)
         fit = ray.remote(_fit_and_register_in_task).options(num_cpus=0)
         # The code version is the driver's: the task may run on a node that got Fusion through runtime_env.
-        model = ray.get(fit.remote(settings, store.reopen_args(), pixels, champion, key, run_id, code_version()))
+        model = ray.get(fit.remote(settings, store.reopen_args(), pixels, champion, decisions, key, run_id,
+                                   code_version()))
         promotion.append(registry.promote_if_better(store, model["version"], cfg.promote_margin, cfg.promote_alpha,
                                                     blocked))
         log.info("train: model v%d %s", model["version"], promotion[0])
@@ -77,12 +88,12 @@ def train_model(settings: Settings, store: Store, pixels_version: int, run_id: s
 
 
 def _fit_and_register_in_task(settings: Settings, store_args: tuple[str, str], pixels: dict, champion: dict | None,
-                              key: str, run_id: str, code: str) -> dict:
-    return _fit_and_register(settings, Store(*store_args), pixels, champion, key, run_id, code)
+                              decisions: Decisions, key: str, run_id: str, code: str) -> dict:
+    return _fit_and_register(settings, Store(*store_args), pixels, champion, decisions, key, run_id, code)
 
 
-def _fit_and_register(settings: Settings, store: Store, pixels: dict, champion: dict | None, key: str, run_id: str,
-                      code: str) -> dict:
+def _fit_and_register(settings: Settings, store: Store, pixels: dict, champion: dict | None, decisions: Decisions,
+                      key: str, run_id: str, code: str) -> dict:
     """Fit with Ray Train, publish the best checkpoint in float32, evaluate it and register it."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
@@ -98,11 +109,13 @@ def _fit_and_register(settings: Settings, store: Store, pixels: dict, champion: 
     shape = tuple(pixels["info"]["shape"])
     norm = pixels["info"]["stats"] if pixels["info"].get("scale") == "standardize" else None
     started = time.perf_counter()
+    people, decisions = decisions, replace(decisions, to_train=holdout_copies(store, paths, shape))
+    log.info("train: %d holdout images with a near-copy in the training data moved there", len(decisions.to_train))
     fs, files = shard_files(store.root, paths)
-    source = ray.data.read_parquet(files, filesystem=fs, columns=["pixels", "label", "split"])
+    source = ray.data.read_parquet(files, filesystem=fs, columns=["image_id", "pixels", "label", "split"])
     # No global shuffle: blocks in a random order, and each worker shuffles its share every epoch.
     datasets = {split: source.map_batches(labelled_rows, batch_format="pyarrow", batch_size=4096,
-                                          fn_kwargs={"classes": classes, "split": split})
+                                          fn_kwargs={"classes": classes, "split": split, "decisions": decisions})
                 for split in ("train", "val")}
     datasets["train"] = datasets["train"].randomize_block_order(seed=cfg.seed)
     if not spare_cpus(ray, cfg):  # Ray Data's tasks need a CPU the workers do not hold; else they read as
@@ -114,10 +127,10 @@ def _fit_and_register(settings: Settings, store: Store, pixels: dict, champion: 
     batch = recipe.batch_size if recipe.scale_with_workers else max(1, recipe.batch_size // workers)
     rate = recipe.learning_rate * (workers if recipe.scale_with_workers else 1)
     # Ray Train gives every worker the same number of rows.
-    steps_per_epoch = epoch_steps(count_labelled(store, paths, "train") // workers, batch)
+    steps_per_epoch = epoch_steps(count_labelled(store, paths, "train", decisions) // workers, batch)
     whitening = None
     if recipe.model == "airbench" and recipe.whitening and not init_from:
-        whitening = whitening_filters(training_sample(store, paths, classes, shape), norm).tolist()
+        whitening = whitening_filters(training_sample(store, paths, classes, shape, decisions), norm).tolist()
     checkpoints_fs, checkpoints = uri.filesystem(store.path("checkpoints"))  # the store's endpoint, on every worker
     trainer = TensorflowTrainer(
         train_loop_per_worker,
@@ -147,14 +160,33 @@ def _fit_and_register(settings: Settings, store: Store, pixels: dict, champion: 
     best = result.get_best_checkpoint(metric="val_accuracy", mode="max") or result.checkpoint
     with best.as_directory() as ckpt, tempfile.TemporaryDirectory() as tmp:
         model = _float32_copy(os.path.join(ckpt, MODEL_FILE), recipe, shape, classes, norm)
-        metrics = evaluate_against(store, model, champion, paths, classes, shape)
+        metrics = evaluate_against(store, model, champion, paths, classes, shape, decisions)
         model_file = registry.save_model_file(model, tmp)
         return registry.register_model(
             store, model_file, classes, run_id=run_id, name=recipe.model, key=key, dataset_version=pixels["version"],
             metrics={**metrics, "history": history},
             config={**cfg.model_dump(), "resolved_recipe": recipe.as_dict(), "code_version": code,
-                    "input_shape": list(shape),
+                    "input_shape": list(shape), "decisions": decisions.counts(),
+                    "decisions_digest": people.digest(),
                     "initialised_from": f"champion v{init_from['version']}" if init_from else "scratch"})
+
+
+def holdout_copies(store: Store, shards: list[str], shape: tuple[int, int, int]) -> frozenset[str]:
+    """The holdout (val and test) images whose perceptual hash (``imaging.quality.dhash``) a training image
+    shares: near-copies of training images, one shard at a time."""
+    train, held, held_ids = [], [], []
+    for shard in shards:
+        rows = read_shard(store.root, shard, columns=["image_id", "pixels", "split"])
+        hashes = np.array([dhash(image) for image in pixels_to_array(rows.column("pixels"), shape)], dtype=np.int64)
+        in_train = np.asarray(rows.column("split").to_pylist(), dtype=object) == "train"
+        train.append(hashes[in_train])
+        held.append(hashes[~in_train])
+        held_ids.append(np.asarray(rows.column("image_id").to_pylist(), dtype=object)[~in_train])
+    if not shards:
+        return frozenset()
+    held = np.concatenate(held)
+    copied = np.isin(held, np.concatenate(train)) & (held != 0)
+    return frozenset(np.concatenate(held_ids)[copied].tolist())
 
 
 def spare_cpus(ray, cfg) -> bool:
@@ -188,6 +220,11 @@ def _float32_copy(path: str, recipe: Recipe, shape: tuple[int, int, int], classe
     return published_model(model, recipe)
 
 
+def _same_decisions(model: dict, decisions: Decisions) -> bool:
+    """Whether ``model`` was trained under the decisions now in force."""
+    return model["config"].get("decisions_digest", Decisions().digest()) == decisions.digest()
+
+
 def _result(model: dict, champion_version: int | None, trained: bool, promotion: str) -> StageResult:
     """The stage's result; its ``champion_version`` (what infer uses next) is ``model`` when it is champion,
     else the champion the run started with."""
@@ -195,7 +232,8 @@ def _result(model: dict, champion_version: int | None, trained: bool, promotion:
     champion = model["version"] if model["stage"] == "champion" else champion_version
     return StageResult(
         "train",
-        counts={"trained": int(trained), "reused": int(not trained), "holdout_images": m["n"]},
+        counts={"trained": int(trained), "reused": int(not trained), "holdout_images": m["n"],
+                **(model["config"].get("decisions") or {})},
         metrics={k: m[k] for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "ece") if k in m},
         outputs={"model_version": model["version"], "model_path": model["path"], "stage": model["stage"],
                  "promotion": promotion, "champion_version": champion,

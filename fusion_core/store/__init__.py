@@ -2,8 +2,8 @@
 
 ``Store`` (``catalog``) is the catalog's API, joined from its parts: ``runs`` (runs, stages, heartbeat, writer
 lease), ``versions`` (dataset versions and their shards), ``sources`` (image sources, quarantine), ``models``
-(models, promotions) and ``results`` (the result tables); ``tables`` holds the schema, ``migrations`` its
-upgrades and ``common`` what the parts share.
+(models, promotions), ``decisions`` (exclusions and corrected labels) and ``results`` (the result tables);
+``tables`` holds the schema, ``migrations`` its upgrades and ``common`` what the parts share.
 """
 
 from fusion_core.store.catalog import Store, StoreNotFoundError

@@ -1,9 +1,10 @@
 """``Store``: the catalog and the result tables of one store, in SQL through SQLAlchemy.
 
 The catalog records runs and their stages (``runs``), dataset versions with their shard manifests
-(``versions``), image sources and quarantine (``sources``), and models with their promotions (``models``).
-Result tables (predictions, cluster assignments and summaries, ``results``) are what people query. A dataset
-version exists only once its manifest is committed here. ``Store`` joins those parts over one database and one
+(``versions``), image sources and quarantine (``sources``), models with their promotions (``models``), and
+people's decisions about images (``decisions``). Result tables (predictions, cluster assignments and
+summaries, findings, ``results``) are what people query. A dataset version exists only once its manifest is
+committed here. ``Store`` joins those parts over one database and one
 store root, and says where the store's files lie.
 """
 
@@ -17,6 +18,7 @@ import sqlalchemy as sa
 from fusion_core import uri
 from fusion_core.config import Settings
 from fusion_core.store.common import retrying
+from fusion_core.store.decisions import DecisionCatalog
 from fusion_core.store.migrations import migrate
 from fusion_core.store.models import ModelCatalog
 from fusion_core.store.results import ResultTables
@@ -28,7 +30,7 @@ from fusion_core.store.versions import VersionCatalog
 _migrated: set[str] = set()  # catalogs this process has brought to the current schema
 
 
-class Store(RunCatalog, VersionCatalog, SourceCatalog, ModelCatalog, ResultTables):
+class Store(RunCatalog, VersionCatalog, SourceCatalog, ModelCatalog, ResultTables, DecisionCatalog):
     """Catalog access for one store root (artifacts) and database (catalog)."""
 
     def __init__(self, root: str, db_url: str | None = None, sqlite_lock_wait_s: float = 30.0):

@@ -3,6 +3,7 @@ refused with their reasons."""
 
 from __future__ import annotations
 
+import string
 from collections.abc import Iterable, Sequence
 
 import sqlalchemy as sa
@@ -46,6 +47,19 @@ class SourceCatalog:
                 for image_id, source in rows:
                     found.setdefault(image_id, []).append(source)
         return {i: sorted(s) for i, s in found.items()}
+
+    def resolve_images(self, refs: Iterable[str]) -> dict[str, list[str]]:
+        """The image ids each reference names: a whole image id, a prefix of one (at least 6 hex digits), or a
+        recorded source path; several ids for a prefix they share, none for an unknown reference."""
+        found = {}
+        query = sa.select(image_sources.c.image_id).distinct()
+        with self.engine.connect() as conn:
+            for ref in refs:
+                ids = conn.execute(query.where(image_sources.c.source == ref)).scalars().all()
+                if not ids and len(ref) >= 6 and all(c in string.hexdigits for c in ref):
+                    ids = conn.execute(query.where(image_sources.c.image_id.like(f"{ref.lower()}%"))).scalars().all()
+                found[ref] = sorted(ids)
+        return found
 
     # quarantine -----------------------------------------------------------
     def add_quarantine(self, run_id: str, rows: Sequence[dict]) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 # Stage outputs that name a file in the store, and the top folder it lies in.
-PATH_OUTPUTS = {"report": "reports", "model_path": "models"}
+PATH_OUTPUTS = {"report": "reports", "gallery": "reports", "model_path": "models"}
 SCHEMA_VERSION = 5  # see MIGRATIONS
 
 metadata = sa.MetaData()
@@ -133,6 +133,16 @@ findings = sa.Table(  # what the mine stage flagged: one row per image and kind 
     sa.Column("label", sa.Text),
     sa.Column("suggested", sa.Text),
     sa.Column("split", sa.String(8)),
+    sa.Column("flags", sa.Text),  # quality: the image's quality flags
+)
+decisions = sa.Table(  # people's standing decisions about images, applied by the next training run
+    "decisions", metadata,
+    sa.Column("image_id", sa.String(64), primary_key=True),
+    sa.Column("action", sa.String(16), nullable=False),  # exclude or relabel
+    sa.Column("label", sa.Text),  # relabel: the correct label
+    sa.Column("reason", sa.Text),
+    sa.Column("actor", sa.String(100), nullable=False),
+    sa.Column("decided_at", sa.DateTime, nullable=False),
 )
 writer_lease = sa.Table(  # at most one row: the run that may write to the store now
     "writer_lease", metadata,

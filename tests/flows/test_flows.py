@@ -23,6 +23,7 @@ from flows.nightly import nightly_flow
 from flows.preprocess import preprocess_flow
 from flows.train import train_flow
 from fusion_core.demo_data import generate_demo_images
+from fusion_core.stages.train import holdout_copies
 from fusion_core.store import Store
 import flows.nightly as nightly
 
@@ -196,7 +197,7 @@ def test_mine_flow_then_find(inferred, stage_store):
     assert mined["num_rows"] == IMAGES and mined["info"]["predictions_version"] == inferred["outputs"]["version"]
     findings = store.query("findings", result["run_id"])
     kinds = {kind: [f for f in findings if f["kind"] == kind]
-             for kind in ("duplicate", "leak", "label_error", "outlier")}
+             for kind in ("duplicate", "leak", "label_error", "outlier", "quality")}
     counts = result["counts"]
     assert len(kinds["duplicate"]) == counts["in_duplicate_sets"] and len(kinds["leak"]) == counts["leaking"]
     assert len(kinds["label_error"]) == counts["label_issues"] and len(kinds["outlier"]) == counts["outliers"] >= 1
@@ -208,6 +209,8 @@ def test_mine_flow_then_find(inferred, stage_store):
     rows = json.loads(found.output)
     assert len(rows) == counts["outliers"] and all(Path(r["path"]).is_file() for r in rows)
     assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+    poor = json.loads(CliRunner().invoke(app, ["find", "quality", "--store", stage_store, "-f", "json"]).output)
+    assert len(poor) == counts["poor_quality"] and all(r["flags"] for r in poor)
     unknown = CliRunner().invoke(app, ["find", "typos", "--store", stage_store])
     assert unknown.exit_code == 2 and "label-errors" in unknown.output
 
@@ -215,13 +218,69 @@ def test_mine_flow_then_find(inferred, stage_store):
     assert again["counts"]["reused"] == 1 and again["outputs"]["version"] == result["outputs"]["version"]
 
 
-def test_train_flow_best_recipe_and_promotion_rule(trained, stage_store):
+def test_similar_images_of_a_stored_image_and_of_a_new_file(inferred, stage_store, tmp_path):
+    import json
+
+    store = Store(stage_store)
+    (image_id, sources), = store.sources_of([store.query("predictions", inferred["run_id"])[0]["image_id"]]).items()
+
+    def similar(*args):
+        done = CliRunner().invoke(app, ["similar", *args, "-k", "3", "--store", stage_store, "-f", "json"])
+        assert done.exit_code == 0, done.output
+        return json.loads(done.output)
+
+    stored = similar(image_id[:10])
+    assert len(stored) == 3 and image_id not in {r["image_id"] for r in stored}
+    assert [r["similarity"] for r in stored] == sorted((r["similarity"] for r in stored), reverse=True)
+    copy = tmp_path / "copy.png"  # the same pixels in a file the store has not seen: embedded by the model
+    Image.open(sources[0]).save(copy, compress_level=1)
+    found = similar(str(copy))
+    assert found[0]["image_id"] == image_id and found[0]["similarity"] == pytest.approx(1.0, abs=1e-3)
+    missing = CliRunner().invoke(app, ["similar", str(tmp_path / "none.png"), "--store", stage_store])
+    assert missing.exit_code == 1 and "no such file" in missing.output
+
+
+def test_train_flow_best_recipe_promotion_rule_and_decisions(trained, inferred, stage_store, tmp_path):
+    """On a copy of the stage store where a person excluded a holdout image and corrected a label (by path and
+    by id prefix, through the command line): the best recipe trains with them applied, the champion is scored
+    on the same holdout, and mining applies them too."""
+    import json
+
+    root = str(shutil.copytree(Path(stage_store).parent, tmp_path / "copy") / "store")
+    store = Store(root)
+    rows = sorted(store.query("predictions", inferred["run_id"]), key=lambda r: r["image_id"])
+    test_image, other = [r for r in rows if r["split"] == "test"][:2]
+    path = store.sources_of([test_image["image_id"]])[test_image["image_id"]][0]
+    new_label = next(r["label"] for r in rows if r["label"] != other["label"])
+    cli = CliRunner()
+    bad = tmp_path / "review.csv"
+    bad.write_text(f"image,action,label\n{other['image_id']},relabel,{new_label}\n{path},exlude,\n")
+    refused = cli.invoke(app, ["review", str(bad), "--store", root])
+    assert refused.exit_code == 2 and "line 3: action 'exlude'" in refused.output and not store.decision_rows()
+    assert cli.invoke(app, ["relabel", other["image_id"][:12], "circel", "--store", root]).exit_code == 2
+    assert cli.invoke(app, ["exclude", "0000000", "--store", root]).exit_code == 1
+    assert cli.invoke(app, ["exclude", path, "--reason", "blurred", "--store", root]).exit_code == 0
+    done = cli.invoke(app, ["relabel", other["image_id"][:12], new_label, "--store", root])
+    assert done.exit_code == 0, done.output
+    listed = json.loads(cli.invoke(app, ["decisions", "--store", root, "-f", "json"]).output)
+    assert {(r["action"], r["label"], r["path"]) for r in listed} == {("exclude", None, path),
+                                                                     ("relabel", new_label, listed[0]["path"])}
+
     # cache_data off: this run streams every epoch from Ray Data (the other runs cache after the first).
-    overrides = {**_overrides(stage_store), "train.recipe": "best", "train.epochs": 2, "train.promote_margin": 2.0,
+    overrides = {**_overrides(root), "train.recipe": "best", "train.epochs": 2, "train.promote_margin": 2.0,
                  "train.cache_data": False}
     result = train_flow("smoke", overrides)
-    store = Store(stage_store)
     model = store.get_model(result["outputs"]["model_version"])
+    pixels = store.get_version("pixels", model["dataset_version"])
+    copies = holdout_copies(store, [s["path"] for s in pixels["shards"]], tuple(pixels["info"]["shape"]))
+    assert model["config"]["decisions"] == {"excluded": 1, "relabelled": 1, "leaks_moved": len(copies)}
+    assert result["counts"]["excluded"] == 1 and result["counts"]["relabelled"] == 1
+    # the holdout of the first model already left out the near-copies; this one also the excluded image
+    assert model["metrics"]["n"] == trained["counts"]["holdout_images"] - (test_image["image_id"] not in copies)
+    mined = mine_flow("smoke", _overrides(root), predictions_version=inferred["outputs"]["version"])
+    assert mined["counts"]["reused"] == 0 and mined["counts"]["images"] == IMAGES - 1
+    shard = pq.read_table(store.path(store.get_version("mining", mined["outputs"]["version"])["shards"][0]["path"]))
+    assert dict(zip(shard["image_id"].to_pylist(), shard["label"].to_pylist()))[other["image_id"]] == new_label
     assert model["name"] == "airbench" and model["config"]["resolved_recipe"]["flip"] == "alternating"
     assert model["config"]["cache_data"] is False
     assert [h["epoch"] for h in model["metrics"]["history"]] == [0, 1]

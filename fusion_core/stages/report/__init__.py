@@ -9,7 +9,7 @@ reused earlier results (a rerun) are shown with those results. Plots are drawn
 with matplotlib's Agg canvas, imported only when a plot is drawn.
 
 ``sections`` builds each section from the catalog, ``plots`` draws the figures and
-``page`` renders the HTML.
+``page`` renders the HTML; ``gallery`` writes pages of captioned thumbnails beside it.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from fusion_core import uri
 from fusion_core.config import Settings
 from fusion_core.data.runs import StageResult
 from fusion_core.stages.report import sections
+from fusion_core.stages.report.gallery import write_gallery
 from fusion_core.stages.report.mining import mining_findings
 from fusion_core.stages.report.page import render_report
 from fusion_core.store import Store
@@ -59,20 +60,23 @@ def write_report(settings: Settings, store: Store, run_id: str, status: str | No
         sections.drift_checks(stages.get("drift")),
         sections.ingestion(store, run_id, stages.get("ingest")),
         sections.imputation(store, pixels),
-        sections.training(model, stages.get("train")),
+        sections.training(store, model, stages.get("train")),
         sections.evaluation(model),
         sections.embedding_map(store, predictions, clusters),
         sections.cluster_exemplars(store, run_id, predictions, outputs.get("cluster"),
                                    (stages.get("cluster") or {}).get("metrics")),
         mining_findings(store, run_id, stages.get("mine")),
     ]
+    gallery = write_gallery(store, run_id, outputs, predictions)
     figures = {name: data for section in shown for name, data in section.figures.items()}
     document = render_report(f"Fusion run {run_id}", f"{run['flow']} flow, {run['status']}; store {store.root}",
-                             [(section.title, section.body) for section in shown])
+                             [(section.title, section.body) for section in shown],
+                             [(gallery, "Gallery of findings, confusions and clusters")] if gallery else [])
     for name, data in [*figures.items(), ("index.html", document.encode())]:  # the page last: its images exist first
         uri.write_bytes(store.path(REPORT_DIR, run_id, name), data)
     path = store.path(REPORT_DIR, run_id, "index.html")
     log.info("report: %s (%d images)", path, len(figures))
     return StageResult("report", counts={"sections": sum(section.body is not None for section in shown),
                                          "images": len(figures)},
-                       outputs={"report": path, "images": sorted(figures)})
+                       outputs={"report": path, "images": sorted(figures),
+                                **({"gallery": store.path(REPORT_DIR, run_id, gallery)} if gallery else {})})

@@ -11,7 +11,9 @@ ROWS_PER_KIND = 10
 KINDS = {"label_error": ("Likely label errors", "how doubtful the given label is"),
          "leak": ("Duplicates across train and holdout", "similarity to the nearest copy"),
          "duplicate": ("Near-duplicates", "similarity to the nearest copy"),
-         "outlier": ("Outliers", "uniqueness")}
+         "outlier": ("Outliers", "uniqueness"),
+         "quality": ("Poor images", "how many quality flags")}
+SHOWN = {"label_error": "suggested", "quality": "flags"}  # the column beside the label; else duplicate_set
 
 
 def mining_findings(store: Store, run_id: str, mine: dict | None) -> Section:
@@ -33,8 +35,8 @@ def mining_findings(store: Store, run_id: str, mine: dict | None) -> Section:
             continue
         paths = store.sources_of(r["image_id"] for r in rows)
         body += f"<h3>{heading}</h3>" + html_table(
-            ["score", "source", "label", "suggested" if kind == "label_error" else "set", "split"],
+            ["score", "source", "label", SHOWN.get(kind, "duplicate_set"), "split"],
             [(round(r["score"], 3), (paths.get(r["image_id"]) or [r["image_id"]])[0], r["label"],
-              r["suggested"] if kind == "label_error" else r["duplicate_set"], r["split"]) for r in rows])
+              r[SHOWN.get(kind, "duplicate_set")], r["split"]) for r in rows])
         body += f"<p class=\"note\">score: {score}; all of them: <code>fusion find {FINDINGS[kind]}</code></p>"
     return Section(title, body)

@@ -50,14 +50,17 @@ def html_image(name: str, alt: str) -> str:
     return f'<img src="{html.escape(name)}" alt="{html.escape(alt)}">'
 
 
-def render_report(title: str, subtitle: str, sections: Sequence[tuple[str, str | None]]) -> str:
+def render_report(title: str, subtitle: str, sections: Sequence[tuple[str, str | None]],
+                  links: Sequence[tuple[str, str]] = ()) -> str:
     """The whole page: title, a table of contents, then each section.
 
     Args:
         sections: ``(title, body)`` pairs, the body HTML or None (shown as not in this run).
+        links: ``(href, text)`` of pages beside the report, listed first in the table of contents.
     """
     anchors = [f"s{i}" for i in range(len(sections))]
-    nav = "".join(f'<a href="#{a}">{html.escape(name)}</a>' for a, (name, _) in zip(anchors, sections))
+    nav = "".join(f'<a href="{html.escape(href)}"><b>{html.escape(text)}</b></a>' for href, text in links)
+    nav += "".join(f'<a href="#{a}">{html.escape(name)}</a>' for a, (name, _) in zip(anchors, sections))
     parts = [f'<section id="{a}"><h2>{html.escape(name)}</h2>'
              + (body if body is not None else '<p class="missing">Not in this run.</p>') + "</section>"
              for a, (name, body) in zip(anchors, sections)]

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fusion_core.learning.scoring import comparison_rows
+from fusion_core.stages.report.decisions import decisions_applied
 from fusion_core.stages.report.page import html_image, html_table
 from fusion_core.stages.report.plots import (pca_2d, plot_cluster_montage, plot_confusion_matrix, plot_embedding_map,
                                              plot_imputation_examples, plot_training_curves)
@@ -181,7 +182,7 @@ def imputation(store: Store, pixels: dict | None) -> Section:
             f"made from them (pixels v{pixels['version']}): imputed at the source resolution, then resized.</p>")
     if not rows:
         return Section(title, note + "<p>No image in this data had missing pixels.</p>")
-    imputed = _pixels_by_id(store, pixels, [r["image_id"] for r in rows])
+    imputed = pixels_by_id(store, pixels, [r["image_id"] for r in rows])
     examples = []
     for r in rows:
         if r["image_id"] not in imputed:
@@ -194,8 +195,8 @@ def imputation(store: Store, pixels: dict | None) -> Section:
                    {"imputation.png": plot_imputation_examples(examples)})
 
 
-def training(model: dict | None, train: dict | None) -> Section:
-    """Where the model came from (trained here or reused) and its per-epoch curves.
+def training(store: Store, model: dict | None, train: dict | None) -> Section:
+    """Where the model came from (trained here or reused), people's decisions it applied, its per-epoch curves.
 
     Args:
         model: the run's model, or None.
@@ -208,7 +209,7 @@ def training(model: dict | None, train: dict | None) -> Section:
     note = (f"<p>Model v{model['version']} ({html.escape(model['name'])}), "
             + (f"trained in this run; {html.escape(str(train['outputs'].get('promotion')))}."
                if trained else f"reused: trained by run {html.escape(model['run_id'] or '?')}.")
-            + f" Stage now: {html.escape(model['stage'])}.</p>")
+            + f" Stage now: {html.escape(model['stage'])}.</p>") + decisions_applied(store, model)
     history = (model["metrics"] or {}).get("history") or []
     if not history:
         return Section(title, note + "<p>No per-epoch history was recorded.</p>")
@@ -302,7 +303,7 @@ def cluster_exemplars(store: Store, run_id: str, predictions: dict | None, clust
     if pixels is None or not any(exemplars.values()):
         return Section(title, table + "<p>No exemplar images are available for these clusters.</p>")
     outliers = {s["cluster"]: (s["outliers"] or [])[:EXEMPLARS_PER_CLUSTER] for s in summaries}
-    found = _pixels_by_id(store, pixels, [i for group in (exemplars, outliers) for ids in group.values() for i in ids])
+    found = pixels_by_id(store, pixels, [i for group in (exemplars, outliers) for ids in group.values() for i in ids])
 
     def montage(chosen: dict) -> bytes:
         return plot_cluster_montage([(f"cluster {s['cluster']} · {s['size']} images\n"
@@ -321,7 +322,7 @@ def cluster_exemplars(store: Store, run_id: str, predictions: dict | None, clust
     return Section(title, body, figures)
 
 
-def _pixels_by_id(store: Store, pixels: dict, image_ids: Sequence[str]) -> dict[str, np.ndarray]:
+def pixels_by_id(store: Store, pixels: dict, image_ids: Sequence[str]) -> dict[str, np.ndarray]:
     """Model-input images of a pixels version, by image id."""
     wanted, found = set(image_ids), {}
     for shard in pixels["shards"]:
