@@ -153,8 +153,7 @@ class QualityConfig(_Section):
 
 
 class MineConfig(_Section):
-    """What the mine stage looks for in a predictions version's embeddings and probabilities, and in the
-    images' pixels."""
+    """What the mine stage looks for in a predictions version's embeddings and probabilities, and in pixels."""
 
     neighbours: int = Field(10, ge=1, description="nearest neighbours looked up per image")
     near_duplicate_similarity: float = Field(0.97, gt=0, le=1, description="cosine similarity of embeddings from "

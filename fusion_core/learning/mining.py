@@ -112,7 +112,9 @@ def label_issues(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
-    flagged = find_label_issues(labels, probs, filter_by="prune_by_noise_rate")
+    # n_jobs=1: cleanlab's default forks a multiprocessing pool, and a fork of a multi-threaded process (a Ray
+    # worker) can deadlock in the child.
+    flagged = find_label_issues(labels, probs, filter_by="prune_by_noise_rate", n_jobs=1)
     quality = get_label_quality_scores(labels, probs, method="self_confidence")
     return flagged, quality.astype(np.float32), probs.argmax(axis=1)
 

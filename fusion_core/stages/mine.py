@@ -4,11 +4,11 @@ What is wrong in the collection, from what inference stored (``fusion_core.learn
 sets, and those that leak between the training data and the holdout; likely label errors (confident learning
 on out-of-sample probabilities), with the label the probabilities suggest; outliers (the most unique images);
 each image's hardness and mistakenness; poor images by their quality flags (``fusion_core.imaging.quality``,
-from the stored pixels of the images the predictions came from). People's decisions in force apply: excluded images are not mined, and
-corrected labels replace the given ones. The pixel statistics are computed by one Ray task per images shard;
-the rest runs in one Ray task, which reads the predictions shards and writes one mining shard: the driver
-holds neither the embeddings nor the rows, and streams the flagged images into the ``findings`` table from the
-shard.
+from the stored pixels of the images the predictions came from). People's decisions in force apply: excluded
+images are not mined, and corrected labels replace the given ones. The pixel statistics are computed by one
+Ray task per images shard; the rest runs in one Ray task, which reads the predictions shards and writes one
+mining shard: the driver holds neither the embeddings nor the rows, and streams the flagged images into the
+``findings`` table from the shard.
 """
 
 from __future__ import annotations

@@ -50,14 +50,16 @@ def train_model(settings: Settings, store: Store, pixels_version: int, run_id: s
     People's decisions in force when the stage starts (excluded images, corrected labels) apply to the
     training data and the holdout, for the challenger and the champion alike; a change of them is new training
     data. Holdout images with the perceptual hash of a training image move to the training data
-    (``holdout_copies``), so that no near-copy of a training image judges the model. Skips training when a model already exists for the same data, decisions and training
-    config (unless ``train.retrain`` is ``always``).
+    (``holdout_copies``), so that no near-copy of a training image judges the model. Skips training when a
+    model already exists for the same data, decisions and training config (unless ``train.retrain`` is
+    ``always``).
     """
     cfg = settings.train
     pixels = store.require_version("pixels", pixels_version)
     champion = store.get_model(champion_version) if champion_version is not None else None
     decisions = store.decisions()
-    if cfg.retrain == "on_drift" and drift_flags == [] and champion is not None and _same_decisions(champion, decisions):
+    if (cfg.retrain == "on_drift" and drift_flags == [] and champion is not None
+            and _same_decisions(champion, decisions)):
         log.info("train: no drift flagged and no new decisions: champion v%d kept, not retrained", champion["version"])
         return _result(champion, champion_version, trained=False,
                        promotion="no drift flagged: champion kept, not retrained")

@@ -70,6 +70,7 @@ def write_gallery(store: Store, run_id: str, outputs: dict, predictions: dict | 
 
 
 def _finding_groups(store: Store, run_id: str, mine: dict | None) -> Iterable[Group]:
+    """One group per kind of finding of the run's mine stage, most certain first (duplicates by set)."""
     if mine is None:
         return
     table_run = mine.get("table_run_id") or run_id
@@ -77,11 +78,18 @@ def _finding_groups(store: Store, run_id: str, mine: dict | None) -> Iterable[Gr
         order = ("duplicate_set", "-score", "image_id") if kind in ("duplicate", "leak") else ("-score", "image_id")
         rows = store.select_results("findings", table_run, equal={"kind": kind}, order_by=order, limit=GROUP_MAX)
         captions = [{"image_id": r["image_id"], "label": r["label"], "score": r["score"],
-                     "note": {"label_error": f"suggested {r['suggested']}", "quality": r["flags"]}.get(
-                         kind, f"set {r['duplicate_set']}" if r["duplicate_set"] is not None else None)}
-                    for r in rows]
+                     "note": _finding_note(kind, r)} for r in rows]
         if captions:
             yield Group(kind.replace("_", "-"), title, command, captions)
+
+
+def _finding_note(kind: str, row: dict) -> str | None:
+    """What a finding's caption adds: the suggested label, the quality flags or the duplicate set."""
+    if kind == "label_error":
+        return f"suggested {row['suggested']}"
+    if kind == "quality":
+        return row["flags"]
+    return None if row["duplicate_set"] is None else f"set {row['duplicate_set']}"
 
 
 def _confusion_groups(store: Store, predictions: dict, table_run: str) -> Iterable[Group]:
@@ -111,17 +119,20 @@ def _cluster_groups(store: Store, run_id: str, cluster: dict | None, table_run: 
     for summary in store.select_results("cluster_summaries", cluster_run, order_by=("cluster",)):
         members = store.select_results("cluster_assignments", cluster_run, equal={"cluster": summary["cluster"]},
                                        order_by=("distance", "image_id"), limit=GROUP_MAX)
-        predicted = {}
-        for chunk in batched([m["image_id"] for m in members], 500):
-            predicted.update((r["image_id"], r) for r in store.select_results("predictions", table_run, image_ids=chunk))
         if not members:
             continue
-        yield Group(f"cluster-{summary['cluster']}", f"Cluster {summary['cluster']} ({summary['size']} images, "
-                    f"mostly {summary['top_label'] or 'unlabelled'})",
-                    f"fusion clusters --cluster {summary['cluster']}",
-                    [{"image_id": m["image_id"], "label": (predicted.get(m["image_id"]) or {}).get("label"),
-                      "score": m["distance"],
-                      "note": f"predicted {(predicted.get(m['image_id']) or {}).get('predicted')}"} for m in members])
+        predictions = {}
+        for chunk in batched([m["image_id"] for m in members], 500):
+            predictions.update((r["image_id"], r) for r in store.select_results("predictions", table_run,
+                                                                                image_ids=chunk))
+        rows = []
+        for member in members:
+            prediction = predictions.get(member["image_id"]) or {}
+            rows.append({"image_id": member["image_id"], "label": prediction.get("label"), "score": member["distance"],
+                         "note": f"predicted {prediction.get('predicted')}"})
+        title = (f"Cluster {summary['cluster']} ({summary['size']} images, "
+                 f"mostly {summary['top_label'] or 'unlabelled'})")
+        yield Group(f"cluster-{summary['cluster']}", title, f"fusion clusters --cluster {summary['cluster']}", rows)
 
 
 def _write_thumbnails(store: Store, folder: str, pixels: dict, image_ids: set[str]) -> None:
