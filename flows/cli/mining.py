@@ -37,10 +37,11 @@ def find(what: Finding = typer.Argument(..., help="what to list"), run: str = Ru
          path: Optional[str] = PathOpt, out: Optional[Path] = OutOpt, limit: Optional[int] = LimitOpt,
          store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt, sets: list[str] = SetOpt,
          fmt: str = FormatOpt) -> None:
-    """What the mine stage found, with each image's source path: near-duplicate sets (score: similarity to the
-    nearest copy), sets that leak between training and holdout images, likely label errors (score: how doubtful
+    """What the mine stage found, most certain first, with each image's source path.
+
+    Near-duplicate sets (score: similarity to the nearest copy), sets that leak between training and holdout images, likely label errors (score: how doubtful
     the given label is; with the suggested label), outliers (score: uniqueness), poor images (flags: dark, light,
-    near_constant, low_information, blurry, grey, odd_size; score: how many). Most certain first.
+    near_constant, low_information, blurry, grey, odd_size; score: how many).
 
     Example: fusion find label-errors --format csv > to-review.csv
     """
@@ -60,8 +61,9 @@ def similar(image: str = typer.Argument(..., help="a stored image (id, id prefix
             k: int = typer.Option(10, "-k", min=1, help="how many"), run: str = RunOpt,
             store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt, sets: list[str] = SetOpt,
             fmt: str = FormatOpt) -> None:
-    """The stored images most like an image, by cosine similarity of their embeddings in a run's predictions,
-    with their source paths. A file not in the store is embedded by the model that made those predictions
+    """The stored images most like an image, with their source paths.
+
+    By cosine similarity of their embeddings in a run's predictions. A file not in the store is embedded by the model that made those predictions
     (prepared with the preprocess settings of -c and --set).
 
     Example: fusion similar photos/cat.jpg -k 5 --format json | jq -r '.[].path'

@@ -30,7 +30,7 @@ def fsck(repair: bool = typer.Option(False, "--repair", help="move orphan files 
          empty_lost_found: bool = typer.Option(False, "--empty-lost-found",
                                                help="delete what earlier repairs moved into lost+found/"),
          store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt, sets: list[str] = SetOpt) -> None:
-    """Check the store against its catalog; --repair moves orphan files into lost+found/<date>/.
+    """Check the store against its catalog; --repair moves orphans to lost+found/.
 
     Shards (present, rows, checksum, schema), models, reports and result rows are checked and orphan files
     listed. Nothing a catalog row names is ever an orphan. Exit code 0 when consistent, 1 otherwise.
