@@ -125,6 +125,13 @@ def find_run(catalog: Store, ref: str, stage: str | None = None) -> dict:
         fail(str(err), 1)
 
 
+def image_ids(catalog: Store, ref: str) -> list[str]:
+    """The stored images a command-line reference names: an image id, a prefix of one (6+ characters), or a
+    source path (a local one as given or made absolute)."""
+    local = os.path.abspath(ref) if os.path.exists(ref) else ref
+    return catalog.resolve_images([local])[local]
+
+
 def setup_logging() -> None:
     """Warnings, and Fusion's INFO lines, on stderr; tracebacks only with --debug (Prefect's API keeps them)."""
     handler = logging.StreamHandler()

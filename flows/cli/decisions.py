@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import csv
 import getpass
-import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from flows.cli.app import ConfigOpt, FormatOpt, LimitOpt, SetOpt, StoreOpt, check_format, fail, open_store
+from flows.cli.app import ConfigOpt, FormatOpt, LimitOpt, SetOpt, StoreOpt, check_format, fail, image_ids, open_store
 from flows.cli.query import print_rows, with_paths
 from fusion_core.store import Store
 
@@ -87,8 +86,7 @@ def decisions(limit: Optional[int] = LimitOpt, store: Optional[str] = StoreOpt, 
 
 def _image_id(catalog: Store, command: str, ref: str, where: str = "") -> str:
     """The one image ``ref`` names; none or several end the command (exit 1)."""
-    local = os.path.abspath(ref) if os.path.exists(ref) else ref
-    ids = catalog.resolve_images([local])[local]
+    ids = image_ids(catalog, ref)
     if not ids:
         fail(f"{command}: {where}no image {ref!r} in the store (give an image id, a prefix of 6+ characters "
              "or a source path)", 1)

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from flows.cli.app import (ConfigOpt, FormatOpt, LimitOpt, RunOpt, SetOpt, StoreOpt, check_format, fail, find_run,
-                           open_store, settings_for)
+                           image_ids, open_store, settings_for)
 from flows.cli.query import OutOpt, PathOpt, print_rows, with_paths
 from fusion_core.learning.mining import FINDINGS
 
@@ -39,9 +39,10 @@ def find(what: Finding = typer.Argument(..., help="what to list"), run: str = Ru
          fmt: str = FormatOpt) -> None:
     """What the mine stage found, most certain first, with each image's source path.
 
-    Near-duplicate sets (score: similarity to the nearest copy), sets that leak between training and holdout images, likely label errors (score: how doubtful
-    the given label is; with the suggested label), outliers (score: uniqueness), poor images (flags: dark, light,
-    near_constant, low_information, blurry, grey, odd_size; score: how many).
+    Near-duplicate sets (score: similarity to the nearest copy), sets that leak between training and holdout
+    images, likely label errors (score: how doubtful the given label is; with the suggested label), outliers
+    (score: uniqueness), poor images (flags: dark, light, near_constant, low_information, blurry, grey,
+    odd_size; score: how many).
 
     Example: fusion find label-errors --format csv > to-review.csv
     """
@@ -63,8 +64,8 @@ def similar(image: str = typer.Argument(..., help="a stored image (id, id prefix
             fmt: str = FormatOpt) -> None:
     """The stored images most like an image, with their source paths.
 
-    By cosine similarity of their embeddings in a run's predictions. A file not in the store is embedded by the model that made those predictions
-    (prepared with the preprocess settings of -c and --set).
+    By cosine similarity of their embeddings in a run's predictions. A file not in the store is embedded by the
+    model that made those predictions (prepared with the preprocess settings of -c and --set).
 
     Example: fusion similar photos/cat.jpg -k 5 --format json | jq -r '.[].path'
     """
@@ -74,8 +75,7 @@ def similar(image: str = typer.Argument(..., help="a stored image (id, id prefix
     catalog = open_store(config, store, sets)
     infer = next(s for s in find_run(catalog, run, "infer")["stages"] if s["stage"] == "infer")
     predictions = catalog.get_version("predictions", infer["outputs"]["version"])
-    local = os.path.abspath(image) if os.path.exists(image) else image
-    ids = catalog.resolve_images([local])[local]
+    ids = image_ids(catalog, image)
     query = stored_embedding(catalog, predictions, ids[0]) if len(ids) == 1 else None
     if query is None:
         if not os.path.isfile(image):
