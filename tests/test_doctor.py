@@ -181,7 +181,7 @@ def test_doctor_on_a_local_ray(tmp_path, prefect_home):
     store = tmp_path / "store"
     Store(str(store))
     result = subprocess.run([FUSION, "doctor", "-c", "smoke", "--store", str(store), "--set", "ray.num_cpus=1",
-                             "--set", "train.num_workers=1"], env=env, capture_output=True, text=True, timeout=120)
+                             "--set", "train.num_workers=1"], env=env, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     lines = result.stdout.splitlines()
     assert any(line.startswith("PASS ray cluster: no ray.address or RAY_ADDRESS set: started a local Ray")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 PACKAGES = {"tensorflow": "tensorflow", "tf-keras": "tf-keras", "keras": "keras", "ray": "ray",
             "prefect": "prefect client"}  # distribution: check name
-WORKER_TIMEOUT_S = 60.0
+WORKER_TIMEOUT_S = 180.0
 INSTALL_HINT = "install Fusion with its pinned versions: pip install -c constraints.txt -e ."
 
 
