@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fusion_core.learning.feed import epoch_batches, epoch_steps, flip_mask, translate, whitening_filters
+from fusion_core.learning.feed import epoch_batches, epoch_steps, flip_mask, share_rows, translate, whitening_filters
 
 
 def _images(n=40, size=8, seed=0):
@@ -81,3 +81,14 @@ def test_batches_are_grouped_without_mixing_lengths():
     groups = list(grouped(epoch_batches(x, y, 10, shuffle=False), size=2))
     assert [g[0].shape[:2] for g in groups] == [(2, 10), (2, 10), (1, 5)]  # the short last batch alone
     np.testing.assert_array_equal(np.concatenate([g[1].reshape(-1) for g in groups]), y)
+
+
+@pytest.mark.parametrize("counts,workers", [([5, 3, 0, 7], 2), ([40, 1, 13, 9, 0, 22], 3), ([2], 3), ([], 2)])
+def test_workers_get_equal_disjoint_shares_of_every_row_but_the_remainder(counts, workers):
+    shares = share_rows(counts, workers, seed=7)
+    assert len(shares) == workers
+    sizes = [sum(stop - start for _, start, stop in share) for share in shares]
+    assert sizes == [sum(counts) // workers] * workers
+    rows = [(shard, row) for share in shares for shard, start, stop in share for row in range(start, stop)]
+    assert len(set(rows)) == len(rows) and all(row < counts[shard] for shard, row in rows)
+    assert share_rows(counts, workers, seed=7) == shares

@@ -1,5 +1,5 @@
-"""Training batches from uint8 images held in memory: per-epoch order, flips and shifts, and the
-patch-whitening filters of airbench's first layer (numpy only; no TensorFlow here)."""
+"""Training batches from uint8 images: each worker's share of the rows, per-epoch order, flips and shifts, and
+the patch-whitening filters of airbench's first layer (numpy only; no TensorFlow here)."""
 
 from __future__ import annotations
 
@@ -108,6 +108,30 @@ def grouped(batches: Iterator[tuple[np.ndarray, np.ndarray]], size: int = 16
         labels.append(y)
     if images:
         yield np.stack(images), np.stack(labels)
+
+
+def share_rows(counts: list[int], workers: int, seed: int) -> list[list[tuple[int, int, int]]]:
+    """Each worker's equal share of the rows of shards holding ``counts`` rows: lists of pieces
+    ``(shard index, first row, end row)``.
+
+    The shards are taken in a seeded random order (shards often follow the source's order, class by class)
+    and cut into ``workers`` equal runs of rows; the last ``sum(counts) % workers`` rows are left out, so that
+    every worker steps the same number of times.
+    """
+    each = sum(counts) // workers
+    order = np.random.default_rng([seed, 3]).permutation(len(counts))
+    shares, share, room = [], [], each
+    for shard in order:
+        start, count = 0, counts[shard]
+        while count - start > 0 and len(shares) < workers:
+            take = min(room, count - start)
+            if take:
+                share.append((int(shard), start, start + take))
+            start, room = start + take, room - take
+            if room == 0:
+                shares.append(share)
+                share, room = [], each
+    return shares + [[] for _ in range(workers - len(shares))]
 
 
 def epoch_steps(rows: int, batch: int) -> int:

@@ -8,6 +8,8 @@ whoever built the models passed in.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,8 +26,6 @@ NONE = Decisions()
 def labelled_rows(batch: pa.Table, classes: list[str], split: str, decisions: Decisions = NONE) -> pa.Table:
     """Labelled rows of one split, decisions applied: their ``pixels`` column as stored and class indices ``y``.
 
-    What Ray Data carries to the training workers: plain Arrow columns keep their type even for a batch
-    with no rows of the split, where a tensor column would fall back to pickled objects.
     """
     batch = decisions.apply(batch) if decisions else batch
     batch = batch.filter(pc.and_(pc.equal(batch.column("split"), split), pc.is_valid(batch.column("label"))))
@@ -45,14 +45,26 @@ def xy_arrays(rows: pa.Table, shape: tuple[int, int, int]) -> dict:
     return {"x": pixels_to_array(rows.column("pixels"), shape), "y": rows.column("y").to_numpy()}
 
 
-def count_labelled(store: Store, shards: list[str], split: str, decisions: Decisions = NONE) -> int:
-    """Rows of ``split`` with a label (those ``to_xy`` keeps), reading three columns of each shard."""
-    total = 0
+def labelled_counts(store: Store, shards: list[str], splits: tuple[str, ...],
+                    decisions: Decisions = NONE) -> dict[str, list[int]]:
+    """Per split, each shard's count of labelled rows (those ``labelled_rows`` keeps), reading three columns
+    of each shard once."""
+    counts = {split: [] for split in splits}
     for shard in shards:
-        rows = read_shard(store.root, shard, columns=["image_id", "label", "split"], filters=[("split", "==", split)])
-        rows = decisions.apply(rows)
-        total += rows.num_rows - rows.column("label").null_count
-    return total
+        rows = decisions.apply(read_shard(store.root, shard, columns=["image_id", "label", "split"]))
+        rows = rows.filter(pc.is_valid(rows.column("label")))
+        for split in splits:
+            counts[split].append(pc.sum(pc.equal(rows.column("split"), split)).as_py() or 0)
+    return counts
+
+
+def labelled_share(root: str, shards: list[str], share: list[tuple[int, int, int]], classes: list[str],
+                   split: str, decisions: Decisions = NONE) -> Iterator[pa.Table]:
+    """A worker's share of the labelled rows of ``split`` (``feed.share_rows`` pieces over ``shards``), one
+    piece at a time, as ``labelled_rows``."""
+    for index, start, stop in share:
+        rows = read_shard(root, shards[index], columns=["image_id", "pixels", "label", "split"])
+        yield labelled_rows(rows, classes, split, decisions).slice(start, stop - start)
 
 
 def training_sample(store: Store, shards: list[str], classes: list[str], shape: tuple[int, int, int],

@@ -1,6 +1,6 @@
 """What runs inside each Ray Train worker: build or restore the model under the strategy, feed it this worker's
-shard epoch by epoch, and report a checkpoint (model and history) after every epoch. ``fusion_core.stages.train``
-is the driver side."""
+share of the rows epoch by epoch, and report a checkpoint (model and history) after every epoch.
+``fusion_core.stages.train`` is the driver side."""
 
 from __future__ import annotations
 
@@ -14,10 +14,9 @@ import numpy as np
 
 from fusion_core import uri
 from fusion_core.learning.registry import MODEL_FILE
-from fusion_core.learning.scoring import xy_arrays
+from fusion_core.learning.scoring import labelled_share, xy_arrays
 from fusion_core.recipes import Recipe
 
-SHUFFLE_ROWS = 10_000  # rows in each worker's shuffle buffer
 STATE_FILE = "state.json"  # {"history": [per-epoch metrics]}, beside each checkpoint's model
 
 
@@ -62,7 +61,7 @@ def train_loop_per_worker(config: dict) -> None:
                 set_whitening(model, np.asarray(config["whitening"], np.float32))
     model.jit_compile = config["jit_compile"]
     callbacks = recipe_callbacks(recipe, config["steps_per_epoch"])
-    train_data, val_data = _feeds(config, recipe)
+    train_data, val_data = _feeds(config, recipe, ctx.get_world_rank())
     for epoch in range(start_epoch, recipe.epochs):
         if should_stop_early(history, recipe.early_stopping_patience):
             break
@@ -96,44 +95,53 @@ def recipe_callbacks(recipe: Recipe, steps_per_epoch: int) -> list:
     return [FreezeWhiteningBias(late)] + ([Lookahead(recipe.epochs * steps_per_epoch, late)] if recipe.ema else [])
 
 
-def _feeds(config: dict, recipe: Recipe):
-    """Per-epoch input pipelines over this worker's shards: ``train(epoch)`` and ``val()``.
+def _feeds(config: dict, recipe: Recipe, rank: int):
+    """Per-epoch input pipelines over this worker's share of the rows: ``train(epoch)`` and ``val()``.
 
-    With ``cache_data`` the worker reads its shards once into memory as uint8 arrays; each epoch then
-    draws a fresh random order (and the recipe's flips and shifts) from them. Without, every epoch
-    streams the shards from Ray Data through a local shuffle buffer. Shards follow the source's order
-    (often class by class), so both shuffle within the worker every epoch.
+    The worker reads its share (``config["shares"][split][rank]``, pieces of the pixels shards) from the
+    store itself. With ``cache_data`` it reads the share once into memory as uint8 arrays; each epoch then
+    draws a fresh random order (and the recipe's flips and shifts) from them. Without, every epoch reads the
+    pieces again, in a fresh random order, each shuffled, rows carried over so that every batch is full.
     """
-    import ray.train
-
     from fusion_core.learning import feed
 
     batch, seed, shape = config["batch_size_per_worker"], config["seed"], tuple(config["shape"])
-    train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
-    val_x, val_y = _in_memory(val_shard, shape)
+
+    def pieces(split: str, order=None):
+        share = config["shares"][split][rank]
+        share = [share[i] for i in order] if order is not None else share
+        for rows in labelled_share(config["store_root"], config["shards"], share, config["classes"], split,
+                                   config["decisions"]):
+            yield xy_arrays(rows, shape)
+
+    val_x, val_y = _in_memory(pieces("val"), shape)
     val = lambda: batch_dataset(lambda: feed.epoch_batches(val_x, val_y, 512, shuffle=False), shape)  # noqa: E731
     if config["cache_data"]:
-        x, y = _in_memory(train_shard, shape)
+        x, y = _in_memory(pieces("train"), shape)
         return (lambda epoch: batch_dataset(lambda: feed.epoch_batches(
             x, y, batch, seed=seed, epoch=epoch, flip=recipe.flip, pad=recipe.translate), shape)), val
 
     def streamed(epoch: int):
         rng = np.random.default_rng([seed, epoch])
         flip = "random" if recipe.flip != "none" else "none"  # no per-image memory across epochs here
-        for rows in train_shard.iter_batches(batch_size=batch, batch_format="pyarrow", drop_last=True,
-                                             local_shuffle_buffer_size=SHUFFLE_ROWS, local_shuffle_seed=seed + epoch):
-            rows = xy_arrays(rows, shape)
-            mirrored = feed.flip_mask(len(rows["y"]), flip, int(rng.integers(1 << 31)), epoch)
-            yield feed.augment(rows["x"], mirrored, recipe.translate, rng), rows["y"]
+        carry_x, carry_y = np.empty((0, *shape), np.uint8), np.empty(0, np.int64)
+        for rows in pieces("train", rng.permutation(len(config["shares"]["train"][rank]))):
+            order = rng.permutation(len(rows["y"]))
+            carry_x, carry_y = np.concatenate([carry_x, rows["x"][order]]), np.concatenate([carry_y, rows["y"][order]])
+            full = len(carry_y) - len(carry_y) % batch
+            for start in range(0, full, batch):
+                mirrored = feed.flip_mask(batch, flip, int(rng.integers(1 << 31)), epoch)
+                yield feed.augment(carry_x[start:start + batch], mirrored, recipe.translate, rng), \
+                    carry_y[start:start + batch]
+            carry_x, carry_y = carry_x[full:], carry_y[full:]
 
     return (lambda epoch: batch_dataset(lambda: streamed(epoch), shape)), val
 
 
-def _in_memory(shard, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """A worker's whole dataset shard as (uint8 images, labels)."""
+def _in_memory(pieces, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A worker's pieces (``xy_arrays``) as one pair of arrays: (uint8 images, labels)."""
     xs, ys = [np.empty((0, *shape), np.uint8)], [np.empty(0, np.int64)]
-    for rows in shard.iter_batches(batch_size=4096, batch_format="pyarrow"):
-        rows = xy_arrays(rows, shape)
+    for rows in pieces:
         xs.append(rows["x"])
         ys.append(rows["y"])
     return np.concatenate(xs), np.concatenate(ys)

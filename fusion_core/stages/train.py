@@ -2,8 +2,8 @@
 
 Follows Ray Train's example shape: ``train_loop_per_worker(config)`` (``fusion_core.learning.train_loop``) runs on
 every worker under ``MultiWorkerMirroredStrategy`` (when there are several); ``train_model`` is the
-driver. Each worker reads its own shard of the Ray dataset; the driver never
-loads the training data.
+driver. Each worker reads its own equal share of the labelled rows straight from the pixels shards
+(``feed.share_rows``); the driver never loads the training data.
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ from fusion_core.data.derive import derivation_key, derive_model
 from fusion_core.data.runs import StageResult, code_version
 from fusion_core.imaging.quality import dhash
 from fusion_core.learning import registry
-from fusion_core.learning.feed import epoch_steps, whitening_filters
+from fusion_core.learning.feed import epoch_steps, share_rows, whitening_filters
 from fusion_core.learning.registry import MODEL_FILE
-from fusion_core.learning.scoring import (class_names, comparison_rows, count_labelled, evaluate_against,
-                                          labelled_rows, load_scorer, training_sample)
+from fusion_core.learning.scoring import (class_names, comparison_rows, evaluate_against, labelled_counts,
+                                          load_scorer, training_sample)
 from fusion_core.learning.train_loop import STATE_FILE, train_loop_per_worker, train_run_name
 from fusion_core.recipes import Recipe
 from fusion_core.store import Store
-from fusion_core.store.datasets import pixels_to_array, read_shard, shard_files
+from fusion_core.store.datasets import pixels_to_array, read_shard
 from fusion_core.store.decisions import Decisions
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def _fit_and_register(settings: Settings, store: Store, pixels: dict, champion: 
     from fusion_core.ray_runtime import ensure_ray, remove_leftover_placement_groups
 
     cfg = settings.train
-    ray = ensure_ray(settings)
+    ensure_ray(settings)
     remove_leftover_placement_groups()
     paths = [s["path"] for s in pixels["shards"]]
     classes = class_names(store, paths)
@@ -113,23 +113,16 @@ def _fit_and_register(settings: Settings, store: Store, pixels: dict, champion: 
     started = time.perf_counter()
     people, decisions = decisions, replace(decisions, to_train=holdout_copies(store, paths, shape))
     log.info("train: %d holdout images with a near-copy in the training data moved there", len(decisions.to_train))
-    fs, files = shard_files(store.root, paths)
-    source = ray.data.read_parquet(files, filesystem=fs, columns=["image_id", "pixels", "label", "split"])
-    # No global shuffle: blocks in a random order, and each worker shuffles its share every epoch.
-    datasets = {split: source.map_batches(labelled_rows, batch_format="pyarrow", batch_size=4096,
-                                          fn_kwargs={"classes": classes, "split": split, "decisions": decisions})
-                for split in ("train", "val")}
-    datasets["train"] = datasets["train"].randomize_block_order(seed=cfg.seed)
-    if not spare_cpus(ray, cfg):  # Ray Data's tasks need a CPU the workers do not hold; else they read as
-        datasets = {split: data.materialize() for split, data in datasets.items()}  # the workers start
     recipe = cfg.resolved_recipe()
     init_from = _warm_start(cfg.init, champion, recipe.model, classes, shape)
     workers = cfg.num_workers
     # Linear scaling: N workers train with N x the batch at N x the rate, or split one global batch.
     batch = recipe.batch_size if recipe.scale_with_workers else max(1, recipe.batch_size // workers)
     rate = recipe.learning_rate * (workers if recipe.scale_with_workers else 1)
-    # Ray Train gives every worker the same number of rows.
-    steps_per_epoch = epoch_steps(count_labelled(store, paths, "train", decisions) // workers, batch)
+    # Each worker reads its own equal share of the rows from the store: no Ray Data pipeline in between.
+    counts = labelled_counts(store, paths, ("train", "val"), decisions)
+    shares = {split: share_rows(counts[split], workers, cfg.seed) for split in counts}
+    steps_per_epoch = epoch_steps(sum(counts["train"]) // workers, batch)
     whitening = None
     if recipe.model == "airbench" and recipe.whitening and not init_from:
         whitening = whitening_filters(training_sample(store, paths, classes, shape, decisions), norm).tolist()
@@ -140,7 +133,8 @@ def _fit_and_register(settings: Settings, store: Store, pixels: dict, champion: 
         train_loop_config={"recipe": recipe.as_dict(), "shape": list(shape), "classes": classes,
                            "learning_rate": rate, "seed": cfg.seed, "mixed_precision": cfg.mixed_precision,
                            "norm": norm, "batch_size_per_worker": batch, "steps_per_epoch": steps_per_epoch,
-                           "jit_compile": cfg.jit_compile, "cache_data": cfg.cache_data,
+                           "jit_compile": cfg.jit_compile, "cache_data": cfg.cache_data, "store_root": store.root,
+                           "shards": paths, "shares": shares, "decisions": decisions,
                            "init_from": init_from and init_from["path"], "whitening": whitening},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=cfg.resources_per_worker,
@@ -150,7 +144,6 @@ def _fit_and_register(settings: Settings, store: Store, pixels: dict, champion: 
                              checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_accuracy",
                                                                 checkpoint_score_order="max"),
                              failure_config=FailureConfig(max_failures=cfg.max_failures)),
-        datasets=datasets,
     )
     log.info("train: %s on %d worker(s), %d epochs max, batch %d per worker, learning rate %g",
              recipe.model, workers, recipe.epochs, batch, rate)
@@ -189,12 +182,6 @@ def holdout_copies(store: Store, shards: list[str], shape: tuple[int, int, int])
     held = np.concatenate(held)
     copied = np.isin(held, np.concatenate(train)) & (held != 0)
     return frozenset(np.concatenate(held_ids)[copied].tolist())
-
-
-def spare_cpus(ray, cfg) -> bool:
-    """Whether the cluster has a CPU left over when the training workers hold theirs."""
-    per_worker = (cfg.resources_per_worker or {}).get("CPU", 1)
-    return ray.cluster_resources().get("CPU", 0) - cfg.num_workers * per_worker >= 1
 
 
 def _warm_start(init: str, champion: dict | None, model_name: str, classes: list[str],

@@ -266,7 +266,7 @@ def test_train_flow_best_recipe_promotion_rule_and_decisions(trained, inferred, 
     assert {(r["action"], r["label"], r["path"]) for r in listed} == {("exclude", None, path),
                                                                      ("relabel", new_label, listed[0]["path"])}
 
-    # cache_data off: this run streams every epoch from Ray Data (the other runs cache after the first).
+    # cache_data off: this run reads its share again every epoch (the other runs cache it after the first).
     overrides = {**_overrides(root), "train.recipe": "best", "train.epochs": 2, "train.promote_margin": 2.0,
                  "train.cache_data": False}
     result = train_flow("smoke", overrides)
