@@ -157,7 +157,11 @@ class MineConfig(_Section):
 
     neighbours: int = Field(10, ge=1, description="nearest neighbours looked up per image")
     near_duplicate_similarity: float = Field(0.97, gt=0, le=1, description="cosine similarity of embeddings from "
-                                             "which two images count as near-duplicates")
+                                             "which two images can count as near-duplicates")
+    near_duplicate_ratio: float = Field(0.1, gt=0, le=1, description="and at most this fraction of the typical "
+                                        "distance (1 - similarity) to an image's last neighbour")
+    copy_distance: float = Field(0.03, ge=0, le=1, description="near-duplicates' colour thumbnails (8x8) differ by at "
+                                 "most this mean absolute difference (0-1); also the duplicate-aware holdout's")
     exact_max: int = Field(200_000, ge=2, description="exact nearest-neighbour search up to this many images, "
                                                       "an HNSW graph (approximate) above")
     outlier_fraction: float = Field(0.01, ge=0, lt=1, description="the most unique images flagged as outliers")

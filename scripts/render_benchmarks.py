@@ -143,6 +143,27 @@ def kmeans(d: dict) -> str:
                            d["goal_met"])])
 
 
+def mine(d: dict) -> str:
+    rows = [[r["method"], num(r["recall"], 3), num(r["precision"], 3), num(r["in_sets"]), num(r["sets"])]
+            for r in d["injected"]]
+    at = next(r for r in d["injected"]
+              if r["ratio"] == d["default_ratio"] and r["copy_distance"] == d["default_copy_distance"])
+    by_kind = ", ".join(f"{kind} {recall:.2f}" for kind, recall in d["recall_by_transform_at_default"].items())
+    return "\n".join([
+        f"{num(d['images'])} images: CIFAR-10's JPEGs and {num(d['copies'])} transformed copies of training images; "
+        f"embeddings of the `best` recipe after {d['epochs']} epochs (test accuracy {d['model_accuracy']:.3f}).", "",
+        table(["duplicate sets from", "recall", "precision", "images in sets", "sets"], rows), "",
+        f"Recall by transform at the defaults (`mine.near_duplicate_ratio` {d['default_ratio']:g}, "
+        f"`mine.copy_distance` {d['default_copy_distance']:g}): {by_kind}.", "",
+        goal(f"injected copies found, recall >= 0.95 at precision >= 0.9 (recall {at['recall']:.3f}, precision "
+             f"{num(at['precision'], 3)})", d["goal_injected_met"]),
+        f"* CIFAR-10 test images in a set with a training image: {num(d['test_leaking'])} of "
+        f"{num(d['test_images'])} (ciFAIR: {d['cifair_test_leaks']}); sets holding two or more test images: "
+        f"{num(d['test_sets_with_two_or_more_test_images'])} (ciFAIR: {d['cifair_test_pairs']} pairs)",
+        f"* test accuracy {d['test_accuracy_all']:.4f}; without the leaking test images "
+        f"{d['test_accuracy_without_leaking']:.4f}"])
+
+
 def train(d: dict) -> str:
     runs = d.get("best_runs", [])
     rows = [[r["seed"], num(r["acc"], 4), num(r["train_s"]), num(r["s"]), num(r.get("t90_s")), num(r.get("t93_s")),
@@ -283,8 +304,8 @@ def sizing(d: dict) -> str:
                       f"{num(store)} MB at 10M."])
 
 
-RENDERERS = {f.__name__: f for f in (scale, sizing, ingest, impute, impute_effect, infer, kmeans, train, warm_start, drift,
-                                       cluster, kill_trials, fuzz, profile)}
+RENDERERS = {f.__name__: f for f in (scale, sizing, ingest, impute, impute_effect, infer, kmeans, mine, train,
+                                       warm_start, drift, cluster, kill_trials, fuzz, profile)}
 
 
 def render_block(name: str) -> str:

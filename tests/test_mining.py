@@ -81,3 +81,40 @@ def test_mine_table_flags_each_planted_problem(world):
     assert len(flagged & set(world["flipped"])) >= 24
     assert rows[unlabelled]["label_quality"] is None and not rows[unlabelled]["label_issue"]
     assert all(r["hardness"] == pytest.approx(1.0) for r in rows)
+
+
+def test_a_tight_class_is_not_a_duplicate_set_and_sets_do_not_chain():
+    """Embeddings a classifier pulled together (every neighbour above the absolute threshold) hold no
+    duplicates but the planted copy; a chain of look-alikes is not strung into one set."""
+    rng = np.random.default_rng(1)
+    x = np.ones(16) + 0.02 * rng.normal(size=(300, 16))
+    x[1] = x[0] + 1e-4 * rng.normal(size=16)
+    sims, idx = mining.neighbours(x, 5)
+    assert sims.min() > 0.97
+    sets = mining.duplicate_sets(sims, idx, 0.97, ratio=0.1)
+    assert sets[0] == sets[1] >= 0 and (sets >= 0).sum() == 2
+    chain_sims = np.array([[0.99], [0.99], [0.99], [0.99]])
+    chain_idx = np.array([[1], [2], [3], [2]])  # 0-1, 1-2, 2-3: a chain
+    chained = mining.duplicate_sets(chain_sims, chain_idx, 0.98)
+    assert chained.tolist() == [0, 0, 0, -1]  # a star around row 1; row 3 is alike only through row 2
+    hashes = np.array([5, 0, 5, 0])
+    assert mining.duplicate_sets(np.zeros((4, 1)), chain_idx, 0.98, hashes).tolist() == [0, -1, 0, -1]
+
+
+def test_nearest_thumbnails_are_candidates_and_every_pair_must_look_alike():
+    """Rows 0-1 are alike only in their thumbnails (far apart in embeddings); rows 2-3 share a hash but do not
+    look alike; rows 4-5 are close embeddings that look alike."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(40, 16))
+    x[5] = x[4] + 1e-5 * rng.normal(size=16)
+    sims, idx = mining.neighbours(x, 3)
+    hashes = np.zeros(40, np.int64)
+    hashes[[2, 3]] = 7
+    candidates = np.array([[1], [0]] + [[i - 1] for i in range(2, 40)])
+    looks = {frozenset(p) for p in ((0, 1), (4, 5))}
+    alike = lambda a, b: np.array([frozenset((i, j)) in looks for i, j in zip(a, b)], bool)  # noqa: E731
+    sets = mining.duplicate_sets(sims, idx, 0.97, hashes, 0.1, alike, candidates)
+    assert sets[0] == sets[1] >= 0 and sets[4] == sets[5] >= 0 and sets[0] != sets[4]
+    assert (sets >= 0).sum() == 4
+    _, near = mining.neighbours(x, 2, cosine=False)
+    assert near[4, 0] == 5 and near[5, 0] == 4

@@ -17,7 +17,9 @@ CIFAR-10 photographs each.
 
 The perceptual hash (``dhash``) is a difference hash: a 9x8 grey thumbnail, one bit per pixel for whether it
 is brighter than its right neighbour. A re-encoded, resized or slightly recoloured copy keeps it; an image
-with no brightness change anywhere has none (0).
+with no brightness change anywhere has none (0). Being grey and coarse, it is shared by images of the same
+layout in other colours too (stripes, checks), so a near-copy must also have a colour ``thumbnail`` (8x8 RGB)
+close to the other's (``thumbnail_distance``: the mean absolute difference, 0-1; ``mine.copy_distance``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from PIL import Image
 STATS = pa.schema([pa.field("image_id", pa.string()), pa.field("brightness", pa.float32()),
                    pa.field("contrast", pa.float32()), pa.field("entropy", pa.float32()),
                    pa.field("sharpness", pa.float32()), pa.field("colour", pa.float32()),
-                   pa.field("height", pa.int32()), pa.field("width", pa.int32()), pa.field("phash", pa.int64())])
+                   pa.field("height", pa.int32()), pa.field("width", pa.int32()), pa.field("phash", pa.int64()),
+                   pa.field("thumb", pa.binary(192))])
 
 
 def image_stats(images: pa.Table) -> pa.Table:
@@ -38,10 +41,11 @@ def image_stats(images: pa.Table) -> pa.Table:
     stats = np.array([_stats(np.frombuffer(p, np.uint8).reshape(h, w, c)) for h, w, c, p in
                       zip(columns["height"], columns["width"], columns["channels"], columns["pixels"])],
                      dtype=np.float32).reshape(-1, 5)
-    hashes = [dhash(np.frombuffer(p, np.uint8).reshape(h, w, c)) for h, w, c, p in
-              zip(columns["height"], columns["width"], columns["channels"], columns["pixels"])]
+    decoded = [np.frombuffer(p, np.uint8).reshape(h, w, c) for h, w, c, p in
+               zip(columns["height"], columns["width"], columns["channels"], columns["pixels"])]
     return pa.table([images.column("image_id"), *(pa.array(col) for col in stats.T), images.column("height"),
-                     images.column("width"), pa.array(hashes, pa.int64())], schema=STATS)
+                     images.column("width"), pa.array([dhash(image) for image in decoded], pa.int64()),
+                     pa.array([thumbnail(image).tobytes() for image in decoded], pa.binary(192))], schema=STATS)
 
 
 def dhash(image: np.ndarray) -> int:
@@ -49,6 +53,24 @@ def dhash(image: np.ndarray) -> int:
     grey = Image.fromarray(image[:, :, :3].mean(axis=2).astype(np.uint8)).resize((9, 8), Image.Resampling.BOX)
     thumb = np.asarray(grey, dtype=np.int16)
     return int(np.packbits((thumb[:, 1:] > thumb[:, :-1]).ravel()).view(">i8")[0])
+
+
+def thumbnail(image: np.ndarray) -> np.ndarray:
+    """An 8x8 RGB thumbnail (uint8) of one HWC uint8 image (a grey image's channel repeated)."""
+    rgb = image[:, :, :3] if image.shape[2] >= 3 else np.repeat(image[:, :, :1], 3, axis=2)
+    return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize((8, 8), Image.Resampling.BOX))
+
+
+def thumbnails(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A ``thumb`` column as a uint8 array (N, 192); a missing thumbnail is all zeros."""
+    values = column.fill_null(bytes(192)).to_pylist()
+    return np.frombuffer(b"".join(values), np.uint8).reshape(len(values), 192)
+
+
+def thumbnail_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The mean absolute difference (0-1) between thumbnails ``a`` and ``b`` (N, 192 or 8, 8, 3), row by row."""
+    a, b = a.reshape(len(a), -1).astype(np.int16), b.reshape(len(b), -1).astype(np.int16)
+    return np.abs(a - b).mean(axis=1) / 255
 
 
 def _stats(image: np.ndarray) -> tuple[float, float, float, float, float]:
@@ -68,7 +90,7 @@ def _stats(image: np.ndarray) -> tuple[float, float, float, float, float]:
 def quality_flags(stats: pa.Table, cfg) -> list[str | None]:
     """Each image's flags, comma-separated (None: none), from the ``STATS`` of the whole collection and the
     thresholds of ``cfg`` (a ``QualityConfig``)."""
-    s = {name: stats.column(name).to_numpy(zero_copy_only=False) for name in STATS.names[1:-1]}
+    s = {name: stats.column(name).to_numpy(zero_copy_only=False) for name in STATS.names[1:-2]}
     area = s["height"].astype(np.float64) * s["width"]
     aspect = s["width"] / np.maximum(s["height"], 1)
     median = np.median(area) if len(area) else 0.0

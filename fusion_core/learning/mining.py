@@ -2,10 +2,12 @@
 
 Plain functions over numpy arrays, one row per image:
 
-- ``neighbours``: each image's nearest other images by cosine similarity, from faiss (exact inner-product
-  search on L2-normalised embeddings; an HNSW graph above ``exact_max`` images).
-- ``duplicate_sets``: images joined when their similarity reaches a threshold, or when they share a perceptual
-  hash, grouped into sets (connected components); ``leaking_sets``: the sets that hold both training and holdout (val or test) images.
+- ``neighbours``: each image's nearest other images by cosine similarity (or Euclidean distance), from faiss
+  (exact search; an HNSW graph above ``exact_max`` images).
+- ``duplicate_sets``: images whose embeddings' similarity reaches a threshold and is far above the collection's
+  typical neighbour's, that share a perceptual hash or are each other's nearest thumbnails, and whose colour
+  thumbnails agree, grouped into star-shaped sets; ``leaking_sets``: the sets that
+  hold both training and holdout (val or test) images.
 - ``uniqueness``: one minus the mean similarity to the nearest neighbours; the most unique are outliers.
 - ``out_of_sample_probs`` and ``label_issues``: a k-fold logistic regression on the embeddings gives each labelled
   image probabilities from a model that never saw it; cleanlab's confident learning then flags likely label errors,
@@ -15,6 +17,8 @@ Plain functions over numpy arrays, one row per image:
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
@@ -30,18 +34,20 @@ def normalised(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
-def neighbours(x: np.ndarray, k: int, exact_max: int = 200_000) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` most similar other rows of each row of ``x``: ``(similarities, indices)``, each ``(n, k)``,
-    most similar first. Exact search up to ``exact_max`` rows, an HNSW graph (approximate) above."""
+def neighbours(x: np.ndarray, k: int, exact_max: int = 200_000, cosine: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest other rows of each row of ``x``: ``(scores, indices)``, each ``(n, k)``, nearest first;
+    the scores are cosine similarities, or squared Euclidean distances with ``cosine=False``. Exact search up
+    to ``exact_max`` rows, an HNSW graph (approximate) above."""
     import faiss
 
-    x = normalised(x)
+    x = normalised(x) if cosine else np.ascontiguousarray(x, dtype=np.float32)
     n, dim = x.shape
     k = min(k, n - 1)
+    metric = faiss.METRIC_INNER_PRODUCT if cosine else faiss.METRIC_L2
     if n <= exact_max:
-        index = faiss.IndexFlatIP(dim)
+        index = faiss.IndexFlatIP(dim) if cosine else faiss.IndexFlatL2(dim)
     else:
-        index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.IndexHNSWFlat(dim, 32, metric)
         index.hnsw.efConstruction, index.hnsw.efSearch = 80, max(64, 2 * k)
     index.add(x)
     sims, idx = index.search(x, k + 1)
@@ -56,26 +62,71 @@ def _without_self(sims: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray
     return sims[keep].reshape(len(idx), k), idx[keep].reshape(len(idx), k)
 
 
-def duplicate_sets(sims: np.ndarray, idx: np.ndarray, threshold: float, hashes: np.ndarray | None = None) -> np.ndarray:
-    """Each row's duplicate set (-1: none): rows joined wherever a neighbour's similarity reaches ``threshold``,
-    and rows with the same perceptual hash (``hashes``; 0: none), sets numbered from 0 by their first row."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
+HASH_GROUP_MAX = 64  # a perceptual hash shared by more images is a pattern (stripes, checks), not a copy
 
+
+def duplicate_sets(sims: np.ndarray, idx: np.ndarray, threshold: float, hashes: np.ndarray | None = None,
+                   ratio: float = 1.0, alike: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+                   candidates: np.ndarray | None = None) -> np.ndarray:
+    """Each row's duplicate set (-1: none), sets numbered from 0 in the order they are formed.
+
+    Two rows are near-duplicates when their similarity reaches ``threshold`` and their distance (one minus
+    the similarity) is at most ``ratio`` times the collection's typical distance to a row's last neighbour
+    (the median over rows): a classifier's embeddings pull a whole class close together, so what counts as
+    close is measured against the collection itself. Rows with the same perceptual hash (``hashes``; 0:
+    none; shared by at most ``HASH_GROUP_MAX`` rows) are candidates too, and so is each row with each of its
+    ``candidates`` (an ``(n, m)`` array of row indices, say its nearest thumbnails). With ``alike`` (say, whether colour
+    thumbnails agree), a candidate pair ``(rows, cols)`` counts only where ``alike(rows, cols)`` is true. Sets
+    are stars, not chains: the row with the most near-duplicates takes those not yet in a set into a new
+    set, then the next, and so on, so a set never strings together images that are only alike through others.
+    """
     n = len(sims)
-    rows, cols = np.nonzero(sims >= threshold)
+    typical = float(np.median(1.0 - sims[:, -1])) if sims.size else 0.0
+    rows, cols = np.nonzero((sims >= threshold) & (1.0 - sims <= ratio * typical))
     rows, cols = rows, idx[rows, cols]
-    if hashes is not None:  # each row joined to the one before it with the same hash
-        order = np.argsort(hashes, kind="stable")
-        same = (hashes[order][1:] == hashes[order][:-1]) & (hashes[order][1:] != 0)
-        rows, cols = np.concatenate([rows, order[1:][same]]), np.concatenate([cols, order[:-1][same]])
-    graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(n, n))
-    _, component = connected_components(graph, directed=False)
-    sizes = np.bincount(component)
-    in_set = sizes[component] > 1
+    if hashes is not None:
+        hash_rows, hash_cols = _same_hash_pairs(hashes)
+        rows, cols = np.concatenate([rows, hash_rows]), np.concatenate([cols, hash_cols])
+    if candidates is not None:
+        rows = np.concatenate([rows, np.repeat(np.arange(n), candidates.shape[1])])
+        cols = np.concatenate([cols, candidates.ravel()])
+    if alike is not None and len(rows):
+        kept = alike(rows, cols)
+        rows, cols = rows[kept], cols[kept]
+    return _stars(n, rows, cols)
+
+
+def _same_hash_pairs(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair of rows sharing a non-zero hash that at most ``HASH_GROUP_MAX`` rows share."""
+    order = np.argsort(hashes, kind="stable")
+    values, starts, counts = np.unique(hashes[order], return_index=True, return_counts=True)
+    rows, cols = [], []
+    for value, start, count in zip(values, starts, counts):
+        if value != 0 and 1 < count <= HASH_GROUP_MAX:
+            members = order[start:start + count]
+            a, b = np.triu_indices(count, 1)
+            rows.append(members[a])
+            cols.append(members[b])
+    empty = np.empty(0, np.int64)
+    return (np.concatenate(rows), np.concatenate(cols)) if rows else (empty, empty)
+
+
+def _stars(n: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Star-shaped sets over the pairs (``rows[i]``, ``cols[i]``) of ``n`` rows (see ``duplicate_sets``)."""
+    rows, cols = np.concatenate([rows, cols]), np.concatenate([cols, rows])  # both ways
+    pairs = np.unique(np.stack([rows, cols], axis=1), axis=0) if len(rows) else np.empty((0, 2), np.int64)
+    starts = np.searchsorted(pairs[:, 0], np.arange(n + 1))
+    degree = np.diff(starts)
     sets = np.full(n, -1, dtype=np.int64)
-    _, first = np.unique(component[in_set], return_inverse=True)
-    sets[in_set] = first
+    found = 0
+    for row in np.argsort(-degree, kind="stable")[:np.count_nonzero(degree)]:
+        if sets[row] >= 0:
+            continue
+        members = pairs[starts[row]:starts[row + 1], 1]
+        members = members[sets[members] < 0]
+        if len(members):
+            sets[row] = sets[members] = found
+            found += 1
     return sets
 
 

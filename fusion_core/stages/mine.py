@@ -24,7 +24,7 @@ from fusion_core.config import MineConfig, Settings
 from fusion_core.data.derive import derivation_key, derive_dataset
 from fusion_core.data.publish import publish_current
 from fusion_core.data.runs import StageResult
-from fusion_core.imaging.quality import image_stats, quality_flags
+from fusion_core.imaging.quality import image_stats, quality_flags, thumbnail_distance, thumbnails
 from fusion_core.learning import mining, registry
 from fusion_core.store import Store
 from fusion_core.store.datasets import fixed_list_to_array, iter_rows, read_shard, read_shards, write_shard
@@ -120,16 +120,21 @@ def mine_table(predictions: pa.Table, classes: list[str], cfg: MineConfig, stats
     given = np.asarray([index.get(v, -1) for v in predictions.column("label").to_pylist()], dtype=np.int64)
     labelled = given >= 0
 
-    flags, hashes = pa.nulls(n, pa.string()), None
+    flags, hashes, alike, thumbs = pa.nulls(n, pa.string()), None, None, None
     if stats is not None:
         position = pc.index_in(predictions.column("image_id"), stats.column("image_id"))
         flags = pc.take(pa.array(quality_flags(stats, cfg.quality), pa.string()), position)
         hashes = pc.take(stats.column("phash"), position).fill_null(0).to_numpy()
+        thumbs = thumbnails(pc.take(stats.column("thumb"), position))
+        alike = lambda a, b: thumbnail_distance(thumbs[a], thumbs[b]) <= cfg.copy_distance  # noqa: E731
     sets, leak, outlier = np.full(n, -1), np.zeros(n, bool), np.zeros(n, bool)
     nearest, similarity, unique = np.full(n, None, dtype=object), np.full(n, np.nan), np.full(n, np.nan)
     if n >= 2:
         sims, idx = mining.neighbours(x, cfg.neighbours, cfg.exact_max)
-        sets = mining.duplicate_sets(sims, idx, cfg.near_duplicate_similarity, hashes)
+        nearest_thumbs = None if thumbs is None else mining.neighbours(thumbs, cfg.neighbours, cfg.exact_max,
+                                                                       cosine=False)[1]
+        sets = mining.duplicate_sets(sims, idx, cfg.near_duplicate_similarity, hashes, cfg.near_duplicate_ratio,
+                                     alike, nearest_thumbs)
         leak = np.isin(sets, mining.leaking_sets(sets, splits)) & (sets >= 0)
         nearest, similarity, unique = ids[idx[:, 0]], sims[:, 0], mining.uniqueness(sims)
         if cfg.outlier_fraction:

@@ -21,7 +21,7 @@ from fusion_core import uri
 from fusion_core.config import Settings
 from fusion_core.data.derive import derivation_key, derive_model
 from fusion_core.data.runs import StageResult, code_version
-from fusion_core.imaging.quality import dhash
+from fusion_core.imaging.quality import dhash, thumbnail, thumbnail_distance
 from fusion_core.learning import registry
 from fusion_core.learning.feed import epoch_steps, share_rows, whitening_filters
 from fusion_core.learning.registry import MODEL_FILE
@@ -49,8 +49,8 @@ def train_model(settings: Settings, store: Store, pixels_version: int, run_id: s
 
     People's decisions in force when the stage starts (excluded images, corrected labels) apply to the
     training data and the holdout, for the challenger and the champion alike; a change of them is new training
-    data. Holdout images with the perceptual hash of a training image move to the training data
-    (``holdout_copies``), so that no near-copy of a training image judges the model. Skips training when a
+    data. Holdout images with the perceptual hash and the colour thumbnail of a training image move to the
+    training data (``holdout_copies``), so that no near-copy of a training image judges the model. Skips training when a
     model already exists for the same data, decisions and training config (unless ``train.retrain`` is
     ``always``).
     """
@@ -66,6 +66,7 @@ def train_model(settings: Settings, store: Store, pixels_version: int, run_id: s
     blocked = (f"drift flagged ({', '.join(drift_flags)}) blocks promotion"
                if drift_flags and settings.drift.action == "block_promotion" else None)
     key = derivation_key("pixels", pixels["version"], settings.section_hash("train"),
+                         "copy_distance", str(settings.mine.copy_distance),  # the duplicate-aware holdout's
                          *(("decisions", decisions.digest()) if decisions else ()))
     promotion = []
 
@@ -111,7 +112,8 @@ def _fit_and_register(settings: Settings, store: Store, pixels: dict, champion: 
     shape = tuple(pixels["info"]["shape"])
     norm = pixels["info"]["stats"] if pixels["info"].get("scale") == "standardize" else None
     started = time.perf_counter()
-    people, decisions = decisions, replace(decisions, to_train=holdout_copies(store, paths, shape))
+    copies = holdout_copies(store, paths, shape, settings.mine.copy_distance)
+    people, decisions = decisions, replace(decisions, to_train=copies)
     log.info("train: %d holdout images with a near-copy in the training data moved there", len(decisions.to_train))
     recipe = cfg.resolved_recipe()
     init_from = _warm_start(cfg.init, champion, recipe.model, classes, shape)
@@ -166,22 +168,36 @@ def _fit_and_register(settings: Settings, store: Store, pixels: dict, champion: 
                     "initialised_from": f"champion v{init_from['version']}" if init_from else "scratch"})
 
 
-def holdout_copies(store: Store, shards: list[str], shape: tuple[int, int, int]) -> frozenset[str]:
-    """The holdout (val and test) images whose perceptual hash (``imaging.quality.dhash``) a training image
-    shares: near-copies of training images, one shard at a time."""
-    train, held, held_ids = [], [], []
+def holdout_copies(store: Store, shards: list[str], shape: tuple[int, int, int], distance: float) -> frozenset[str]:
+    """The holdout (val and test) images that are near-copies of a training image: the same perceptual hash
+    (``imaging.quality.dhash``) and colour thumbnails at most ``distance`` apart. Two passes over the shards,
+    one at a time: the hashes, then the thumbnails of the images whose hash both sides share."""
+    train_hashes, held = set(), []
     for shard in shards:
         rows = read_shard(store.root, shard, columns=["image_id", "pixels", "split"])
-        hashes = np.array([dhash(image) for image in pixels_to_array(rows.column("pixels"), shape)], dtype=np.int64)
-        in_train = np.asarray(rows.column("split").to_pylist(), dtype=object) == "train"
-        train.append(hashes[in_train])
-        held.append(hashes[~in_train])
-        held_ids.append(np.asarray(rows.column("image_id").to_pylist(), dtype=object)[~in_train])
-    if not shards:
+        hashes = [dhash(image) for image in pixels_to_array(rows.column("pixels"), shape)]
+        for image_id, split, value in zip(rows.column("image_id").to_pylist(), rows.column("split").to_pylist(),
+                                          hashes):
+            if split == "train":
+                train_hashes.add(value)
+            elif value:
+                held.append((image_id, value))
+    candidates = {image_id: value for image_id, value in held if value in train_hashes}
+    if not candidates:
         return frozenset()
-    held = np.concatenate(held)
-    copied = np.isin(held, np.concatenate(train)) & (held != 0)
-    return frozenset(np.concatenate(held_ids)[copied].tolist())
+    shared = set(candidates.values())
+    train_thumbs, held_thumbs = {}, {}
+    for shard in shards:
+        rows = read_shard(store.root, shard, columns=["image_id", "pixels", "split"])
+        for image_id, split, image in zip(rows.column("image_id").to_pylist(), rows.column("split").to_pylist(),
+                                          pixels_to_array(rows.column("pixels"), shape)):
+            if image_id in candidates:
+                held_thumbs[image_id] = thumbnail(image)
+            elif split == "train" and (value := dhash(image)) in shared:
+                train_thumbs.setdefault(value, []).append(thumbnail(image))
+    return frozenset(image_id for image_id, thumb in held_thumbs.items()
+                     if thumbnail_distance(np.stack(train_thumbs[candidates[image_id]]),
+                                           thumb[None]).min() <= distance)
 
 
 def _warm_start(init: str, champion: dict | None, model_name: str, classes: list[str],

@@ -22,6 +22,7 @@ from flows.mine import mine_flow
 from flows.nightly import nightly_flow
 from flows.preprocess import preprocess_flow
 from flows.train import train_flow
+from fusion_core.config import MineConfig
 from fusion_core.demo_data import generate_demo_images
 from fusion_core.stages.train import holdout_copies
 from fusion_core.store import Store
@@ -272,7 +273,8 @@ def test_train_flow_best_recipe_promotion_rule_and_decisions(trained, inferred, 
     result = train_flow("smoke", overrides)
     model = store.get_model(result["outputs"]["model_version"])
     pixels = store.get_version("pixels", model["dataset_version"])
-    copies = holdout_copies(store, [s["path"] for s in pixels["shards"]], tuple(pixels["info"]["shape"]))
+    copies = holdout_copies(store, [s["path"] for s in pixels["shards"]], tuple(pixels["info"]["shape"]),
+                            MineConfig().copy_distance)
     assert model["config"]["decisions"] == {"excluded": 1, "relabelled": 1, "leaks_moved": len(copies)}
     assert result["counts"]["excluded"] == 1 and result["counts"]["relabelled"] == 1
     # the holdout of the first model already left out the near-copies; this one also the excluded image
