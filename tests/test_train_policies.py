@@ -118,3 +118,32 @@ def test_on_drift_keeps_the_champion_when_the_drift_check_flagged_nothing(tmp_pa
     assert kept.counts["trained"] == 0 and kept.outputs["model_version"] == v
     assert kept.outputs["promotion"] == "no drift flagged: champion kept, not retrained"
     assert len(store.list_models()) == 1
+
+
+# the duplicate-aware holdout -----------------------------------------------------------------------
+
+def test_holdout_near_copies_share_the_hash_and_the_colours_of_a_training_image(tmp_path):
+    """A test image 4 grey levels brighter than a training image moves to training; the same checks in other
+    colours (same perceptual hash) and a different image stay in the holdout. Two shards: copies are found
+    across them."""
+    from fusion_core.stages.train import holdout_copies
+    from fusion_core.store import Store
+    from fusion_core.store.datasets import write_shard
+
+    yy, xx = np.mgrid[:16, :16]
+    checks = ((yy // 2 + xx // 2) % 2).astype(bool)[:, :, None]
+    original = np.where(checks, [200, 60, 30], [30, 30, 120]).astype(np.uint8)
+    images = {"train": original, "copy": original + 4,
+              "recoloured": np.where(checks, [60, 220, 60], [90, 60, 60]).astype(np.uint8),
+              "other": np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)}
+    store = Store(str(tmp_path / "store"))
+    shards = []
+    for i, names in enumerate((["train"], ["copy", "recoloured", "other"])):
+        table = pa.table({"image_id": names, "label": ["a"] * len(names),
+                          "split": ["train" if n == "train" else "test" for n in names],
+                          "pixels": array_to_pixels(np.stack([images[n] for n in names])),
+                          "imputed_fraction": pa.array([0.0] * len(names), pa.float32()),
+                          "impute_method": [None] * len(names)}, schema=pixels_schema(16, 16, 3))
+        shards.append(write_shard(store.root, f"datasets/pixels/{i}.parquet", table)["path"])
+    assert holdout_copies(store, shards, (16, 16, 3), 0.03) == {"copy"}
+    assert holdout_copies(store, shards, (16, 16, 3), 1.0) == {"copy", "recoloured"}
