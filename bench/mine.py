@@ -9,7 +9,7 @@ CIFAR-10's JPEGs (``train/`` 50k, ``test/`` 10k) plus ``--copies`` transformed c
 - injected: the mine stage's duplicate sets (``mining.duplicate_sets`` on the stored embeddings, the images'
   perceptual hashes and colour thumbnails) at each ``mine.near_duplicate_ratio`` of ``--ratios`` and
   ``mine.copy_distance`` of ``--distances`` (each set from all signals: embeddings, the hash and the nearest
-  thumbnails), against the perceptual hash alone and the nearest thumbnails alone. Recall: copies in the
+  thumbnails), against the embeddings alone and the thumbnails alone. Recall: copies in the
   same set as their original. Precision: of the images in the copies' and originals' sets, those that are
   the right partner. Images in sets: all images in a set, copies or not (CIFAR-10 has duplicates of its own,
   so a few hundred beyond the copies are expected; thousands mean look-alikes are being joined).
@@ -18,6 +18,7 @@ CIFAR-10's JPEGs (``train/`` 50k, ``test/`` 10k) plus ``--copies`` transformed c
   (ciFAIR: 39 pairs), and the model's test accuracy with and without the leaking images.
 
     python bench/mine.py [--copies 1000] [--epochs 5] [--ratios 0.05,0.1,0.2] [--distances 0.02,0.03,0.05,0.07]
+                         [--store DIR]
 
 Writes bench/results/mine.json and prints a table.
 """
@@ -108,6 +109,56 @@ def injected(sets: np.ndarray, position: dict[str, int], originals: dict[str, st
             "in_sets": int(np.count_nonzero(sets >= 0)), "sets": int(len(set(sets.tolist()) - {-1}))}
 
 
+def build(settings, store, source: Path) -> dict:
+    """Fusion's stages from ingest to mine on ``source``; the versions and each stage's seconds."""
+    from fusion_core.stages.infer import infer_dataset
+    from fusion_core.stages.ingest import ingest_source
+    from fusion_core.stages.mine import mine_predictions
+    from fusion_core.stages.preprocess import preprocess_dataset
+    from fusion_core.stages.train import train_model
+
+    seconds, started = {}, time.perf_counter()
+    images = ingest_source(settings, store, str(source), "bench-mine-ingest").outputs["version"]
+    pixels = preprocess_dataset(settings, store, images, "bench-mine-preprocess").outputs["version"]
+    seconds["ingest_preprocess"], started = time.perf_counter() - started, time.perf_counter()
+    model = train_model(settings, store, pixels, "bench-mine-train", None).outputs["model_version"]
+    seconds["train"], started = time.perf_counter() - started, time.perf_counter()
+    predictions = infer_dataset(settings, store, pixels, model, "bench-mine-infer").outputs["version"]
+    seconds["infer"], started = time.perf_counter() - started, time.perf_counter()
+    mine_predictions(settings, store, predictions, "bench-mine")
+    seconds["mine_stage"] = time.perf_counter() - started
+    return {"predictions": predictions, "seconds": {k: round(v, 1) for k, v in seconds.items()}}
+
+
+def signals(store, predictions: int) -> dict:
+    """What the mine stage reads for duplicates, for every image of ``predictions``: ids, splits, whether the
+    prediction is right, embeddings and their neighbours, perceptual hashes, colour thumbnails and their
+    nearest."""
+    from fusion_core.config import MineConfig
+    from fusion_core.imaging.quality import thumbnails
+    from fusion_core.learning import mining
+    from fusion_core.stages.mine import _image_stats
+    from fusion_core.store.datasets import fixed_list_to_array, read_shards
+
+    preds = store.require_version("predictions", predictions)
+    table = read_shards(store.root, [s["path"] for s in preds["shards"]],
+                        columns=["image_id", "label", "split", "predicted", "embedding"])
+    images = store.require_version("images", store.require_version("pixels", preds["info"]["pixels_version"])
+                                   ["info"]["images_version"])
+    stats = pa.concat_tables([_image_stats(store.root, s["path"]) for s in images["shards"]])
+    position = pc.index_in(table.column("image_id"), stats.column("image_id"))
+    cfg = MineConfig()
+    x = fixed_list_to_array(table.column("embedding"))
+    thumbs = thumbnails(pc.take(stats.column("thumb"), position))
+    sims, idx = mining.neighbours(x, cfg.neighbours, cfg.exact_max)
+    return {"ids": table.column("image_id").to_pylist(), "splits": np.asarray(table.column("split").to_pylist()),
+            "right": np.asarray(table.column("predicted").to_pylist()) == np.asarray(table.column("label").to_pylist()),
+            "x": x, "sims": sims, "idx": idx,
+            "hashes": pc.take(stats.column("phash"), position).fill_null(0).to_numpy(),
+            "thumbs": thumbs, "near": mining.neighbours(thumbs, cfg.neighbours, cfg.exact_max, cosine=False)[1],
+            "model": store.get_model(preds["info"]["model_version"])}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=HERE / "data" / "cifar10",
@@ -116,83 +167,55 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5, help="epochs of the best recipe")
     parser.add_argument("--ratios", default="0.05,0.1,0.2", help="mine.near_duplicate_ratio values")
     parser.add_argument("--distances", default="0.02,0.03,0.05,0.07", help="mine.copy_distance values")
+    parser.add_argument("--store", type=Path, help="measure the newest predictions of a store an earlier run of "
+                                                   "this script built with the same --data and --copies (kept)")
     args = parser.parse_args()
     context = run_context()
     os.environ.setdefault("FUSION_RAY__NODE_IP_ADDRESS", "127.0.0.2")
 
     from fusion_core.config import MineConfig, load_settings
-    from fusion_core.imaging.quality import thumbnail_distance, thumbnails
+    from fusion_core.imaging.quality import thumbnail_distance
     from fusion_core.learning import mining
-    from fusion_core.stages.infer import infer_dataset
-    from fusion_core.stages.ingest import ingest_source
-    from fusion_core.stages.mine import _image_stats, mine_predictions
-    from fusion_core.stages.preprocess import preprocess_dataset
-    from fusion_core.stages.train import train_model
     from fusion_core.store import Store
-    from fusion_core.store.datasets import fixed_list_to_array, read_shards
 
     work = Path(tempfile.mkdtemp(prefix="fusion-bench-mine-"))
     source, originals, kinds = collection(args.data, work, args.copies)
-    settings = load_settings(None, {"store.root": str(work / "store"), "ingest.val_fraction": 0.02,
-                                    "train.recipe": "best", "train.epochs": args.epochs})
-    store = Store.from_settings(settings)
-    seconds = {}
-    started = time.perf_counter()
-    images = ingest_source(settings, store, str(source), "bench-mine-ingest").outputs["version"]
-    pixels = preprocess_dataset(settings, store, images, "bench-mine-preprocess").outputs["version"]
-    seconds["ingest_preprocess"] = time.perf_counter() - started
-    started = time.perf_counter()
-    model_version = train_model(settings, store, pixels, "bench-mine-train", None).outputs["model_version"]
-    seconds["train"] = time.perf_counter() - started
-    started = time.perf_counter()
-    predictions = infer_dataset(settings, store, pixels, model_version, "bench-mine-infer").outputs["version"]
-    seconds["infer"] = time.perf_counter() - started
-    started = time.perf_counter()
-    mined = mine_predictions(settings, store, predictions, "bench-mine")
-    seconds["mine_stage"] = time.perf_counter() - started
-
-    table = read_shards(store.root, [s["path"] for s in store.require_version("predictions", predictions)["shards"]],
-                        columns=["image_id", "label", "split", "predicted", "embedding"])
-    images_version = store.require_version("pixels", pixels)["info"]["images_version"]
-    stats = pa.concat_tables([_image_stats(store.root, s["path"])
-                              for s in store.require_version("images", images_version)["shards"]])
-    hashes = pc.take(stats.column("phash"), pc.index_in(table.column("image_id"), stats.column("image_id")))
-    hashes = hashes.fill_null(0).to_numpy()
-    thumbs = thumbnails(pc.take(stats.column("thumb"), pc.index_in(table.column("image_id"), stats.column("image_id"))))
-    position = {image_id: i for i, image_id in enumerate(table.column("image_id").to_pylist())}
+    if args.store:
+        store = Store(str(args.store))
+        built = {"predictions": max(v["version"] for v in store.list_versions("predictions")), "seconds": None}
+    else:
+        settings = load_settings(None, {"store.root": str(work / "store"), "ingest.val_fraction": 0.02,
+                                        "train.recipe": "best", "train.epochs": args.epochs})
+        store = Store.from_settings(settings)
+        built = build(settings, store, source)
+    got = signals(store, built["predictions"])
+    position = {image_id: i for i, image_id in enumerate(got["ids"])}
     cfg = MineConfig()
-    sims, idx = mining.neighbours(fixed_list_to_array(table.column("embedding")), cfg.neighbours, cfg.exact_max)
-    near = mining.neighbours(thumbs, cfg.neighbours, cfg.exact_max, cosine=False)[1]
     ratios = sorted({float(r) for r in args.ratios.split(",")} | {cfg.near_duplicate_ratio})
     distances = sorted({float(d) for d in args.distances.split(",")} | {cfg.copy_distance})
-    rows = []
-    for distance in distances:
-        alike = lambda a, b, d=distance: thumbnail_distance(thumbs[a], thumbs[b]) <= d  # noqa: E731
-        rows += [{"method": f"all, ratio {ratio:g}, thumbnails within {distance:g}", "ratio": ratio,
-                  "copy_distance": distance,
-                  **injected(mining.duplicate_sets(sims, idx, cfg.near_duplicate_similarity, hashes, ratio, alike,
-                                                   near), position, originals)} for ratio in ratios]
-        rows.append({"method": f"perceptual hash alone, thumbnails within {distance:g}", "ratio": None,
-                     "copy_distance": distance,
-                     **injected(mining.duplicate_sets(sims, idx, 2.0, hashes, alike=alike), position, originals)})
-        rows.append({"method": f"nearest thumbnails alone, within {distance:g}", "ratio": None,
-                     "copy_distance": distance,
-                     **injected(mining.duplicate_sets(sims, idx, 2.0, alike=alike, candidates=near), position,
-                                originals)})
 
-    alike = lambda a, b: thumbnail_distance(thumbs[a], thumbs[b]) <= cfg.copy_distance  # noqa: E731
-    sets = mining.duplicate_sets(sims, idx, cfg.near_duplicate_similarity, hashes, cfg.near_duplicate_ratio, alike,
-                                 near)
-    splits = np.asarray(table.column("split").to_pylist())
+    def sets_of(ratio: float, distance: float | None, threshold: float = cfg.near_duplicate_similarity):
+        alike = None if distance is None else (
+            lambda a, b: thumbnail_distance(got["thumbs"][a], got["thumbs"][b]) <= distance)
+        return mining.duplicate_sets(got["x"], got["sims"], got["idx"], threshold, ratio, got["hashes"], got["near"],
+                                     alike)
+
+    rows = [{"method": f"embeddings and thumbnails: ratio {r:g}, within {d:g}", "ratio": r, "copy_distance": d,
+             **injected(sets_of(r, d), position, originals)} for d in distances for r in ratios]
+    rows += [{"method": f"embeddings alone: ratio {r:g}", "ratio": r, "copy_distance": None,
+              **injected(sets_of(r, None), position, originals)} for r in ratios]
+    rows += [{"method": f"thumbnails alone: within {d:g}", "ratio": None, "copy_distance": d,
+              **injected(sets_of(1e9, d, -1.0), position, originals)} for d in distances]
+
+    sets = sets_of(cfg.near_duplicate_ratio, cfg.copy_distance)
+    splits, right = got["splits"], got["right"]
     test = splits == "test"
     leaking = test & np.isin(sets, sets[~test & (sets >= 0)]) & (sets >= 0)
     test_sets = sets[test & (sets >= 0)]
-    right = np.asarray(table.column("predicted").to_pylist()) == np.asarray(table.column("label").to_pylist())
     at_default = next(r for r in rows if r["ratio"] == cfg.near_duplicate_ratio
                       and r["copy_distance"] == cfg.copy_distance)
-    row = {"copies": args.copies, "epochs": args.epochs, "images": table.num_rows,
-           "model_accuracy": round(store.get_model(model_version)["metrics"]["accuracy"], 4),
-           "seconds": {k: round(v, 1) for k, v in seconds.items()}, "mine_counts": mined.counts,
+    row = {"copies": args.copies, "epochs": got["model"]["config"]["epochs"], "images": len(got["ids"]),
+           "model_accuracy": round(got["model"]["metrics"]["accuracy"], 4), "seconds": built["seconds"],
            "injected": rows, "default_ratio": cfg.near_duplicate_ratio, "default_copy_distance": cfg.copy_distance,
            "recall_by_transform_at_default": {
                kind: injected(sets, position, {c: o for c, o in originals.items() if kinds[c] == kind})["recall"]

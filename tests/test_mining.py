@@ -41,7 +41,7 @@ def test_neighbours_leave_each_image_out_and_approximate_search_agrees_with_exac
 
 def test_near_copies_form_one_set_and_a_set_across_train_and_test_leaks(world):
     sims, idx = mining.neighbours(world["x"], 5)
-    sets = mining.duplicate_sets(sims, idx, 0.99)
+    sets = mining.duplicate_sets(world["x"], sims, idx, 0.99)
     assert sets[0] == sets[1] == sets[2] >= 0
     assert (sets >= 0).sum() == 3
     assert mining.leaking_sets(sets, world["splits"]).tolist() == [sets[0]]
@@ -91,30 +91,31 @@ def test_a_tight_class_is_not_a_duplicate_set_and_sets_do_not_chain():
     x[1] = x[0] + 1e-4 * rng.normal(size=16)
     sims, idx = mining.neighbours(x, 5)
     assert sims.min() > 0.97
-    sets = mining.duplicate_sets(sims, idx, 0.97, ratio=0.1)
+    sets = mining.duplicate_sets(x, sims, idx, 0.97, ratio=0.1)
     assert sets[0] == sets[1] >= 0 and (sets >= 0).sum() == 2
-    chain_sims = np.array([[0.99], [0.99], [0.99], [0.99]])
-    chain_idx = np.array([[1], [2], [3], [2]])  # 0-1, 1-2, 2-3: a chain
-    chained = mining.duplicate_sets(chain_sims, chain_idx, 0.98)
-    assert chained.tolist() == [0, 0, 0, -1]  # a star around row 1; row 3 is alike only through row 2
-    hashes = np.array([5, 0, 5, 0])
-    assert mining.duplicate_sets(np.zeros((4, 1)), chain_idx, 0.98, hashes).tolist() == [0, -1, 0, -1]
+    angles = np.radians([0, 8, 16, 24])  # neighbours 0.990 alike, two apart 0.961
+    chain = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    sims, idx = mining.neighbours(chain, 3)
+    assert mining.duplicate_sets(chain, sims, idx, 0.98).tolist() == [0, 0, 0, -1]  # row 3 alike only via 2
 
 
-def test_nearest_thumbnails_are_candidates_and_every_pair_must_look_alike():
-    """Rows 0-1 are alike only in their thumbnails (far apart in embeddings); rows 2-3 share a hash but do not
-    look alike; rows 4-5 are close embeddings that look alike."""
+def test_hashes_and_nearest_thumbnails_are_candidates_and_every_pair_must_look_alike():
+    """Rows 0-1 and 2-3 are near-copies that the embedding neighbours given do not pair; a shared hash or
+    the nearest thumbnails make them candidates, and ``alike`` can still turn a pair down."""
     rng = np.random.default_rng(2)
     x = rng.normal(size=(40, 16))
-    x[5] = x[4] + 1e-5 * rng.normal(size=16)
-    sims, idx = mining.neighbours(x, 3)
+    x[1], x[3] = x[0] + 1e-4 * rng.normal(size=16), x[2] + 1e-4 * rng.normal(size=16)
+    idx = ((np.arange(40) + 5) % 40)[:, None]  # unrelated rows as the "neighbours"
+    sims = np.einsum("ij,ij->i", mining.normalised(x), mining.normalised(x)[idx[:, 0]])[:, None]
+    assert (mining.duplicate_sets(x, sims, idx, 0.97, 0.1) == -1).all()
     hashes = np.zeros(40, np.int64)
-    hashes[[2, 3]] = 7
-    candidates = np.array([[1], [0]] + [[i - 1] for i in range(2, 40)])
-    looks = {frozenset(p) for p in ((0, 1), (4, 5))}
-    alike = lambda a, b: np.array([frozenset((i, j)) in looks for i, j in zip(a, b)], bool)  # noqa: E731
-    sets = mining.duplicate_sets(sims, idx, 0.97, hashes, 0.1, alike, candidates)
-    assert sets[0] == sets[1] >= 0 and sets[4] == sets[5] >= 0 and sets[0] != sets[4]
-    assert (sets >= 0).sum() == 4
+    hashes[[0, 1]] = 9
+    assert np.flatnonzero(mining.duplicate_sets(x, sims, idx, 0.97, 0.1, hashes) >= 0).tolist() == [0, 1]
+    thumbs = np.array([[1], [0], [3], [2]] + [[(i + 7) % 40] for i in range(4, 40)])
+    sets = mining.duplicate_sets(x, sims, idx, 0.97, 0.1, candidates=thumbs)
+    assert sets[0] == sets[1] >= 0 and sets[2] == sets[3] >= 0 and sets[0] != sets[2] and (sets >= 0).sum() == 4
+    not_2_3 = lambda a, b: np.minimum(a, b) != 2  # noqa: E731
+    sets = mining.duplicate_sets(x, sims, idx, 0.97, 0.1, candidates=thumbs, alike=not_2_3)
+    assert np.flatnonzero(sets >= 0).tolist() == [0, 1]
     _, near = mining.neighbours(x, 2, cosine=False)
-    assert near[4, 0] == 5 and near[5, 0] == 4
+    assert near[0, 0] == 1 and near[3, 0] == 2

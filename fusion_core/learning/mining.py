@@ -4,9 +4,9 @@ Plain functions over numpy arrays, one row per image:
 
 - ``neighbours``: each image's nearest other images by cosine similarity (or Euclidean distance), from faiss
   (exact search; an HNSW graph above ``exact_max`` images).
-- ``duplicate_sets``: images whose embeddings' similarity reaches a threshold and is far above the collection's
-  typical neighbour's, that share a perceptual hash or are each other's nearest thumbnails, and whose colour
-  thumbnails agree, grouped into star-shaped sets; ``leaking_sets``: the sets that
+- ``duplicate_sets``: nearest neighbours, images that share a perceptual hash or are each other's nearest
+  thumbnails, kept where their embeddings are far closer than the collection's typical neighbours and their
+  colour thumbnails agree, grouped into star-shaped sets; ``leaking_sets``: the sets that
   hold both training and holdout (val or test) images.
 - ``uniqueness``: one minus the mean similarity to the nearest neighbours; the most unique are outliers.
 - ``out_of_sample_probs`` and ``label_issues``: a k-fold logistic regression on the embeddings gives each labelled
@@ -65,35 +65,38 @@ def _without_self(sims: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray
 HASH_GROUP_MAX = 64  # a perceptual hash shared by more images is a pattern (stripes, checks), not a copy
 
 
-def duplicate_sets(sims: np.ndarray, idx: np.ndarray, threshold: float, hashes: np.ndarray | None = None,
-                   ratio: float = 1.0, alike: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
-                   candidates: np.ndarray | None = None) -> np.ndarray:
+def duplicate_sets(x: np.ndarray, sims: np.ndarray, idx: np.ndarray, threshold: float, ratio: float = 1.0,
+                   hashes: np.ndarray | None = None, candidates: np.ndarray | None = None,
+                   alike: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """Each row's duplicate set (-1: none), sets numbered from 0 in the order they are formed.
 
-    Two rows are near-duplicates when their similarity reaches ``threshold`` and their distance (one minus
-    the similarity) is at most ``ratio`` times the collection's typical distance to a row's last neighbour
-    (the median over rows): a classifier's embeddings pull a whole class close together, so what counts as
-    close is measured against the collection itself. Rows with the same perceptual hash (``hashes``; 0:
-    none; shared by at most ``HASH_GROUP_MAX`` rows) are candidates too, and so is each row with each of its
-    ``candidates`` (an ``(n, m)`` array of row indices, say its nearest thumbnails). With ``alike`` (say, whether colour
-    thumbnails agree), a candidate pair ``(rows, cols)`` counts only where ``alike(rows, cols)`` is true. Sets
-    are stars, not chains: the row with the most near-duplicates takes those not yet in a set into a new
-    set, then the next, and so on, so a set never strings together images that are only alike through others.
+    Candidate pairs: each row of embeddings ``x`` with its nearest neighbours (``sims``, ``idx`` from
+    ``neighbours``), rows with the same perceptual hash (``hashes``; 0: none; shared by at most
+    ``HASH_GROUP_MAX`` rows), and each row with each of its ``candidates`` (an ``(n, m)`` array of row
+    indices, say its nearest thumbnails). A candidate pair is a near-duplicate when its embeddings' cosine
+    similarity reaches ``threshold`` and their distance (one minus it) is at most ``ratio`` times the
+    collection's typical distance to a row's last neighbour (the median over rows): a classifier's
+    embeddings pull a whole class close together, so what counts as close is measured against the
+    collection itself. With ``alike`` (say, whether colour thumbnails agree), the pair must also be
+    ``alike(rows, cols)``. Sets are stars, not chains: the row with the most near-duplicates takes those not
+    yet in a set into a new set, then the next, and so on, so a set never strings together images that are
+    only alike through others.
     """
-    n = len(sims)
-    typical = float(np.median(1.0 - sims[:, -1])) if sims.size else 0.0
-    rows, cols = np.nonzero((sims >= threshold) & (1.0 - sims <= ratio * typical))
-    rows, cols = rows, idx[rows, cols]
+    n = len(x)
+    rows, cols = np.repeat(np.arange(n), idx.shape[1]), idx.ravel()
     if hashes is not None:
         hash_rows, hash_cols = _same_hash_pairs(hashes)
         rows, cols = np.concatenate([rows, hash_rows]), np.concatenate([cols, hash_cols])
     if candidates is not None:
         rows = np.concatenate([rows, np.repeat(np.arange(n), candidates.shape[1])])
         cols = np.concatenate([cols, candidates.ravel()])
-    if alike is not None and len(rows):
-        kept = alike(rows, cols)
-        rows, cols = rows[kept], cols[kept]
-    return _stars(n, rows, cols)
+    unit = normalised(x)
+    similarity = np.einsum("ij,ij->i", unit[rows], unit[cols])
+    typical = float(np.median(1.0 - sims[:, -1])) if sims.size else 0.0
+    kept = (similarity >= threshold) & (1.0 - similarity <= ratio * typical) & (rows != cols)
+    if alike is not None and kept.any():
+        kept[kept] = alike(rows[kept], cols[kept])
+    return _stars(n, rows[kept], cols[kept])
 
 
 def _same_hash_pairs(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -133,8 +133,8 @@ def mine_table(predictions: pa.Table, classes: list[str], cfg: MineConfig, stats
         sims, idx = mining.neighbours(x, cfg.neighbours, cfg.exact_max)
         nearest_thumbs = None if thumbs is None else mining.neighbours(thumbs, cfg.neighbours, cfg.exact_max,
                                                                        cosine=False)[1]
-        sets = mining.duplicate_sets(sims, idx, cfg.near_duplicate_similarity, hashes, cfg.near_duplicate_ratio,
-                                     alike, nearest_thumbs)
+        sets = mining.duplicate_sets(x, sims, idx, cfg.near_duplicate_similarity, cfg.near_duplicate_ratio, hashes,
+                                     nearest_thumbs, alike)
         leak = np.isin(sets, mining.leaking_sets(sets, splits)) & (sets >= 0)
         nearest, similarity, unique = ids[idx[:, 0]], sims[:, 0], mining.uniqueness(sims)
         if cfg.outlier_fraction:
