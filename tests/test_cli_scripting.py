@@ -99,6 +99,25 @@ def test_unknown_runs_and_models_exit_1_with_the_closest_match(built):
     assert version.returncode == 1 and one_line(version).endswith("; it has versions 1-1")
 
 
+def test_unknown_labels_splits_and_clusters_exit_1_with_the_closest(built):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    store = ["--store", built["root"]]
+    asked = {("predictions", "--run", "latest", "--label", "dgo"): "--label 'dgo': not in the predicted labels of "
+                                                                   f"run {built['nightly']}; did you mean dog?",
+             ("images", "--split", "tset"): "--split 'tset': not in the splits; did you mean test?",
+             ("images", "--label", "cta"): "--label 'cta': not in the labels of images v1; did you mean cat?",
+             ("clusters", "--run", "latest", "--cluster", "42"): f"--cluster 42: not in the clusters of run "
+                                                                  f"{built['nightly']} (known: 0, 1)"}
+    for command, says in asked.items():
+        result = CliRunner().invoke(app, [*command, *store])
+        assert result.exit_code == 1 and result.output.strip().startswith(says), (command, result.output)
+    known = CliRunner().invoke(app, ["predictions", "--run", "latest", "--label", "dog", *store, "-f", "json"])
+    assert known.exit_code == 0 and len(json.loads(known.output)) == 2
+
+
 def test_latest_is_the_newest_run_or_the_newest_with_the_stage(built):
     show = json.loads(fusion("show", "latest", "--store", built["root"], "--format", "json").stdout)
     assert show["run_id"] == built["train"] and show["status"] == "completed"

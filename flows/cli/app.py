@@ -125,6 +125,18 @@ def find_run(catalog: Store, ref: str, stage: str | None = None) -> dict:
         fail(str(err), 1)
 
 
+def require_known(option: str, value, known: list, where: str) -> None:
+    """End the command (exit 1) when ``value`` is not one of ``known``, naming the closest and the choices."""
+    if value is None or value in known:
+        return
+    import difflib
+
+    near = difflib.get_close_matches(str(value), [str(k) for k in known], n=1)
+    shown = ", ".join(str(k) for k in known[:12]) + (", ..." if len(known) > 12 else "")
+    fail(f"{option} {value!r}: not in {where}" + (f"; did you mean {near[0]}?" if near else "")
+         + (f" (known: {shown})" if known else " (it has none)"), 1)
+
+
 def image_ids(catalog: Store, ref: str) -> list[str]:
     """The stored images a command-line reference names: an image id, a prefix of one (6+ characters), or a
     source path (a local one as given or made absolute)."""

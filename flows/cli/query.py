@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from flows.cli.app import (ConfigOpt, FormatOpt, LimitOpt, RunOpt, SetOpt, StoreOpt, check_format, complete_run, fail,
-                           find_run, open_store)
+                           find_run, open_store, require_known)
 from flows.terminal import TABLE_ROWS, as_json, describe_run, export_rows, render, table_lines
 from fusion_core.store import Store
 
@@ -87,6 +87,8 @@ def predictions(run: str = RunOpt,
     check_format(fmt)
     catalog = open_store(config, store, sets)
     source_run = catalog.results_run(find_run(catalog, run, "infer")["run_id"], "infer")
+    require_known("--label", label, catalog.distinct_results("predictions", source_run, "predicted"),
+                  f"the predicted labels of run {source_run}")
     rows = catalog.select_results("predictions", source_run, equal={"predicted": label} if label else {},
                                   at_least={"confidence": min_confidence}, path_glob=path,
                                   order_by=("-confidence", "image_id"), limit=None if out or fmt == "table" else limit)
@@ -111,6 +113,8 @@ def clusters(run: str = RunOpt,
     check_format(fmt)
     catalog = open_store(config, store, sets)
     source_run = catalog.results_run(find_run(catalog, run, "cluster")["run_id"], "cluster")
+    require_known("--cluster", cluster, catalog.distinct_results("cluster_summaries", source_run, "cluster"),
+                  f"the clusters of run {source_run}")
     if members or cluster is not None or path:
         rows = catalog.select_results("cluster_assignments", source_run,
                                       equal={"cluster": cluster} if cluster is not None else {}, path_glob=path,
@@ -143,6 +147,7 @@ def images(label: Optional[str] = typer.Option(None, "--label", help="only this 
     """
     import itertools
 
+    from fusion_core.learning.scoring import labels_of
     from fusion_core.tools.browse import list_images
     from fusion_core.tools.inputs import input_version
 
@@ -152,6 +157,9 @@ def images(label: Optional[str] = typer.Option(None, "--label", help="only this 
         dataset = catalog.require_version("images", input_version(catalog, "fusion images", "images", version))
     except LookupError as err:
         fail(str(err), 1)
+    require_known("--split", split, ["train", "val", "test"], "the splits")
+    require_known("--label", label, labels_of(catalog, [s["path"] for s in dataset["shards"]]),
+                  f"the labels of images v{dataset['version']}")
     found = list_images(catalog, dataset, label, split, imputed, path)
     if fmt == "table":  # the first rows, and a count of all
         shown = list(itertools.islice(found, limit or TABLE_ROWS))

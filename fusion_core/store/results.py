@@ -78,6 +78,13 @@ class ResultTables:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
+    def distinct_results(self, table_name: str, run_id: str, column: str) -> list:
+        """The distinct non-null values of one column of a run's rows of a result table, sorted."""
+        table = metadata.tables[table_name]
+        query = sa.select(table.c[column]).where(table.c.run_id == run_id, table.c[column].is_not(None)).distinct()
+        with self.engine.connect() as conn:
+            return sorted(conn.execute(query).scalars())
+
     def results_run(self, run_id: str, stage: str) -> str:
         """The run whose result rows a run's stage points to (a rerun may reuse an earlier run's results)."""
         with self.engine.connect() as conn:
