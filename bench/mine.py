@@ -18,7 +18,7 @@ CIFAR-10's JPEGs (``train/`` 50k, ``test/`` 10k) plus ``--copies`` transformed c
   (ciFAIR: 39 pairs), and the model's test accuracy with and without the leaking images.
 
     python bench/mine.py [--copies 1000] [--epochs 5] [--ratios 0.05,0.1,0.2] [--distances 0.02,0.03,0.05,0.07]
-                         [--store DIR]
+                         [--keep] [--store DIR]
 
 Writes bench/results/mine.json and prints a table.
 """
@@ -168,7 +168,8 @@ def main() -> None:
     parser.add_argument("--ratios", default="0.05,0.1,0.2", help="mine.near_duplicate_ratio values")
     parser.add_argument("--distances", default="0.02,0.03,0.05,0.07", help="mine.copy_distance values")
     parser.add_argument("--store", type=Path, help="measure the newest predictions of a store an earlier run of "
-                                                   "this script built with the same --data and --copies (kept)")
+                                                   "this script built (--keep) with the same --data and --copies")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (source and store)")
     args = parser.parse_args()
     context = run_context()
     os.environ.setdefault("FUSION_RAY__NODE_IP_ADDRESS", "127.0.0.2")
@@ -228,7 +229,10 @@ def main() -> None:
            "goal_injected_met": at_default["recall"] >= 0.95 and (at_default["precision"] or 0) >= 0.9}
     write_results("mine", row, context)
     report(row)
-    shutil.rmtree(work, ignore_errors=True)
+    if args.keep:
+        print(f"kept {work} (measure its store again with --store {work / 'store'})")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def report(row: dict) -> None:

@@ -158,7 +158,7 @@ class MineConfig(_Section):
     neighbours: int = Field(10, ge=1, description="nearest neighbours looked up per image")
     near_duplicate_similarity: float = Field(0.97, gt=0, le=1, description="cosine similarity of embeddings from "
                                              "which two images can count as near-duplicates")
-    near_duplicate_ratio: float = Field(0.1, gt=0, le=1, description="and at most this fraction of the typical "
+    near_duplicate_ratio: float = Field(0.2, gt=0, le=1, description="and at most this fraction of the typical "
                                         "distance (1 - similarity) to an image's last neighbour")
     copy_distance: float = Field(0.03, ge=0, le=1, description="near-duplicates' colour thumbnails (8x8) differ by at "
                                  "most this mean absolute difference (0-1); also the duplicate-aware holdout's")
