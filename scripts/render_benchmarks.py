@@ -161,7 +161,9 @@ def mine(d: dict) -> str:
         f"{num(d['test_images'])} (ciFAIR: {d['cifair_test_leaks']}); sets holding two or more test images: "
         f"{num(d['test_sets_with_two_or_more_test_images'])} (ciFAIR: {d['cifair_test_pairs']} pairs)",
         f"* test accuracy {d['test_accuracy_all']:.4f}; without the leaking test images "
-        f"{d['test_accuracy_without_leaking']:.4f}"])
+        f"{d['test_accuracy_without_leaking']:.4f}",
+        *(["* seconds per stage: " + ", ".join(f"{k.replace('_', ' ')} {v:,.0f}" for k, v in d["seconds"].items())]
+          if d.get("seconds") else [])])
 
 
 def train(d: dict) -> str:
