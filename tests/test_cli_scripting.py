@@ -105,7 +105,7 @@ def test_unknown_labels_splits_and_clusters_exit_1_with_the_closest(built):
     from flows.cli import app
 
     store = ["--store", built["root"]]
-    asked = {("predictions", "--run", "latest", "--label", "dgo"): "--label 'dgo': not in the predicted labels of "
+    asked = {("predictions", "--run", "latest", "--label", "dgo"): "--label 'dgo': not in the labels of "
                                                                    f"run {built['nightly']}; did you mean dog?",
              ("images", "--split", "tset"): "--split 'tset': not in the splits; did you mean test?",
              ("images", "--label", "cta"): "--label 'cta': not in the labels of images v1; did you mean cat?",

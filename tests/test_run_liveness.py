@@ -80,6 +80,28 @@ def test_heartbeat_is_renewed_while_the_run_works(tmp_path):
     assert store.get_run(run_id)["heartbeat_at"] > first
 
 
+def test_a_catalog_that_goes_away_costs_the_heartbeat_a_warning_not_its_thread(tmp_path, monkeypatch, caplog):
+    import threading
+
+    import sqlalchemy as sa
+
+    import fusion_core.store.runs as store_runs
+
+    store = Store(str(tmp_path / "store"))
+    run_id = store.start_run("nightly", {})
+    crashed = []
+    monkeypatch.setattr(threading, "excepthook", crashed.append)
+    monkeypatch.setattr(store_runs, "DETAILS_S", 0.05)
+
+    def gone(_run_id):
+        raise sa.exc.OperationalError("SELECT", {}, Exception("the database system is shutting down"))
+
+    monkeypatch.setattr(store, "get_run", gone)
+    with store.heartbeat(run_id, every=0.05, details=lambda: {"dashboard": str(time.monotonic())}):
+        time.sleep(0.4)
+    assert not crashed and "heartbeat of run" in caplog.text
+
+
 def test_a_second_writer_is_refused_until_the_first_ends(tmp_path):
     store = Store(str(tmp_path / "store"))
     first = store.start_run("nightly", {}, exclusive=True)

@@ -87,8 +87,9 @@ def predictions(run: str = RunOpt,
     check_format(fmt)
     catalog = open_store(config, store, sets)
     source_run = catalog.results_run(find_run(catalog, run, "infer")["run_id"], "infer")
-    require_known("--label", label, catalog.distinct_results("predictions", source_run, "predicted"),
-                  f"the predicted labels of run {source_run}")
+    require_known("--label", label, sorted(set(catalog.distinct_results("predictions", source_run, "predicted"))
+                                          | set(catalog.distinct_results("predictions", source_run, "label"))),
+                  f"the labels of run {source_run}")
     rows = catalog.select_results("predictions", source_run, equal={"predicted": label} if label else {},
                                   at_least={"confidence": min_confidence}, path_glob=path,
                                   order_by=("-confidence", "image_id"), limit=None if out or fmt == "table" else limit)

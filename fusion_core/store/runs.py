@@ -148,11 +148,11 @@ class RunCatalog:
                 if time.monotonic() - last_beat >= every:
                     values["heartbeat_at"], last_beat = now(), time.monotonic()
                 noted = details() if details else {}
-                if noted != recorded:
-                    values["params"] = {**(self.get_run(run_id)["params"] or {}), **noted}
-                if not values:
+                if not values and noted == recorded:
                     continue
                 try:
+                    if noted != recorded:
+                        values["params"] = {**(self.get_run(run_id)["params"] or {}), **noted}
                     with self.engine.begin() as conn:
                         conn.execute(runs.update().where(runs.c.run_id == run_id).values(**values))
                     recorded = noted
