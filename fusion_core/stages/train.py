@@ -171,33 +171,31 @@ def _fit_and_register(settings: Settings, store: Store, pixels: dict, champion: 
 def holdout_copies(store: Store, shards: list[str], shape: tuple[int, int, int], distance: float) -> frozenset[str]:
     """The holdout (val and test) images that are near-copies of a training image: the same perceptual hash
     (``imaging.quality.dhash``) and colour thumbnails at most ``distance`` apart. Two passes over the shards,
-    one at a time: the hashes, then the thumbnails of the images whose hash both sides share."""
-    train_hashes, held = set(), []
+    one at a time: every image's hash, then the thumbnails of the images whose hash both sides share (only
+    the shards that hold one are read again)."""
+    hashes, in_train = [], []
     for shard in shards:
-        rows = read_shard(store.root, shard, columns=["image_id", "pixels", "split"])
-        hashes = [dhash(image) for image in pixels_to_array(rows.column("pixels"), shape)]
-        for image_id, split, value in zip(rows.column("image_id").to_pylist(), rows.column("split").to_pylist(),
-                                          hashes):
-            if split == "train":
-                train_hashes.add(value)
-            elif value:
-                held.append((image_id, value))
-    candidates = {image_id: value for image_id, value in held if value in train_hashes}
-    if not candidates:
+        rows = read_shard(store.root, shard, columns=["pixels", "split"])
+        hashes.append(np.array([dhash(image) for image in pixels_to_array(rows.column("pixels"), shape)], np.int64))
+        in_train.append(np.asarray(rows.column("split").to_pylist(), dtype=object) == "train")
+    if not shards:
         return frozenset()
-    shared = set(candidates.values())
+    every, train = np.concatenate(hashes), np.concatenate(in_train)
+    shared = np.intersect1d(every[train], every[~train & (every != 0)])
     train_thumbs, held_thumbs = {}, {}
-    for shard in shards:
-        rows = read_shard(store.root, shard, columns=["image_id", "pixels", "split"])
-        for image_id, split, image in zip(rows.column("image_id").to_pylist(), rows.column("split").to_pylist(),
-                                          pixels_to_array(rows.column("pixels"), shape)):
-            if image_id in candidates:
-                held_thumbs[image_id] = thumbnail(image)
-            elif split == "train" and (value := dhash(image)) in shared:
-                train_thumbs.setdefault(value, []).append(thumbnail(image))
-    return frozenset(image_id for image_id, thumb in held_thumbs.items()
-                     if thumbnail_distance(np.stack(train_thumbs[candidates[image_id]]),
-                                           thumb[None]).min() <= distance)
+    for shard, shard_hashes, shard_train in zip(shards, hashes, in_train):
+        wanted = np.flatnonzero(np.isin(shard_hashes, shared))
+        if not len(wanted):
+            continue
+        rows = read_shard(store.root, shard, columns=["image_id", "pixels"])
+        images, ids = pixels_to_array(rows.column("pixels"), shape), rows.column("image_id").to_pylist()
+        for i in wanted:
+            if shard_train[i]:
+                train_thumbs.setdefault(shard_hashes[i], []).append(thumbnail(images[i]))
+            else:
+                held_thumbs[ids[i]] = (shard_hashes[i], thumbnail(images[i]))
+    return frozenset(image_id for image_id, (value, thumb) in held_thumbs.items()
+                     if thumbnail_distance(np.stack(train_thumbs[value]), thumb[None]).min() <= distance)
 
 
 def _warm_start(init: str, champion: dict | None, model_name: str, classes: list[str],
