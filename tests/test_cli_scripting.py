@@ -23,7 +23,7 @@ from fusion_core.store import Store
 
 FUSION = str(Path(sys.executable).with_name("fusion"))
 COMMANDS = ["runs", "show", "models", "predictions", "clusters", "find", "similar", "exclude", "relabel", "review",
-            "decisions", "images", "export", "gc", "fsck", "report", "demo", "run", "serve", "doctor"]
+            "decisions", "images", "export", "gc", "fsck", "backup", "report", "demo", "run", "serve", "doctor"]
 
 
 def fusion(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -140,11 +140,11 @@ def test_repair_moves_orphans_to_lost_found_and_nothing_committed(built):
 
 
 def _relocated(built: Store, tmp_path: Path, db_url: str | None = None) -> Store:
-    """``built`` copied to another path with the original deleted, opened there (on the same catalog database
-    when it is not the store's SQLite file)."""
+    """``built`` copied as ``cp -a`` would once nothing has it open, to another path with the original deleted,
+    opened there (on the same catalog database when it is not the store's SQLite file)."""
     copy = tmp_path / "elsewhere" / "restored"
-    shutil.copytree(built.root, copy)
     built.engine.dispose()
+    shutil.copytree(built.root, copy)
     shutil.rmtree(built.root)
     return Store(str(copy), db_url)
 
@@ -163,6 +163,28 @@ def test_a_copied_store_with_the_original_gone_is_the_same_store(catalog, tmp_pa
     repaired = check_store(moved, repair=True)
     assert repaired.repaired["orphans_moved"] == 0 and not Path(moved.root, "lost+found").exists()
     assert {p: p.read_bytes() for p in before} == before
+
+
+def test_backup_copies_a_store_in_use_with_its_newest_commits(built, tmp_path):
+    """``fusion backup`` while this process holds the catalog open, its newest rows still in SQLite's
+    write-ahead log: the copy is a whole, clean store with them; the original goes on taking writes."""
+    fusion = str(Path(sys.executable).with_name("fusion"))
+    built.replace_results("predictions", "run-1", [{"image_id": "b" * 64, "model_version": 1, "predicted": "dog",
+                                                    "confidence": 0.8}])
+    assert Path(built.root, "catalog.db-wal").stat().st_size > 0
+    dest = tmp_path / "backups" / "monday"
+    done = subprocess.run([fusion, "backup", str(dest), "--store", built.root], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"copied the store to {dest}" in done.stdout
+    copy = Store(str(dest))
+    assert {r["predicted"] for r in copy.query("predictions", "run-1")} == {"dog"}
+    assert check_store(copy).findings == [] and copy.get_model(1)["path"] == f"{dest}/models/run-1/model.keras"
+    again = subprocess.run([fusion, "backup", str(dest), "--store", built.root], capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    built.finish_run(built.start_run("ingest", {}), "completed")
+    assert len(built.list_runs()) == 2 and len(copy.list_runs()) == 1
 
 
 def test_paths_recorded_absolute_before_version_5_migrate_to_relative(built, tmp_path):

@@ -7,7 +7,8 @@ from flows.cli.app import app, main
 
 COMMANDS = [running.demo, running.run, running.serve, running.doctor, query.runs, query.show, models.models,
             query.predictions, query.clusters, mining.find, mining.similar, decisions.exclude, decisions.relabel,
-            decisions.review, decisions.decisions, query.images, query.export, upkeep.gc, upkeep.fsck, running.report]
+            decisions.review, decisions.decisions, query.images, query.export, upkeep.gc, upkeep.fsck, upkeep.backup,
+            running.report]
 for command in COMMANDS:
     app.command()(command)
 

@@ -1,4 +1,4 @@
-"""The ``fusion`` commands that look after a store: ``gc`` and ``fsck``."""
+"""The ``fusion`` commands that look after a store: ``gc``, ``fsck`` and ``backup``."""
 
 from __future__ import annotations
 
@@ -56,3 +56,23 @@ def fsck(repair: bool = typer.Option(False, "--repair", help="move orphan files 
         typer.echo(f"run {result.live_runs[0]} is live: some orphans may be its files, not committed yet")
     typer.secho(result.summary(), fg=typer.colors.RED if result.errors else typer.colors.GREEN)
     raise typer.Exit(1 if result.errors else 0)
+
+
+def backup(dest: str = typer.Argument(..., help="a new folder for the copy"),
+           store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt, sets: list[str] = SetOpt) -> None:
+    """Copy the store to a new folder; safe while a run writes to it.
+
+    The SQLite catalog is copied through SQLite's online backup (one committed state), then the files. Copy a
+    PostgreSQL catalog with pg_dump. The copy is a whole store: open it with --store DEST.
+
+    Example: fusion backup /backups/fusion-$(date +%F) --store ./store
+    """
+    from fusion_core.tools.backup import copy_store
+
+    catalog = open_store(config, store, sets)
+    try:
+        target = copy_store(catalog, dest)
+    except (ValueError, FileExistsError) as err:
+        fail(str(err))
+    kept = "" if catalog.engine.dialect.name == "sqlite" else " (files only: copy the PostgreSQL catalog with pg_dump)"
+    typer.echo(f"copied the store to {target}{kept}")

@@ -26,6 +26,7 @@ from fusion_core.config import MineConfig
 from fusion_core.demo_data import generate_demo_images
 from fusion_core.stages.train import holdout_copies
 from fusion_core.store import Store
+from fusion_core.tools.backup import copy_store
 import flows.nightly as nightly
 
 pytestmark = [pytest.mark.ray, pytest.mark.tf, pytest.mark.prefect]
@@ -247,7 +248,7 @@ def test_train_flow_best_recipe_promotion_rule_and_decisions(trained, inferred, 
     on the same holdout, and mining applies them too."""
     import json
 
-    root = str(shutil.copytree(Path(stage_store).parent, tmp_path / "copy") / "store")
+    root = str(copy_store(Store(stage_store), tmp_path / "copy"))
     store = Store(root)
     rows = sorted(store.query("predictions", inferred["run_id"]), key=lambda r: r["image_id"])
     test_image, other = [r for r in rows if r["split"] == "test"][:2]
@@ -404,7 +405,7 @@ def test_nightly_end_to_end_then_rerun_adds_nothing(demo_nightly, demo_source, t
     """The nightly flow end to end; then a copy of its store is moved elsewhere (that copy's original gone) and the
     rerun there reuses its model and results, and the commands that read a store work on it as they did."""
     made, first = demo_nightly
-    shutil.copytree(made, tmp_path / "store")
+    copy_store(Store(made), tmp_path / "store")
     assert first["ingest"]["counts"]["new_images"] == IMAGES
     assert first["train"]["counts"]["trained"] == 1
     store = Store(str(tmp_path / "store"))
@@ -501,7 +502,7 @@ def test_a_stopped_train_flow_resumes_from_its_last_checkpoint(trained, stage_st
     import time
 
     store = tmp_path / "store"
-    shutil.copytree(stage_store, store)  # data and a first model, from the stage tests' store
+    copy_store(Store(stage_store), store)  # data and a first model, from the stage tests' store
     fusion = str(Path(sys.executable).with_name("fusion"))
     args = [fusion, "run", "train", "-c", "smoke", "--store", str(store), "--set", "train.epochs=3",
             "--set", "train.seed=7"]
