@@ -87,7 +87,7 @@ class TrainConfig(_Section):
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="where Ray puts the workers: PACK on as few nodes as fit, SPREAD over nodes")
     mixed_precision: bool = Field(True, description="float16 on GPUs, bfloat16 on CPUs with bf16 instructions")
-    jit_compile: bool = Field(False, description="XLA; off by default: measure first (README, training on GPUs)")
+    jit_compile: bool = Field(False, description="XLA; off by default: measure first (docs/guide.md, training on GPUs)")
     cache_data: bool = Field(True, description="keep each worker's shard in its memory after the first epoch "
                                                "(needs that much RAM per worker); off: stream every epoch")
     retrain: Literal["on_new_data", "on_drift", "always"] = Field(

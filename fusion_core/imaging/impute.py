@@ -18,7 +18,7 @@ Methods (all vectorized over the batch except the OpenCV references):
 * ``biharmonic``: the thin-plate analogue: minimizes the squared Laplacian
   over every pixel whose stencil touches a hole (normal equations, sparse LU),
   clipped to each image's known range per channel; matches scikit-image's
-  ``inpaint_biharmonic`` on CIFAR-10 (see the README benchmark).
+  ``inpaint_biharmonic`` on CIFAR-10 (see docs/benchmarks.md, Imputation).
 * ``telea``, ``navier_stokes``: OpenCV's ``cv2.inpaint`` (radius 3), image by image.
 * ``auto`` (default): per image, from the mask's structure (see ``pick_method``).
 """
@@ -64,7 +64,7 @@ def pick_method(mask: np.ndarray) -> np.ndarray:
     A mask is deep when more than ``DEEP_HOLE_LIMIT`` of its missing pixels have no known
     4-neighbour. On thin holes (scattered pixels, lines, specks) biharmonic is the more accurate
     fill; on deep ones (blocks, most pixels missing) harmonic comes close at a fraction of the
-    cost. The limit and the rule were chosen with ``bench/impute.py``; the README's imputation
+    cost. The limit and the rule were chosen with ``bench/impute.py``; docs/benchmarks.md's imputation
     section has its figures.
 
     Returns:
