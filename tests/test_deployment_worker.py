@@ -68,7 +68,7 @@ def _stop(proc: subprocess.Popen) -> None:
     for pid in tree:
         _signal(pid, signal.SIGTERM)
     try:
-        proc.wait(timeout=20)
+        proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
         pass
     for pid in tree:

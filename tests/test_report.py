@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 from conftest import skip_or_fail
-from fusion_core.stages.report import page, plots, write_report
+from fusion_core.stages.report import page, plots, sections, write_report
 from fusion_core.store import Store
 from fusion_core.store.datasets import IMAGES_SCHEMA, array_to_fixed_list, array_to_pixels, pixels_schema, write_shard
 
@@ -260,6 +260,8 @@ def test_the_report_compares_with_the_champion_and_the_previous_run_and_shows_th
     assert f"previous nightly run ({first})" in html
     assert "<td>images in the store</td><td class=\"num\">30</td><td class=\"num\">40</td>" in html
     assert "nightly flow, completed" in html  # the status passed in, not the catalog's "running"
+    took = re.search(r"<td>took</td><td>([^<]*)</td>", html).group(1)
+    assert re.fullmatch(r"\d+ s \(up to this report\)", took), took  # not "in progress"
 
 
 def test_write_report_of_an_ingest_only_run_says_what_is_missing(settings):
@@ -274,6 +276,13 @@ def test_write_report_of_an_ingest_only_run_says_what_is_missing(settings):
     html = Path(result.outputs["report"]).read_text()
     assert html.count("Not in this run.") == 8
     assert "empty_file" in html and result.outputs["images"] == []
+
+
+def test_a_first_run_s_drift_section_says_only_that_there_is_no_champion():
+    stage = {"counts": {"new_images": 0, "reference_images": 0},
+             "outputs": {"reference_model": None, "checks": [], "note": "no champion yet: nothing to compare with"}}
+    body = sections.drift_checks(stage).body
+    assert body == "<p>no champion yet: nothing to compare with</p>"
 
 
 def test_write_report_of_an_unknown_run(settings):

@@ -405,7 +405,7 @@ def test_nightly_end_to_end_then_rerun_adds_nothing(demo_nightly, demo_source, t
     """The nightly flow end to end; then a copy of its store is moved elsewhere (that copy's original gone) and the
     rerun there reuses its model and results, and the commands that read a store work on it as they did."""
     made, first = demo_nightly
-    copy_store(Store(made), tmp_path / "store")
+    copy_store(Store(str(made)), tmp_path / "store")
     assert first["ingest"]["counts"]["new_images"] == IMAGES
     assert first["train"]["counts"]["trained"] == 1
     store = Store(str(tmp_path / "store"))

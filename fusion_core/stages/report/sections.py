@@ -20,6 +20,7 @@ from fusion_core.stages.report.page import html_image, html_table
 from fusion_core.stages.report.plots import (pca_2d, plot_cluster_montage, plot_confusion_matrix, plot_embedding_map,
                                              plot_imputation_examples, plot_training_curves)
 from fusion_core.store import Store
+from fusion_core.store.common import now
 from fusion_core.store.datasets import fixed_list_to_array, pixels_to_array, read_shard, shape_of, unpack_mask
 
 IMPUTATION_EXAMPLES = 6
@@ -44,9 +45,15 @@ class Section:
 
 
 def run_summary(run: dict) -> Section:
-    """The run's id, flow, status, timing and parameters, then a table of its stages."""
+    """The run's id, flow, status, timing and parameters, then a table of its stages. A report written as its
+    run's last stage (its outcome known, the run not closed yet) gives the time up to the report."""
     finished = run.get("finished_at")
-    took = f"{(finished - run['started_at']).total_seconds():.0f} s" if finished else "in progress"
+    if finished:
+        took = f"{(finished - run['started_at']).total_seconds():.0f} s"
+    elif run["status"] != "running":
+        took = f"{(now() - run['started_at']).total_seconds():.0f} s (up to this report)"
+    else:
+        took = "in progress"
     params = run.get("params") or {}
     summary = html_table(["", ""], [("run id", run["run_id"]), ("flow", run["flow"]), ("status", run["status"]),
                                     ("started (UTC)", f"{run['started_at']:%Y-%m-%d %H:%M:%S}"), ("took", took),
@@ -124,11 +131,11 @@ def drift_checks(stage: dict | None) -> Section:
         return Section(title, None)
     out = stage["outputs"] or {}
     counts = stage["counts"] or {}
+    if not out.get("checks"):
+        return Section(title, f"<p>{html.escape(out.get('note') or 'No checks were run.')}</p>")
     note = (f"<p class=\"note\">{counts.get('new_images', 0)} new images against {counts.get('reference_images', 0)} "
             f"the champion (v{out.get('reference_model')}) was trained on. A check is flagged when its value passes "
             f"the threshold and its test is significant.</p>")
-    if not out.get("checks"):
-        return Section(title, note + f"<p>{html.escape(out.get('note') or 'No checks were run.')}</p>")
     checks = sorted(out["checks"], key=lambda c: not c["flagged"])
     return Section(title, note + html_table(["check", "flagged", "value", "threshold", "p-value"],
                                             [(c["check"], "FLAGGED" if c["flagged"] else "", c["value"],
