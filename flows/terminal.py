@@ -46,14 +46,15 @@ def headlines(stages: dict) -> list[str]:
     return out
 
 
-def describe_run(run: dict, store: Store) -> str:
-    """A readable account of a run: each stage with its counts, metrics and outputs, then where results are."""
+def describe_run(run: dict, store: Store, compact: bool = False) -> str:
+    """A readable account of a run: each stage with its counts, metrics and outputs (``compact``: one line
+    each, its status, seconds and counts), then where results are."""
     took = (run["finished_at"] - run["started_at"]).total_seconds() if run.get("finished_at") else None
     lines = [f"Run {run['run_id']} ({run['flow']}): {run['status']}"
              + (f" in {took:.0f}s" if took is not None else "")]
     lines += [f"  * {line}" for line in headlines({s["stage"]: s for s in run["stages"]})]
     for stage in run["stages"]:
-        lines += stage_lines(stage)
+        lines += [stage_line(stage)] if compact else stage_lines(stage)
     dashboard = (run.get("params") or {}).get("ray_dashboard")
     if run["status"] == "running" and dashboard:
         lines.append(f"  ray dashboard  {dashboard}")
@@ -81,6 +82,15 @@ def stage_lines(stage: dict) -> list[str]:
             lines.append(f"      {part + ':':<9}"
                          + ", ".join(f"{k}={format_value(v, none='None')}" for k, v in values.items()))
     return lines
+
+
+def stage_line(stage: dict) -> str:
+    """A stage in one line: status, seconds, and its counts that are single figures (or its error)."""
+    seconds = (stage["metrics"] or {}).get("seconds")
+    counts = ", ".join(f"{k}={format_value(v)}" for k, v in (stage["counts"] or {}).items()
+                       if not isinstance(v, (dict, list)))
+    took = f"{seconds:6.1f} s" if seconds is not None else " " * 8
+    return f"  {stage['stage']:<11} {stage['status']:<10}{took}  " + (stage["error"] or counts)
 
 
 def table_lines(rows: list[dict], columns: list[str], limit: int) -> list[str]:

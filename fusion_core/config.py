@@ -41,6 +41,8 @@ class RayConfig(_Section):
     address: str | None = Field(None, description="existing cluster; RAY_ADDRESS is used when unset")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray; default all")
     node_ip_address: str | None = Field(None, description="node address, e.g. 127.0.0.2 to stay on loopback")
+    log_to_driver: bool = Field(False, description="print Ray workers' own output (TensorFlow's, Ray Train's) in "
+                                "the driver's terminal; `fusion -v` turns it on; Ray's session logs always have it")
 
 
 class IngestConfig(_Section):

@@ -1,4 +1,4 @@
-"""Progress of a long loop: a bar on an interactive terminal, periodic log lines otherwise, and the
+"""Progress of a long loop: a tqdm bar on an interactive terminal, periodic log lines otherwise, and the
 figures for any listener (the flows layer mirrors them into Prefect)."""
 
 from __future__ import annotations
@@ -30,26 +30,30 @@ class Progress:
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.done, self.started, self.last = 0, time.perf_counter(), 0.0
+        self.bar = None
+        if self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=what, unit=f" {unit}", file=self.stream, dynamic_ncols=True)
 
     def update(self, n: int = 1) -> None:
         """Record ``n`` more units done and report if it is time to."""
         self.done += n
         self._tell_listeners()
         now = time.perf_counter()
-        if self.tty and now - self.last >= 0.1:
-            self.stream.write("\r" + self.line(bar=True))
-            self.stream.flush()
-            self.last = now
-        elif not self.tty and now - self.last >= self.every_s:
+        if self.bar is not None:
+            self.bar.total = self.total
+            self.bar.update(n)
+        elif now - self.last >= self.every_s:
             log.info("%s", self.line())
             self.last = now
 
     def close(self) -> None:
         """Report the final figures (ends the terminal line)."""
         self._tell_listeners()
-        if self.tty:
-            self.stream.write("\r" + self.line(bar=True) + "\n")
-            self.stream.flush()
+        if self.bar is not None:
+            self.bar.total = self.total
+            self.bar.close()
         else:
             log.info("%s", self.line())
 
@@ -57,13 +61,11 @@ class Progress:
         for listener in listeners:
             listener(self.what, self.done, self.total)
 
-    def line(self, bar: bool = False) -> str:
+    def line(self) -> str:
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         rate = self.done / elapsed
         if self.total:
             left = max(self.total - self.done, 0)
             eta = f"ETA {left / rate:.0f}s" if rate else "ETA ?"
-            filled = int(30 * min(self.done / self.total, 1.0))
-            head = f"[{'#' * filled}{'.' * (30 - filled)}] " if bar else ""
-            return f"{self.what}: {head}{self.done}/{self.total} {self.unit} ({rate:.0f}/s, {eta})"
+            return f"{self.what}: {self.done}/{self.total} {self.unit} ({rate:.0f}/s, {eta})"
         return f"{self.what}: {self.done} {self.unit} ({rate:.0f}/s)"

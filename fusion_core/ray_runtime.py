@@ -28,7 +28,7 @@ def ensure_ray(settings: Settings):
         return ray
     os.environ.update(WORKER_ENV)
     address = settings.ray.address or os.environ.get("RAY_ADDRESS")
-    kwargs = {"runtime_env": runtime_env(shipped=bool(address)), "log_to_driver": True}
+    kwargs = {"runtime_env": runtime_env(shipped=bool(address)), "log_to_driver": settings.ray.log_to_driver}
     if settings.ray.node_ip_address:
         kwargs["_node_ip_address"] = settings.ray.node_ip_address
     if address:
@@ -90,6 +90,8 @@ def gather(refs: list, what: str, every_s: float = 5.0) -> list:
     """Wait for Ray object refs, reporting progress (done/total, rate, ETA); results in submission order."""
     import ray
 
+    if not refs:
+        return []
     order = {ref: i for i, ref in enumerate(refs)}
     results: list = [None] * len(refs)
     pending, progress = list(refs), Progress(what, "tasks", total=len(refs), every_s=every_s)

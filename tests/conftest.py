@@ -21,6 +21,8 @@ os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="fusion-prefect-")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Ray workers' output in a failed test's captured log (the `fusion` command's default hides it: test_cli).
+os.environ.setdefault("FUSION_RAY__LOG_TO_DRIVER", "true")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -1,4 +1,4 @@
-"""Progress reporting: a bar on a terminal, log lines otherwise."""
+"""Progress reporting: a tqdm bar on a terminal, log lines otherwise."""
 
 from __future__ import annotations
 
@@ -20,9 +20,8 @@ def test_progress_bar_on_a_terminal():
     progress.update(5)
     progress.close()
     text = out.getvalue()
-    assert text.startswith("\r") and text.endswith("\n")
-    assert "10/10 files" in text.splitlines()[-1].split("\r")[-1]
-    assert "[##############################]" in text and "/s, ETA" in text
+    final = text.rstrip("\n").split("\r")[-1]
+    assert text.endswith("\n") and final.startswith("ingest: 100%") and "10/10" in final and "files/s" in final
 
 
 def test_progress_logs_when_not_a_terminal(caplog):

@@ -127,7 +127,7 @@ def test_nightly_on_a_two_node_cluster_whose_worker_node_has_no_fusion(ray_clust
                                                                       prefect_api_env, module_postgres_url):
     address, _, env = ray_cluster
     ray_results = sorted((Path.home() / "ray_results").glob("*"))
-    env = {**env, "RAY_ADDRESS": address, "FUSION_RAY__NODE_IP_ADDRESS": HEAD_IP,
+    env = {**env, "RAY_ADDRESS": address, "FUSION_RAY__NODE_IP_ADDRESS": HEAD_IP, "FUSION_RAY__LOG_TO_DRIVER": "true",
            **{k: prefect_api_env[k] for k in ("PREFECT_API_URL", "PREFECT_HOME")}}
     workdir = tmp_path / "driver"
     workdir.mkdir()

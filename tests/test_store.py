@@ -429,6 +429,10 @@ def test_describe_run_mentions_stages_and_hides_confusion_matrix(store):
     assert "accuracy=0.1235" in text
     assert "confusion_matrix" not in text
     assert f"store root   {store.root}" in text
+    compact = describe_run(store.get_run(run_id), store, compact=True).splitlines()
+    (train,) = [line for line in compact if line.startswith("  train ")]
+    assert re.fullmatch(r"  train\s+completed\s+\d+\.\d s  images=10", train), train
+    assert len(compact) == len(lines) - 2  # its counts and metrics lines folded into it
 
 
 # migrations, concurrency, credentials ------------------------------------------

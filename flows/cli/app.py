@@ -20,12 +20,12 @@ from fusion_core.store import Store, StoreNotFoundError
 
 app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]},
-                  help="Fusion: mine image collections - ingest, impute, train, infer, cluster.\n\n"
+                  help="Fusion: mine image collections - ingest, impute, train, infer, cluster. "
                        "Example: fusion demo, then fusion runs and fusion show latest")
 
 FLOWS = ("ingest", "preprocess", "drift", "train", "infer", "cluster", "mine", "report", "nightly")
 FORMAT_HELP = "table, json or csv (json and csv print every row unless --limit)"
-state = {"debug": False}  # set by the --debug option
+state = {"debug": False, "quiet": False}  # set by the --debug and --quiet options
 
 
 def complete_run(ctx: typer.Context, incomplete: str) -> list[str]:
@@ -57,11 +57,14 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _environment(debug: bool = typer.Option(False, "--debug", "-v", "--verbose",
-                                            help="show full tracebacks of errors"),
+                                            help="show all log lines, Ray workers' output and tracebacks"),
+                 quiet: bool = typer.Option(False, "--quiet", "-q", help="show only the run's summary and errors"),
                  _version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
                                                help="print Fusion's version and exit")) -> None:
     """Quiet defaults for local runs; any value already set in the environment wins."""
-    state["debug"] = debug
+    state["debug"], state["quiet"] = debug, quiet and not debug
+    if debug:
+        os.environ["FUSION_RAY__LOG_TO_DRIVER"] = os.environ["FUSION_VERBOSE"] = "true"
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -144,17 +147,44 @@ def image_ids(catalog: Store, ref: str) -> list[str]:
     return catalog.resolve_images([local])[local]
 
 
+# Fusion's INFO lines the run's summary repeats: in the Prefect UI, not on the terminal (unless --debug).
+REPEATED_BY_THE_SUMMARY = ("fusion_core.data.runs", "fusion_core.data.publish")
+
+
 def setup_logging() -> None:
-    """Warnings, and Fusion's INFO lines, on stderr; tracebacks only with --debug (Prefect's API keeps them)."""
+    """On stderr: warnings and errors, Fusion's INFO lines (not those the summary repeats) and the Prefect
+    flow run's link; everything with --debug (tracebacks too), only warnings and errors with --quiet. Prefect's
+    API gets Fusion's INFO lines and tracebacks whatever the terminal shows."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
     if not state["debug"]:
         handler.addFilter(_without_traceback)
-    logging.basicConfig(level=logging.WARNING, handlers=[handler])
-    logging.getLogger("fusion_core").setLevel(logging.INFO)
+        handler.addFilter(_TerminalLines())
+    logging.basicConfig(level=logging.INFO if state["debug"] else logging.WARNING, handlers=[handler])
+    logging.getLogger("fusion_core").setLevel(logging.WARNING if state["quiet"] else logging.INFO)
+    if not state["debug"]:
+        logging.getLogger("ray").setLevel(logging.WARNING)  # Fusion says where Ray's dashboard is
 
 
 def _without_traceback(record: logging.LogRecord) -> bool:
     """Keep the line, drop its traceback (this handler comes after Prefect's API handler)."""
     record.exc_info = record.exc_text = None
     return True
+
+
+class _TerminalLines(logging.Filter):
+    """Warnings and errors; Fusion's INFO lines but those the summary repeats; the first Prefect flow run link."""
+
+    def __init__(self):
+        super().__init__()
+        self.linked = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        if record.name.startswith("prefect"):
+            first_link = not self.linked and record.getMessage().startswith("View at")
+            self.linked = self.linked or first_link
+            return first_link and not state["quiet"]
+        return record.name.startswith(("fusion_core", "flows", "tasks")) and not record.name.startswith(
+            REPEATED_BY_THE_SUMMARY)

@@ -118,7 +118,7 @@ def _source(source: str) -> str:
 
 def _print_run(run_id: str, settings: Settings) -> None:
     catalog = Store.from_settings(settings)
-    typer.echo("\n" + describe_run(catalog.get_run(run_id), catalog))
+    typer.echo("\n" + describe_run(catalog.get_run(run_id), catalog, compact=True))
 
 
 def demo(config: Optional[str] = ConfigOpt, store: Optional[str] = StoreOpt,

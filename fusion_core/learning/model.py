@@ -6,10 +6,37 @@ tf-keras (Keras 2) is used because Keras 3's ``model.fit`` fails under
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@contextlib.contextmanager
+def _native_stderr_unless_verbose():
+    """Send what native code writes to this process's stderr to /dev/null for a moment, unless FUSION_VERBOSE
+    is set (``fusion -v``): TensorFlow's start-up lines (oneDNN, CUDA probing) come before its logging starts
+    and ignore TF_CPP_MIN_LOG_LEVEL."""
+    if os.environ.get("FUSION_VERBOSE"):
+        yield
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+with _native_stderr_unless_verbose():
+    import tensorflow as tf
+
+    tf.config.list_physical_devices()  # the CUDA probe, with its lines on a machine without a GPU
 
 import tf_keras as keras  # noqa: E402
 from tf_keras import layers  # noqa: E402

@@ -41,7 +41,7 @@ class ShardWriter:
                  batch_size: int, root: str, prefix: str):
         from fusion_core.learning.model import embedding_model
 
-        self.model = embedding_model(registry.load_published(model_path))
+        self.model = embedding_model(registry.load_published(model_path, compile=False))
         self.shape, self.classes, self.top_k, self.batch_size = tuple(shape), classes, top_k, batch_size
         self.root, self.prefix = root, prefix
 
