@@ -100,7 +100,7 @@ def test_demo_then_runs_show_and_models(tmp_path, prefect_home):
     preds = CliRunner().invoke(app, ["predictions", "--run", run_id, "--store", store, "--out", str(csv_out)])
     assert preds.exit_code == 0 and "(120 rows, first 20 shown)" in preds.output
     assert len(csv_out.read_text().splitlines()) == 121
-    some = CliRunner().invoke(app, ["predictions", "--run", run_id, "--store", store, "--label", "ring",
+    some = CliRunner().invoke(app, ["predictions", "--run", run_id, "--store", store, "--predicted", "ring",
                                     "--min-confidence", "0.5"])
     assert some.exit_code == 0 and all(" ring " in line for line in some.output.splitlines()[1:-1])
     clusters = CliRunner().invoke(app, ["clusters", "--run", run_id, "--store", store, "--out", str(parquet_out)])

@@ -107,8 +107,10 @@ def test_unknown_labels_splits_and_clusters_exit_1_with_the_closest(built):
     from flows.cli import app
 
     store = ["--store", built["root"]]
-    asked = {("predictions", "--run", "latest", "--label", "dgo"): "--label 'dgo': not in the labels of "
+    asked = {("predictions", "--run", "latest", "--label", "dgo"): "--label 'dgo': not in the given labels of "
                                                                    f"run {built['nightly']}; did you mean dog?",
+             ("predictions", "--predicted", "cta"): "--predicted 'cta': not in the predicted labels of "
+                                                    f"run {built['nightly']}; did you mean cat?",
              ("images", "--split", "tset"): "--split 'tset': not in the splits; did you mean test?",
              ("images", "--label", "cta"): "--label 'cta': not in the labels of images v1; did you mean cat?",
              ("clusters", "--run", "latest", "--cluster", "42"): f"--cluster 42: not in the clusters of run "
@@ -117,7 +119,11 @@ def test_unknown_labels_splits_and_clusters_exit_1_with_the_closest(built):
         result = CliRunner().invoke(app, [*command, *store])
         assert result.exit_code == 1 and result.output.strip().startswith(says), (command, result.output)
     known = CliRunner().invoke(app, ["predictions", "--run", "latest", "--label", "dog", *store, "-f", "json"])
-    assert known.exit_code == 0 and len(json.loads(known.output)) == 2
+    assert known.exit_code == 0 and {r["label"] for r in json.loads(known.output)} == {"dog"}
+    assert len(json.loads(known.output)) == 3  # given dog; predicted dog for two of them
+    wrong = CliRunner().invoke(app, ["predictions", "--wrong", *store, "-f", "json"])
+    assert sorted((r["label"], r["predicted"]) for r in json.loads(wrong.output)) == [("cat", ".."),
+                                                                                     ("dog", "cat/dog")]
 
 
 def test_latest_is_the_newest_run_or_the_newest_with_the_stage(built):
@@ -139,7 +145,7 @@ def test_predictions_name_their_source_files_and_filter_by_glob(built):
     assert fusion("predictions", "--run", "latest", "--store", built["root"], "--path", "*/CAT/*",
                   "-f", "json").stdout.strip() == "[]"
     rows = list(csv.DictReader(io.StringIO(fusion("predictions", "--run", "latest", "--store", built["root"],
-                                                  "--label", "cat", "--limit", "2", "-f", "csv").stdout)))
+                                                  "--predicted", "cat", "--limit", "2", "-f", "csv").stdout)))
     assert [r["predicted"] for r in rows] == ["cat", "cat"] and float(rows[0]["confidence"]) == 0.55
     members = json.loads(fusion("clusters", "--run", "latest", "--store", built["root"], "--cluster", "1",
                                 "-f", "json").stdout)

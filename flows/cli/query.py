@@ -75,23 +75,26 @@ def show(run_id: str = typer.Argument("latest", help="run id or latest", autocom
 
 
 def predictions(run: str = RunOpt,
-                label: Optional[str] = typer.Option(None, "--label", help="only this predicted label"),
+                label: Optional[str] = typer.Option(None, "--label", help="only images given this label"),
+                predicted: Optional[str] = typer.Option(None, "--predicted", help="only images predicted as this"),
+                wrong: bool = typer.Option(False, "--wrong", help="only labelled images predicted as another label"),
                 min_confidence: float = typer.Option(0.0, "--min-confidence", min=0.0, max=1.0),
                 path: Optional[str] = PathOpt, out: Optional[Path] = OutOpt, limit: Optional[int] = LimitOpt,
                 store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt,
                 sets: list[str] = SetOpt, fmt: str = FormatOpt) -> None:
     """A run's predictions with each image's source path, most confident first.
 
-    Example: fusion predictions --run latest --label cat --path '*/2024/*' --format json | jq -r '.[].path'
+    Example: fusion predictions --label cat --wrong --path '*/2024/*' --format json | jq -r '.[].path'
     """
     check_format(fmt)
     catalog = open_store(config, store, sets)
     source_run = catalog.results_run(find_run(catalog, run, "infer")["run_id"], "infer")
-    require_known("--label", label, sorted(set(catalog.distinct_results("predictions", source_run, "predicted"))
-                                          | set(catalog.distinct_results("predictions", source_run, "label"))),
-                  f"the labels of run {source_run}")
-    rows = catalog.select_results("predictions", source_run, equal={"predicted": label} if label else {},
-                                  at_least={"confidence": min_confidence}, path_glob=path,
+    for option, value, column in (("--label", label, "label"), ("--predicted", predicted, "predicted")):
+        require_known(option, value, catalog.distinct_results("predictions", source_run, column),
+                      f"the {'given' if column == 'label' else 'predicted'} labels of run {source_run}")
+    equal = {column: value for column, value in (("label", label), ("predicted", predicted)) if value}
+    rows = catalog.select_results("predictions", source_run, equal=equal, at_least={"confidence": min_confidence},
+                                  differ=("label", "predicted") if wrong else None, path_glob=path,
                                   order_by=("-confidence", "image_id"), limit=None if out or fmt == "table" else limit)
     columns = ["path", "label", "predicted", "confidence", "top_k", "split", "model_version", "image"]
     print_rows(with_paths(catalog, rows), fmt, columns, limit, out)

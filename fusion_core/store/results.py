@@ -56,11 +56,12 @@ class ResultTables:
     def select_results(self, table_name: str, run_id: str, equal: dict[str, Any] | None = None,
                        at_least: dict[str, float] | None = None, path_glob: str | None = None,
                        image_ids: Sequence[str] | None = None, order_by: Sequence[str] = (),
-                       limit: int | None = None) -> list[dict]:
+                       limit: int | None = None, differ: tuple[str, str] | None = None) -> list[dict]:
         """A run's rows of a result table, filtered, ordered and limited in SQL.
 
         Args:
             equal / at_least: column values to match / minimums.
+            differ: two columns that must both be set and differ (e.g. ``("label", "predicted")``).
             path_glob: keep images with a source path matching it (``*`` any text, ``?`` one character).
             image_ids: only these images (a few hundred at a time).
             order_by: column names, ``-name`` for descending.
@@ -68,6 +69,9 @@ class ResultTables:
         table = metadata.tables[table_name]
         clauses = [table.c.run_id == run_id] + [table.c[k] == v for k, v in (equal or {}).items()]
         clauses += [table.c[k] >= v for k, v in (at_least or {}).items()]
+        if differ:
+            clauses += [table.c[differ[0]].is_not(None), table.c[differ[1]].is_not(None),
+                        table.c[differ[0]] != table.c[differ[1]]]
         if image_ids is not None:
             clauses.append(table.c.image_id.in_(image_ids))
         if path_glob:
