@@ -17,6 +17,7 @@ from conftest import skip_or_fail
 from fusion_core.stages.report import page, plots, sections, write_report
 from fusion_core.store import Store
 from fusion_core.store.datasets import IMAGES_SCHEMA, array_to_fixed_list, array_to_pixels, pixels_schema, write_shard
+from fusion_core.tools.fsck import check_store
 
 PNG = b"\x89PNG\r\n\x1a\n"
 CLASSES = ["circle", "square", "stripes"]
@@ -262,6 +263,13 @@ def test_the_report_compares_with_the_champion_and_the_previous_run_and_shows_th
     assert "nightly flow, completed" in html  # the status passed in, not the catalog's "running"
     took = re.search(r"<td>took</td><td>([^<]*)</td>", html).group(1)
     assert re.fullmatch(r"\d+ s \(up to this report\)", took), took  # not "in progress"
+
+    # the runs index: both runs, newest first, this one linked to its report, the trends of the two nights
+    runs_page = Path(settings.store.root, "reports", "index.html").read_text()
+    assert runs_page.index(second) < runs_page.index(first)
+    assert f'<a href="{second}/index.html">{second}</a>' in runs_page and 'href="../index.html"' in html
+    assert Path(settings.store.root, "reports", "trends.png").read_bytes().startswith(b"\x89PNG")
+    assert not [f for f in check_store(store).findings if f.kind == "orphan"]  # the index is no orphan
 
 
 def test_write_report_of_an_ingest_only_run_says_what_is_missing(settings):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 # Stage outputs that name a file in the store, and the top folder it lies in.
-PATH_OUTPUTS = {"report": "reports", "gallery": "reports", "model_path": "models"}
+PATH_OUTPUTS = {"report": "reports", "gallery": "reports", "runs_index": "reports", "model_path": "models"}
 SCHEMA_VERSION = 5  # see MIGRATIONS
 
 metadata = sa.MetaData()

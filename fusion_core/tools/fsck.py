@@ -194,7 +194,7 @@ def _find_orphans(store: Store, committed: set[str], referenced: set[str], run_i
                 why = "published file of no committed shard"
             elif top == "models" and f"models/{parts[0]}" not in model_folders:
                 why = "model folder no registered model uses"
-            elif top == "reports" and parts[0] not in run_ids:
+            elif top == "reports" and len(parts) > 1 and parts[0] not in run_ids:  # files at its top: the runs index
                 why = "report of a run the catalog lacks"
             else:
                 continue

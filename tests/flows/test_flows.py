@@ -430,6 +430,10 @@ def test_nightly_end_to_end_then_rerun_adds_nothing(demo_nightly, demo_source, t
     assert store.latest_version("images")["version"] == 1
     assert _task_messages(second["run_id"])["infer"] == f"reused predictions v{second['infer']['outputs']['version']}"
     assert store.champion()["path"] == f"{moved}/models/{first['run_id']}/model.keras"
+    report = Path(second["report"]["outputs"]["report"]).read_text()
+    assert f"<b>Nothing changed</b> since the previous nightly run ({first['run_id']})" in report
+    runs_page = Path(second["report"]["outputs"]["runs_index"]).read_text()
+    assert f'href="{second["run_id"]}/index.html"' in runs_page and f'href="{first["run_id"]}/index.html"' in runs_page
     for args in (["show", first["run_id"]], ["models"], ["predictions", "--run", first["run_id"]], ["fsck"]):
         out = CliRunner().invoke(app, [*args, "--store", str(moved)])
         assert out.exit_code == 0, (args, out.output)

@@ -21,6 +21,7 @@ from fusion_core.config import Settings
 from fusion_core.data.runs import StageResult
 from fusion_core.stages.report import sections
 from fusion_core.stages.report.gallery import write_gallery
+from fusion_core.stages.report.history import write_runs_index
 from fusion_core.stages.report.mining import mining_findings
 from fusion_core.stages.report.page import render_report
 from fusion_core.store import Store
@@ -69,14 +70,16 @@ def write_report(settings: Settings, store: Store, run_id: str, status: str | No
     ]
     gallery = write_gallery(store, run_id, outputs, predictions)
     figures = {name: data for section in shown for name, data in section.figures.items()}
+    links = [(gallery, "Gallery of findings, confusions and clusters")] if gallery else []
     document = render_report(f"Fusion run {run_id}", f"{run['flow']} flow, {run['status']}; store {store.root}",
                              [(section.title, section.body) for section in shown],
-                             [(gallery, "Gallery of findings, confusions and clusters")] if gallery else [])
+                             [*links, ("../index.html", "All runs")])
     for name, data in [*figures.items(), ("index.html", document.encode())]:  # the page last: its images exist first
         uri.write_bytes(store.path(REPORT_DIR, run_id, name), data)
     path = store.path(REPORT_DIR, run_id, "index.html")
-    log.info("report: %s (%d images)", path, len(figures))
+    runs_index = write_runs_index(store, store.path(REPORT_DIR), run)
+    log.info("report: %s (%d images); all runs: %s", path, len(figures), runs_index)
     return StageResult("report", counts={"sections": sum(section.body is not None for section in shown),
                                          "images": len(figures)},
-                       outputs={"report": path, "images": sorted(figures),
+                       outputs={"report": path, "images": sorted(figures), "runs_index": runs_index,
                                 **({"gallery": store.path(REPORT_DIR, run_id, gallery)} if gallery else {})})

@@ -34,11 +34,11 @@ window.addEventListener("load", function () {
 def html_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     """An HTML table with escaped cells; numbers are right-aligned; an all-empty header is left out."""
     head = f"<thead><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in header)}</tr></thead>" if any(header) else ""
-    body = "".join("<tr>" + "".join(_td(v) for v in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(html_cell(v) for v in row) + "</tr>" for row in rows)
     return f"<table>{head}<tbody>{body}</tbody></table>"
 
 
-def _td(value) -> str:
+def html_cell(value) -> str:
     """One escaped cell; numbers (not booleans) get the ``num`` class."""
     text = html.escape(format_value(value, none="—", max_items=4, brackets=False))
     numeric = isinstance(value, (int, float)) and not isinstance(value, bool)

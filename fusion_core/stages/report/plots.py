@@ -176,3 +176,17 @@ def _natural(name: str) -> tuple:
     """Sort key putting ``cluster 2`` before ``cluster 10``."""
     head, _, tail = name.rpartition(" ")
     return (head, int(tail)) if tail.isdigit() else (name, -1)
+
+
+def plot_trends(labels: Sequence[str], series: dict[str, Sequence[float | None]]) -> bytes:
+    """One small panel per series over runs (oldest left; gaps where a run has no value), as PNG bytes."""
+    fig = _figure(10, 2.6 * len(series))
+    axes = fig.subplots(len(series), 1, sharex=True, squeeze=False)[:, 0]
+    x = np.arange(len(labels))
+    for ax, (name, values) in zip(axes, series.items()):
+        ax.plot(x, [np.nan if v is None else v for v in values], marker="o")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xticks(x, [printable(label) for label in labels], rotation=45, ha="right", fontsize=8)
+    fig.tight_layout()
+    return _png(fig)

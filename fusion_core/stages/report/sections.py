@@ -89,9 +89,11 @@ def what_changed(run: dict, previous: dict | None, model: dict | None, store: St
                      + f"<p class=\"note\">McNemar's test: v{model['version']} alone right on {vs['challenger_only']} "
                        f"images, the champion alone on {vs['champion_only']}; one-sided p = {vs['p_value']:.3g}.</p>")
     if previous is not None:
-        parts.append(f"<h3>This run vs the previous {html.escape(run['flow'])} run "
-                     f"({html.escape(previous['run_id'])})</h3>" + html_table(
-                         ["", "previous", "this run", "change"], _run_changes(previous, run, store)))
+        changed = [row for row in _run_changes(previous, run, store) if row[1] != row[2]]
+        title = f"the previous {html.escape(run['flow'])} run ({html.escape(previous['run_id'])})"
+        parts.append(f"<h3>This run vs {title}</h3>" + html_table(["", "previous", "this run", "change"], changed)
+                     if changed else f"<p><b>Nothing changed</b> since {title}: the same images, model and "
+                                     f"results.</p>")
     elif run["flow"] == "nightly":
         parts.append("<p>No earlier completed run of this flow to compare with.</p>")
     return Section("What changed", "".join(parts) or None)
@@ -103,7 +105,7 @@ def _change(new, old):
 
 def _run_changes(previous: dict, run: dict, store: Store) -> list[tuple]:
     """Headline figures of two runs side by side: images, holdout accuracy and F1 (overall, per class),
-    clusters and their quality."""
+    clusters and their quality (the report shows those that differ)."""
     def figures(r: dict) -> dict:
         stages = {s["stage"]: s for s in r["stages"] if s["status"] == "completed"}
         out = {"images in the store": (stages.get("ingest", {}).get("counts") or {}).get("total_images")}
