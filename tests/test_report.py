@@ -221,6 +221,16 @@ def test_write_report_has_every_section_with_its_images(settings):
     assert "16-d embeddings" in html  # the dimension the model has, read from the predictions
 
 
+def test_imputation_examples_take_one_label_after_another(settings):
+    from fusion_core.stages.report.imputation import _spread_over_labels
+
+    store, _ = _build_store(Path(settings.store.root))
+    rows = _spread_over_labels(store, store.latest_version("images")["shards"])
+    labels = [r["label"] for r in rows]
+    assert len(rows) == 6 and all(r["mask"] is not None for r in rows)
+    assert len(set(labels[:3])) == 3 and labels[:3] == labels[3:]  # every label once, then again
+
+
 def test_the_gallery_pages_its_groups_and_every_link_and_thumbnail_resolves(settings, monkeypatch):
     from fusion_core.stages.report import gallery
 

@@ -4,12 +4,14 @@ The page leads with what changed (the promotion decision and why, drift, the
 model against the champion and the run against the previous one), then follows
 the stages: run summary, drift checks, ingestion and quarantine, imputation
 examples, training curves, holdout evaluation, an embedding map, cluster
-quality with exemplars and outliers, and what mining found. A section whose stage is not part of the run says so. Stages that
-reused earlier results (a rerun) are shown with those results. Plots are drawn
-with matplotlib's Agg canvas, imported only when a plot is drawn.
+quality with exemplars and outliers, and what mining found. A section whose stage
+is not part of the run says so. Stages that reused earlier results (a rerun) are
+shown with those results. Plots are drawn with matplotlib's Agg canvas, imported
+only when a plot is drawn.
 
-``sections`` builds each section from the catalog, ``plots`` draws the figures and
-``page`` renders the HTML; ``gallery`` writes pages of captioned thumbnails beside it.
+``sections`` (and ``imputation``) build each section from the catalog, ``plots`` draws the figures and
+``page`` renders the HTML; ``gallery`` writes pages of captioned thumbnails beside it, and ``history`` the
+runs index, ``reports/index.html``, above them.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from fusion_core.data.runs import StageResult
 from fusion_core.stages.report import sections
 from fusion_core.stages.report.gallery import write_gallery
 from fusion_core.stages.report.history import write_runs_index
+from fusion_core.stages.report.imputation import imputation
 from fusion_core.stages.report.mining import mining_findings
 from fusion_core.stages.report.page import render_report
 from fusion_core.store import Store
@@ -60,7 +63,7 @@ def write_report(settings: Settings, store: Store, run_id: str, status: str | No
         sections.run_summary(run),
         sections.drift_checks(stages.get("drift")),
         sections.ingestion(store, run_id, stages.get("ingest")),
-        sections.imputation(store, pixels),
+        imputation(store, pixels),
         sections.training(store, model, stages.get("train")),
         sections.evaluation(model),
         sections.embedding_map(store, predictions, clusters),

@@ -118,9 +118,9 @@ def plot_imputation_examples(examples: Sequence[dict]) -> bytes:
     Args:
         examples: dicts with ``raw`` (H, W, C) uint8, ``mask`` (H, W) bool, ``imputed`` uint8 image and ``title``.
     """
-    fig = _figure(6.5, 0.4 + 1.8 * len(examples))
+    fig = _figure(7.5, 0.4 + 1.8 * len(examples))
     axes = fig.subplots(len(examples), 3, squeeze=False)
-    for name, ax in zip(("before (missing in magenta)", "missing-pixel mask", "after imputation"), axes[0]):
+    for name, ax in zip(("before (holes magenta)", "mask", "after imputation"), axes[0]):
         ax.set_title(name, fontsize=9)
     for row, example in zip(axes, examples):
         panels = ((show_holes(example["raw"], example["mask"]), {}),
@@ -130,7 +130,8 @@ def plot_imputation_examples(examples: Sequence[dict]) -> bytes:
             ax.imshow(image, interpolation="nearest", **style)
             ax.set_xticks([])
             ax.set_yticks([])
-        row[0].set_ylabel(literal(example["title"]), fontsize=8, rotation=0, ha="right", va="center")
+        row[0].set_ylabel("\n".join(literal(line) for line in example["title"].split("\n")), fontsize=8, rotation=0,
+                          ha="right", va="center")
     fig.tight_layout()
     return _png(fig)
 

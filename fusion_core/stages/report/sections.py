@@ -18,12 +18,11 @@ from fusion_core.learning.scoring import comparison_rows
 from fusion_core.stages.report.decisions import decisions_applied
 from fusion_core.stages.report.page import html_image, html_table
 from fusion_core.stages.report.plots import (pca_2d, plot_cluster_montage, plot_confusion_matrix, plot_embedding_map,
-                                             plot_imputation_examples, plot_training_curves)
+                                             plot_training_curves)
 from fusion_core.store import Store
 from fusion_core.store.common import now
-from fusion_core.store.datasets import fixed_list_to_array, pixels_to_array, read_shard, shape_of, unpack_mask
+from fusion_core.store.datasets import fixed_list_to_array, pixels_to_array, read_shard, shape_of
 
-IMPUTATION_EXAMPLES = 6
 MAP_POINTS = 5000
 EXEMPLARS_PER_CLUSTER = 8
 QUARANTINE_ROWS_SHOWN = 20
@@ -164,44 +163,6 @@ def ingestion(store: Store, run_id: str, stage: dict | None) -> Section:
         body += html_table(["file", "reason", "message"],
                            [(r["source"], r["error_class"], r["message"]) for r in rows[:QUARANTINE_ROWS_SHOWN]])
     return Section(title, body)
-
-
-def imputation(store: Store, pixels: dict | None) -> Section:
-    """Images with missing pixels beside the model inputs made from them.
-
-    Args:
-        pixels: the run's pixels dataset version, or None.
-    """
-    title = "Imputation examples"
-    if pixels is None:
-        return Section(title, None)
-    images = store.get_version("images", pixels["info"].get("images_version"))
-    if images is None:
-        return Section(title, '<p class="missing">The images behind this pixels version are no longer in the '
-                              'catalog.</p>')
-    rows = []
-    for shard in images["shards"]:
-        table = read_shard(store.root, shard["path"],
-                           ["image_id", "label", "height", "width", "channels", "pixels", "mask"],
-                           pc.field("mask").is_valid())
-        rows += table.slice(0, IMPUTATION_EXAMPLES - len(rows)).to_pylist()
-        if len(rows) >= IMPUTATION_EXAMPLES:
-            break
-    note = (f"<p class=\"note\">Images with missing pixels (images v{images['version']}) and the model inputs "
-            f"made from them (pixels v{pixels['version']}): imputed at the source resolution, then resized.</p>")
-    if not rows:
-        return Section(title, note + "<p>No image in this data had missing pixels.</p>")
-    imputed = pixels_by_id(store, pixels, [r["image_id"] for r in rows])
-    examples = []
-    for r in rows:
-        if r["image_id"] not in imputed:
-            continue
-        raw = np.frombuffer(r["pixels"], dtype=np.uint8).reshape(r["height"], r["width"], r["channels"])
-        mask = unpack_mask(r["mask"], r["height"], r["width"])
-        examples.append({"raw": raw, "mask": mask, "imputed": imputed[r["image_id"]],
-                         "title": f"{r['label'] or 'unlabelled'}\n{r['image_id'][:10]}\n{mask.mean():.0%} missing"})
-    return Section(title, note + html_image("imputation.png", "imputation examples: before, mask, after"),
-                   {"imputation.png": plot_imputation_examples(examples)})
 
 
 def training(store: Store, model: dict | None, train: dict | None) -> Section:
