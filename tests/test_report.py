@@ -92,6 +92,15 @@ def test_embedding_map_has_one_or_two_panels():
     assert _image_size(both)[0] > _image_size(by_label)[0]
 
 
+def test_a_cluster_has_the_colour_of_its_main_label_in_the_embedding_map():
+    labels = ["cat"] * 5 + ["dog"] * 5
+    clusters = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, -1])  # cluster 0 all cats, cluster 1 mostly dogs, one noise
+    (_, _, by_cluster), (_, _, by_label) = plots.embedding_panels(labels, clusters)
+    assert by_cluster["cluster 0"] == ("cluster 0: mostly cat", by_label["cat"][1])
+    assert by_cluster["cluster 1"] == ("cluster 1: mostly dog", by_label["dog"][1])
+    assert by_label["cat"][1] != by_label["dog"][1] and by_cluster["noise"][0] == "noise"
+
+
 def test_cluster_montage_allows_clusters_without_images():
     rng = np.random.default_rng(3)
     rows = [("cluster 0 · 3 images\ncircle (100%)", [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)] * 3),

@@ -136,24 +136,37 @@ def plot_imputation_examples(examples: Sequence[dict]) -> bytes:
     return _png(fig)
 
 
-def plot_embedding_map(xy: np.ndarray, labels: Sequence[str], clusters: np.ndarray | None = None) -> bytes:
-    """2-D map of embeddings coloured by label and, when given, by cluster (-1, noise, in grey)."""
-    panels = [("by label", [str(v) for v in labels])]
+def embedding_panels(labels: Sequence[str], clusters: np.ndarray | None = None) -> list[tuple[str, np.ndarray, dict]]:
+    """The embedding map's panels, ``(title, each point's name, {name: (legend text, colour)})``: by cluster
+    (when given) and by label, one colour per label in both: a cluster takes the colour of the label most of
+    its images have (noise, -1, is grey)."""
+    labels = np.asarray([str(v) for v in labels], dtype=object)
+    label_names = sorted(set(labels), key=_natural)
+    colours = dict(zip(label_names, _palette(len(label_names))))
+    panels = [("by label", labels, {name: (name, colours[name]) for name in label_names})]
     if clusters is not None:
-        panels.insert(0, ("by cluster", [("noise" if c < 0 else f"cluster {c}") for c in np.asarray(clusters)]))
-    fig = _figure(6.2 * len(panels), 6.4)
-    for ax, (title, values) in zip(np.atleast_1d(fig.subplots(1, len(panels))), panels):
-        names = sorted(set(values), key=_natural)
-        colours = dict(zip([n for n in names if n != "noise"], _palette(len(names))))
-        colours["noise"] = (0.6, 0.6, 0.6, 1.0)
-        values = np.asarray(values, dtype=object)
-        size = 12 if len(xy) <= 1000 else 5
-        for name in names:
+        named = np.asarray([("noise" if c < 0 else f"cluster {c}") for c in np.asarray(clusters)], dtype=object)
+        legend = {"noise": ("noise", (0.6, 0.6, 0.6, 1.0))}
+        for name in set(named) - {"noise"}:
+            values, counts = np.unique(labels[named == name], return_counts=True)
+            top = values[counts.argmax()]
+            legend[name] = (f"{name}: mostly {top}", colours[top])
+        panels.insert(0, ("by cluster", named, legend))
+    return panels
+
+
+def plot_embedding_map(xy: np.ndarray, labels: Sequence[str], clusters: np.ndarray | None = None) -> bytes:
+    """2-D map of embeddings, a panel per ``embedding_panels``."""
+    panels = embedding_panels(labels, clusters)
+    fig = _figure(6.4 * len(panels), 7.0)
+    size = 12 if len(xy) <= 1000 else 5
+    for ax, (title, values, legend) in zip(np.atleast_1d(fig.subplots(1, len(panels))), panels):
+        for name in sorted(set(values), key=_natural):
             keep = values == name
-            ax.scatter(xy[keep, 0], xy[keep, 1], s=size, alpha=0.7, color=colours[name], label=literal(name),
-                       linewidths=0)
+            text, colour = legend[name]
+            ax.scatter(xy[keep, 0], xy[keep, 1], s=size, alpha=0.7, color=colour, label=literal(text), linewidths=0)
         ax.set(title=f"embeddings (PCA), {title}", xlabel="PC 1", ylabel="PC 2")
-        ax.legend(fontsize=7, markerscale=2.5, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=4, frameon=False)
+        ax.legend(fontsize=9, markerscale=3, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=3, frameon=False)
     fig.tight_layout()
     return _png(fig)
 
