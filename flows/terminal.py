@@ -13,7 +13,8 @@ from fusion_core.store import Store
 
 # too long for a terminal; in the report, `fusion models` and the Prefect artifacts
 HIDDEN = ("confusion_matrix", "per_class_f1", "checks", "comparison")
-FORMATS = ("table", "json", "csv")
+FORMATS = ("table", "json", "csv", "ids")
+ID_COLUMNS = ("image_id", "version", "run_id")  # what `-f ids` prints: the first of them a row has
 TABLE_ROWS = 20  # rows a table shows unless told otherwise
 
 
@@ -125,11 +126,13 @@ def export_rows(rows: list[dict], columns: list[str], out: Path) -> None:
 
 
 def render(rows: list[dict], fmt: str, columns: list[str], limit: int | None = None) -> str:
-    """Rows as text: a ``table`` of ``columns`` (the first ``limit``, ``TABLE_ROWS`` by default), or every field
-    of each row as ``json`` or ``csv`` (all rows unless ``limit``)."""
+    """Rows as text: a ``table`` of ``columns`` (the first ``limit``, ``TABLE_ROWS`` by default), every field
+    of each row as ``json`` or ``csv``, or one id per line (``ids``: for pipes), all rows unless ``limit``."""
     if fmt == "table":
         return "\n".join(table_lines(rows, columns, limit or TABLE_ROWS))
     shown = rows if limit is None else rows[:limit]
+    if fmt == "ids":
+        return "\n".join(str(next(row[c] for c in ID_COLUMNS if c in row)) for row in shown)
     if fmt == "json":
         return as_json(shown)
     out = io.StringIO()

@@ -25,7 +25,7 @@ from fusion_core.store import Store
 
 FUSION = str(Path(sys.executable).with_name("fusion"))
 COMMANDS = ["runs", "show", "models", "predictions", "clusters", "find", "similar", "exclude", "relabel", "review",
-            "decisions", "images", "export", "gc", "fsck", "backup", "report", "demo", "run", "serve", "doctor"]
+            "decisions", "images", "image", "export", "gc", "fsck", "backup", "report", "demo", "run", "serve", "doctor"]
 
 
 def fusion(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -109,7 +109,7 @@ def test_unknown_labels_splits_and_clusters_exit_1_with_the_closest(built):
     store = ["--store", built["root"]]
     asked = {("predictions", "--run", "latest", "--label", "dgo"): "--label 'dgo': not in the given labels of "
                                                                    f"run {built['nightly']}; did you mean dog?",
-             ("predictions", "--predicted", "cta"): "--predicted 'cta': not in the predicted labels of "
+             ("predictions", "--predicted", "cta"): "--predicted 'cta': not in the labels of "
                                                     f"run {built['nightly']}; did you mean cat?",
              ("images", "--split", "tset"): "--split 'tset': not in the splits; did you mean test?",
              ("images", "--label", "cta"): "--label 'cta': not in the labels of images v1; did you mean cat?",
@@ -150,6 +150,7 @@ def test_predictions_name_their_source_files_and_filter_by_glob(built):
     members = json.loads(fusion("clusters", "--run", "latest", "--store", built["root"], "--cluster", "1",
                                 "-f", "json").stdout)
     assert sorted(Path(r["path"]).name for r in members) == ["dog4.png", "dog5.png", "dog6.png"]
+    assert sorted((r["label"], r["predicted"]) for r in members) == [("dog", "cat/dog"), ("dog", "dog"), ("dog", "dog")]
 
 
 def test_runs_show_models_and_clusters_as_json_and_csv(built):
@@ -164,7 +165,11 @@ def test_runs_show_models_and_clusters_as_json_and_csv(built):
     summaries = json.loads(fusion("clusters", "--run", "latest", *store, "-f", "json").stdout)
     assert [(c["cluster"], c["top_label"]) for c in summaries] == [(0, "cat"), (1, "dog")]
     bad = fusion("runs", *store, "--format", "yaml")
-    assert bad.returncode == 2 and one_line(bad) == "--format 'yaml': choose table, json, csv"
+    assert bad.returncode == 2 and one_line(bad) == "--format 'yaml': choose table, json, csv, ids"
+    ids = {args: CliRunner().invoke(app, [*args, *store, "-f", "ids"]).output.split()
+           for args in (("runs",), ("predictions", "--wrong"), ("models", "list"))}
+    assert ids[("runs",)] == [built["train"], built["nightly"]] and ids[("models", "list")] == ["1"]
+    assert sorted(ids[("predictions", "--wrong")]) == sorted([built["ids"]["cat3"], built["ids"]["dog5"]])
 
 
 def test_images_lists_stored_images_with_paths_and_filters(built):
@@ -177,6 +182,21 @@ def test_images_lists_stored_images_with_paths_and_filters(built):
     table = fusion("images", *store, "--limit", "2").stdout.splitlines()
     assert table[0].split() == ["path", "label", "split", "size", "missing", "image"]
     assert table[-1] == "(6 images in images v1, first 2 shown)"
+
+
+def test_image_gives_one_image_s_lineage(built):
+    store = ["--store", built["root"]]
+    dog5 = built["ids"]["dog5"]
+    found = json.loads(CliRunner().invoke(app, ["image", str(built["src"] / "dog" / "dog5.png"), *store,
+                                                "-f", "json"]).output)
+    assert found["image_id"] == dog5 and found["sources"] == [str(built["src"] / "dog" / "dog5.png")]
+    assert (found["stored"]["label"], found["stored"]["size"]) == ("dog", "8x8x3")
+    assert [(p["run_id"], p["predicted"]) for p in found["predictions"]] == [(built["nightly"], "cat/dog")]
+    assert [c["cluster"] for c in found["clusters"]] == [1] and found["decision"] is None
+    table = CliRunner().invoke(app, ["image", dog5[:8], *store])
+    assert table.exit_code == 0 and table.output.startswith(f"image {dog5}\n") and "cat/dog" in table.output
+    unknown = CliRunner().invoke(app, ["image", "0000000000", *store])
+    assert unknown.exit_code == 1 and "no stored image '0000000000'" in unknown.output
 
 
 def test_export_writes_a_folder_tree_of_links_or_pngs(built):

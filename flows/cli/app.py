@@ -12,19 +12,29 @@ import sys
 import traceback
 
 import typer
+from typer.core import TyperGroup
 
 from flows.terminal import FORMATS
 from fusion_core.config import ConfigError, Settings, load_settings, parse_overrides
 from fusion_core.errors import one_line
 from fusion_core.store import Store, StoreNotFoundError
 
-app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
+class InOrder(TyperGroup):
+    """Lists the commands in ``order`` (flows.cli sets it), command groups such as ``models`` among them."""
+
+    order: list[str] = []
+
+    def list_commands(self, ctx) -> list[str]:
+        return sorted(super().list_commands(ctx), key=lambda n: self.order.index(n) if n in self.order else 99)
+
+
+app = typer.Typer(cls=InOrder, add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]},
                   help="Fusion: mine image collections - ingest, impute, train, infer, cluster. "
                        "Example: fusion demo, then fusion runs and fusion show latest")
 
 FLOWS = ("ingest", "preprocess", "drift", "train", "infer", "cluster", "mine", "report", "nightly")
-FORMAT_HELP = "table, json or csv (json and csv print every row unless --limit)"
+FORMAT_HELP = "table, json, csv or ids (one id per line); all but table print every row unless --limit"
 state = {"debug": False, "quiet": False}  # set by the --debug and --quiet options
 
 
@@ -163,6 +173,8 @@ def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO if state["debug"] else logging.WARNING, handlers=[handler])
     logging.getLogger("fusion_core").setLevel(logging.WARNING if state["quiet"] else logging.INFO)
     if not state["debug"]:
+        import ray  # noqa: F401 - Ray sets up its logger when imported: quieten it after
+
         logging.getLogger("ray").setLevel(logging.WARNING)  # Fusion says where Ray's dashboard is
 
 

@@ -11,46 +11,99 @@ from flows.terminal import render, table_lines
 from fusion_core.store import Store
 
 
-def models(action: str = typer.Argument("list", help="list, history, promote, rollback or compare"),
-           versions: Optional[list[int]] = typer.Argument(None, help="promote V; rollback [V] (default: the "
-                                                                      "previous champion); compare A B"),
-           force: bool = typer.Option(False, "--force", help="promote even if the gate says no (needs --reason)"),
-           reason: Optional[str] = typer.Option(None, "--reason", help="why, recorded with the promotion"),
-           pixels: Optional[int] = typer.Option(None, "--pixels", help="compare: the pixels version whose holdout "
-                                                                       "scores both (default: B's training data)"),
-           store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt,
+app = typer.Typer(name="models", context_settings={"help_option_names": ["-h", "--help"]})
+VersionArg = typer.Argument(..., help="a model version (see fusion models)")
+
+
+@app.callback(invoke_without_command=True)
+def models(ctx: typer.Context, store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt,
            sets: list[str] = SetOpt, fmt: str = FormatOpt) -> None:
-    """List, promote, roll back or compare model versions.
+    """List, promote, roll back or compare model versions; alone, list them.
 
     Example: fusion models compare 3 4, or fusion models --format csv > models.csv
     """
+    if ctx.invoked_subcommand is None:
+        list_models(store, config, sets, fmt)
+
+
+@app.command("list")
+def list_models(store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt, sets: list[str] = SetOpt,
+                fmt: str = FormatOpt) -> None:
+    """Model versions with their stage (champion, challenger, archived) and holdout metrics.
+
+    Example: fusion models list --format json | jq '.[] | select(.stage == "champion")'
+    """
     check_format(fmt)
+    rows = [{"version": m["version"], "stage": m["stage"], "name": m["name"],
+             "accuracy": m["metrics"]["accuracy"], "macro_f1": m["metrics"]["macro_f1"],
+             "ece": m["metrics"].get("ece"), "data": m["dataset_version"],
+             "code": m["config"].get("code_version"), "run_id": m["run_id"], "created_at": m["created_at"],
+             "path": m["path"]} for m in open_store(config, store, sets).list_models()]
+    typer.echo(render(rows, fmt, ["version", "stage", "name", "accuracy", "macro_f1", "ece", "data", "code",
+                                  "run_id"], len(rows) or None))
+
+
+@app.command()
+def history(store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt, sets: list[str] = SetOpt,
+            fmt: str = FormatOpt) -> None:
+    """Every change of champion, oldest first, with who made it and why.
+
+    Example: fusion models history --format csv > promotions.csv
+    """
+    check_format(fmt)
+    rows = [{**p, "was": f"v{p['previous']}" if p["previous"] else "-"}
+            for p in open_store(config, store, sets).promotion_history()]
+    typer.echo(render(rows, fmt, ["at", "version", "was", "forced", "actor", "reason"], len(rows) or None))
+
+
+@app.command()
+def promote(version: int = VersionArg,
+            force: bool = typer.Option(False, "--force", help="promote even if the gate says no (needs --reason)"),
+            reason: Optional[str] = typer.Option(None, "--reason", help="why, recorded with the promotion"),
+            store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt, sets: list[str] = SetOpt) -> None:
+    """Make a version champion through the promotion gate, or past it with --force and a --reason.
+
+    Example: fusion models promote 4, or fusion models promote 4 --force --reason "hotfix for class x"
+    """
     catalog = open_store(config, store, sets)
-    versions = versions or []
+    _require_versions(catalog, "promote", [version])
+    _change_champion(catalog, "promote", version, force, reason, config, store, sets)
+
+
+@app.command()
+def rollback(version: Optional[int] = typer.Argument(None, help="the version to go back to (default: the "
+                                                                "previous champion)"),
+             store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt, sets: list[str] = SetOpt) -> None:
+    """Go back to the previous champion, or to a named version.
+
+    Example: fusion models rollback
+    """
+    catalog = open_store(config, store, sets)
+    _require_versions(catalog, "rollback", [version] if version is not None else [])
+    _change_champion(catalog, "rollback", version, False, None, config, store, sets)
+
+
+@app.command()
+def compare(a: int = VersionArg, b: int = VersionArg,
+            pixels: Optional[int] = typer.Option(None, "--pixels", help="the pixels version whose holdout scores "
+                                                                        "both (default: B's training data)"),
+            store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt, sets: list[str] = SetOpt) -> None:
+    """Score two versions on the same holdout, overall and per class, with McNemar's test.
+
+    Example: fusion models compare 3 4 --pixels 2
+    """
+    catalog = open_store(config, store, sets)
+    _require_versions(catalog, "compare", [a, b])
+    _compare_models(catalog, a, b, pixels)
+
+
+def _require_versions(catalog: Store, action: str, versions: list[int]) -> None:
+    """End the command (exit code 1) when a version does not exist."""
     known = [m["version"] for m in catalog.list_models()]
     for version in versions:
         if version not in known:
             fail(f"fusion models {action}: no model version {version}; "
                  + (f"versions are {known[0]}-{known[-1]}" if known else "no models yet (run train)"), 1)
-    if action == "compare":
-        if len(versions) != 2:
-            fail("fusion models compare: name two model versions, e.g. `fusion models compare 3 4`")
-        _compare_models(catalog, *versions, pixels)
-    elif action in ("promote", "rollback"):
-        _change_champion(catalog, action, versions[0] if versions else None, force, reason, config, store, sets)
-    elif action == "history":
-        rows = [{**p, "was": f"v{p['previous']}" if p["previous"] else "-"} for p in catalog.promotion_history()]
-        typer.echo(render(rows, fmt, ["at", "version", "was", "forced", "actor", "reason"], len(rows) or None))
-    elif action == "list":
-        rows = [{"version": m["version"], "stage": m["stage"], "name": m["name"],
-                 "accuracy": m["metrics"]["accuracy"], "macro_f1": m["metrics"]["macro_f1"],
-                 "ece": m["metrics"].get("ece"), "data": m["dataset_version"],
-                 "code": m["config"].get("code_version"), "run_id": m["run_id"], "created_at": m["created_at"],
-                 "path": m["path"]} for m in catalog.list_models()]
-        typer.echo(render(rows, fmt, ["version", "stage", "name", "accuracy", "macro_f1", "ece", "data", "code",
-                                      "run_id"], len(rows) or None))
-    else:
-        fail(f"fusion models: unknown action {action!r}; choose list, history, promote, rollback or compare")
 
 
 def _change_champion(catalog: Store, action: str, version: int | None, force: bool, reason: str | None,

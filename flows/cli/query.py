@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from flows.cli.app import (ConfigOpt, FormatOpt, LimitOpt, RunOpt, SetOpt, StoreOpt, check_format, complete_run, fail,
-                           find_run, open_store, require_known)
+                           find_run, image_ids, open_store, require_known)
 from flows.terminal import TABLE_ROWS, as_json, describe_run, export_rows, render, table_lines
 from fusion_core.store import Store
 
@@ -35,6 +35,22 @@ def with_paths(catalog: Store, rows: list[dict]) -> list[dict]:
     sources = catalog.sources_of(r["image_id"] for r in rows)
     return [{**r, "image": r["image_id"][:12], "path": (sources.get(r["image_id"]) or [None])[0],
              "sources": sources.get(r["image_id"], [])} for r in rows]
+
+
+def with_predictions(catalog: Store, cluster_run: str, rows: list[dict], chunk: int = 500) -> list[dict]:
+    """Cluster members with their given ``label`` and ``predicted`` label, from the predictions that the
+    clusters of ``cluster_run`` were made from (those of the run's own infer stage when its catalog rows
+    do not say)."""
+    stage = next(s for s in catalog.get_run(cluster_run)["stages"] if s["stage"] == "cluster")
+    clusters = catalog.get_version("clusters", (stage["outputs"] or {}).get("version")) or {"info": {}}
+    made_from = catalog.get_version("predictions", clusters["info"].get("predictions_version"))
+    predictions_run = catalog.results_run(made_from["run_id"] if made_from else cluster_run, "infer")
+    ids, found = [r["image_id"] for r in rows], {}
+    for start in range(0, len(ids), chunk):
+        found.update((p["image_id"], p) for p in catalog.select_results("predictions", predictions_run,
+                                                                         image_ids=ids[start:start + chunk]))
+    return [{**r, "label": found.get(r["image_id"], {}).get("label"),
+             "predicted": found.get(r["image_id"], {}).get("predicted")} for r in rows]
 
 
 def runs(store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt, sets: list[str] = SetOpt,
@@ -89,9 +105,10 @@ def predictions(run: str = RunOpt,
     check_format(fmt)
     catalog = open_store(config, store, sets)
     source_run = catalog.results_run(find_run(catalog, run, "infer")["run_id"], "infer")
-    for option, value, column in (("--label", label, "label"), ("--predicted", predicted, "predicted")):
-        require_known(option, value, catalog.distinct_results("predictions", source_run, column),
-                      f"the {'given' if column == 'label' else 'predicted'} labels of run {source_run}")
+    given = catalog.distinct_results("predictions", source_run, "label")
+    require_known("--label", label, given, f"the given labels of run {source_run}")
+    require_known("--predicted", predicted, sorted(set(given) | set(catalog.distinct_results(
+        "predictions", source_run, "predicted"))), f"the labels of run {source_run}")
     equal = {column: value for column, value in (("label", label), ("predicted", predicted)) if value}
     rows = catalog.select_results("predictions", source_run, equal=equal, at_least={"confidence": min_confidence},
                                   differ=("label", "predicted") if wrong else None, path_glob=path,
@@ -124,7 +141,9 @@ def clusters(run: str = RunOpt,
                                       equal={"cluster": cluster} if cluster is not None else {}, path_glob=path,
                                       order_by=("cluster", "distance", "image_id"),
                                       limit=None if out or fmt == "table" else limit)
-        print_rows(with_paths(catalog, rows), fmt, ["cluster", "distance", "path", "image"], limit, out)
+        shown = len(rows) if out or fmt != "table" else (limit or TABLE_ROWS)  # a table looks up what it shows
+        rows = with_predictions(catalog, source_run, with_paths(catalog, rows[:shown])) + rows[shown:]
+        print_rows(rows, fmt, ["cluster", "distance", "label", "predicted", "path", "image"], limit, out)
         return
     rows = catalog.select_results("cluster_summaries", source_run, order_by=("cluster",))
     print_rows(rows, fmt, ["cluster", "size", "top_label", "purity"], limit or len(rows) or None)
@@ -204,3 +223,42 @@ def export(out: Path = typer.Argument(..., help="a new or empty folder"), run: s
         fail(str(err), 1 if isinstance(err, LookupError) else 2)
     typer.echo(f"exported {counts['images']} images into {counts['groups']} folders under {out} "
                f"({counts['linked']} linked, {counts['written']} written as PNG)")
+
+
+def image(ref: str = typer.Argument(..., help="an image id, a prefix of one (6+ characters) or a source path"),
+          store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt, sets: list[str] = SetOpt,
+          fmt: str = typer.Option("table", "--format", "-f", help="table or json")) -> None:
+    """Where an image came from and what every run made of it (its lineage).
+
+    Example: fusion image photos/cat.jpg, or fusion image 3fa2c1 --format json | jq '.predictions[0]'
+    """
+    from fusion_core.tools.lineage import image_lineage
+
+    if fmt not in ("table", "json"):
+        fail(f"--format {fmt!r}: choose table, json")
+    catalog = open_store(config, store, sets)
+    ids = image_ids(catalog, ref)
+    if not ids:
+        fail(f"fusion image: no stored image {ref!r} (an id, a prefix of 6+ characters, or a source path)", 1)
+    if len(ids) > 1:
+        fail(f"fusion image: {ref!r} names {len(ids)} images ({', '.join(i[:12] for i in ids[:5])}"
+             f"{', ...' if len(ids) > 5 else ''}); give more of the id")
+    found = image_lineage(catalog, ids[0])
+    if fmt == "json":
+        typer.echo(as_json(found))
+        return
+    stored = found["stored"]
+    lines = [f"image {found['image_id']}", f"  sources      {', '.join(found['sources']) or '-'}",
+             "  stored       " + (f"images v{stored['images_version']} ({stored['shard']}): label {stored['label']}, "
+                                  f"split {stored['split']}, {stored['size']}, {stored['missing']:.1%} missing"
+                                  if stored else "not in the newest images version")]
+    decision = found["decision"]
+    if decision:
+        lines.append(f"  decision     {decision['action']}" + (f" as {decision['label']}" if decision["label"] else "")
+                     + f" by {decision['actor']} at {decision['decided_at']:%Y-%m-%d %H:%M}")
+    for part, columns in (("predictions", ["run_id", "model_version", "label", "predicted", "confidence", "split"]),
+                          ("clusters", ["run_id", "cluster", "distance"]),
+                          ("findings", ["run_id", "kind", "score", "duplicate_set", "suggested", "flags"])):
+        rows = [{c: r.get(c) for c in columns} for r in found[part]]
+        lines += [f"  {part} (newest run first)"] + [f"    {line}" for line in table_lines(rows, columns, len(rows))]
+    typer.echo("\n".join(lines))

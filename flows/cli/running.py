@@ -199,7 +199,7 @@ def serve(source: str = typer.Option(..., "--source", help=SOURCE_HELP),
 
 
 def doctor(config: Optional[str] = ConfigOpt, store: Optional[str] = StoreOpt, sets: list[str] = SetOpt,
-           fmt: str = typer.Option("text", "--format", help="text or json")) -> None:
+           fmt: str = typer.Option("text", "--format", "-f", help="text or json")) -> None:
     """Check what a run needs: Prefect, store, catalog, Ray and its workers.
 
     Versions are checked too. Exit code 0 when no check failed, 1 otherwise.
@@ -231,7 +231,7 @@ def doctor(config: Optional[str] = ConfigOpt, store: Optional[str] = StoreOpt, s
 
 def report(run_id: str = typer.Argument("latest", help="run id or latest", autocompletion=complete_run),
            store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt, sets: list[str] = SetOpt) -> None:
-    """Write a run's HTML report (through the report flow, as `fusion run report --run` does) and print its path.
+    """Write a run's HTML report (as `fusion run report --run` does) and print its path.
 
     Example: xdg-open "$(fusion report latest)"
     """

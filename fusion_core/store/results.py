@@ -82,6 +82,13 @@ class ResultTables:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
+    def image_results(self, table_name: str, image_id: str) -> list[dict]:
+        """One image's rows of a result table in every run that has one, newest run first."""
+        table = metadata.tables[table_name]
+        query = sa.select(table).where(table.c.image_id == image_id).order_by(table.c.run_id.desc())
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
     def distinct_results(self, table_name: str, run_id: str, column: str) -> list:
         """The distinct non-null values of one column of a run's rows of a result table, sorted."""
         table = metadata.tables[table_name]
