@@ -25,7 +25,8 @@ from fusion_core.store import Store
 
 FUSION = str(Path(sys.executable).with_name("fusion"))
 COMMANDS = ["runs", "show", "models", "predictions", "clusters", "find", "similar", "exclude", "relabel", "review",
-            "decisions", "images", "image", "export", "gc", "fsck", "backup", "report", "demo", "run", "serve", "doctor"]
+            "decisions", "images", "image", "export", "gc", "fsck", "backup", "report", "demo", "run", "serve",
+            "doctor"]
 
 
 def fusion(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

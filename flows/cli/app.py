@@ -173,9 +173,9 @@ def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO if state["debug"] else logging.WARNING, handlers=[handler])
     logging.getLogger("fusion_core").setLevel(logging.WARNING if state["quiet"] else logging.INFO)
     if not state["debug"]:
-        import ray  # noqa: F401 - Ray sets up its logger when imported: quieten it after
+        import ray  # Ray sets up its logger when imported: quieten it after (Fusion says where the dashboard is)
 
-        logging.getLogger("ray").setLevel(logging.WARNING)  # Fusion says where Ray's dashboard is
+        logging.getLogger(ray.__name__).setLevel(logging.WARNING)
 
 
 def _without_traceback(record: logging.LogRecord) -> bool:
