@@ -28,7 +28,9 @@ def ensure_ray(settings: Settings):
         return ray
     os.environ.update(WORKER_ENV)
     address = settings.ray.address or os.environ.get("RAY_ADDRESS")
-    kwargs = {"runtime_env": runtime_env(shipped=bool(address)), "log_to_driver": settings.ray.log_to_driver}
+    # Ray's own log level stays as the caller set it (the `fusion` command: warnings only unless -v).
+    kwargs = {"runtime_env": runtime_env(shipped=bool(address)), "log_to_driver": settings.ray.log_to_driver,
+              "logging_level": logging.getLogger("ray").level or logging.INFO}
     if settings.ray.node_ip_address:
         kwargs["_node_ip_address"] = settings.ray.node_ip_address
     if address:

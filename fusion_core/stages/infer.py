@@ -20,6 +20,7 @@ from fusion_core.data.publish import publish_current
 from fusion_core.data.runs import StageResult
 from fusion_core.learning import registry
 from fusion_core.learning.scoring import labels_of, mismatch, predict_with_embeddings
+from fusion_core.progress import Progress
 from fusion_core.store import Store
 from fusion_core.store.datasets import (array_to_fixed_list, iter_rows, iter_shard_batches, pixels_to_array,
                                         predictions_schema, shard_files, write_shard)
@@ -103,7 +104,7 @@ def infer_dataset(settings: Settings, store: Store, pixels_version: int, model_v
         paths = [s["path"] for s in pixels["shards"]]
         in_process = pixels["num_rows"] <= cfg.in_process_max
         log.info("infer: %d images %s", pixels["num_rows"], "in this process" if in_process else "on Ray")
-        shards = (_write_in_process(store, paths, writer_args) if in_process
+        shards = (_write_in_process(store, paths, writer_args, pixels["num_rows"]) if in_process
                   else _write_on_ray(settings, store, paths, writer_args))
         store.replace_results("predictions", run_id, _table_rows(store, shards, model["version"]))
         return shards, {"pixels_version": pixels["version"], "model_version": model["version"]}
@@ -130,15 +131,16 @@ def _require_compatible(store: Store, model: dict, pixels: dict) -> None:
                          f"train a model on these pixels or set infer.model_version")
 
 
-def _write_in_process(store: Store, paths: list[str], writer_args: dict) -> list[dict]:
+def _write_in_process(store: Store, paths: list[str], writer_args: dict, total: int) -> list[dict]:
     """Predict shard by shard in this process, a bounded batch at a time; returns the manifest."""
     writer = ShardWriter(**writer_args)
-    manifest = []
+    manifest, progress = [], Progress("infer", "images", total=total)
     for path in paths:
         for batch in iter_shard_batches(store.root, path, INPUT_COLUMNS, WRITE_ROWS):
             entry = writer(pa.Table.from_batches([batch]))
             manifest.append({"path": str(entry["path"][0]), "num_rows": int(entry["num_rows"][0])})
-        log.info("infer: %d images predicted", sum(m["num_rows"] for m in manifest))
+            progress.update(manifest[-1]["num_rows"])
+    progress.close()
     return manifest
 
 
