@@ -131,7 +131,7 @@ def _require_compatible(store: Store, model: dict, pixels: dict) -> None:
                          f"train a model on these pixels or set infer.model_version")
 
 
-def _write_in_process(store: Store, paths: list[str], writer_args: dict, total: int) -> list[dict]:
+def _write_in_process(store: Store, paths: list[str], writer_args: dict, total: int | None = None) -> list[dict]:
     """Predict shard by shard in this process, a bounded batch at a time; returns the manifest."""
     writer = ShardWriter(**writer_args)
     manifest, progress = [], Progress("infer", "images", total=total)
