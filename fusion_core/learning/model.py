@@ -117,8 +117,7 @@ def _resnet(x):
 def _fast_cnn(x):
     """Few FLOPs per accuracy point, after Keller Jordan's airbench: a 2x2 stem conv, then three stages
     (64, 128, 256 channels) of conv, 2x2 max pooling, batch norm and ReLU, then a second conv; global max
-    pooling. Wide convs at low resolution keep CPUs and GPUs busy; docs/benchmarks.md's training section compares
-    it with ``resnet``."""
+    pooling. Wide convs at low resolution keep CPUs and GPUs busy."""
     x = layers.ReLU()(layers.Conv2D(24, 2, padding="same")(x))
     for filters in (64, 128, 256):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
