@@ -22,15 +22,18 @@ def ensure_ray(settings: Settings):
 
     Idempotent: an already initialised Ray is reused. Returns the ``ray`` module.
     """
+    wanted = logging.getLogger("ray").level  # as the caller set it, before Ray's import sets up its logger
     import ray
 
     if ray.is_initialized():
         return ray
+    if wanted:
+        logging.getLogger("ray").setLevel(wanted)
     os.environ.update(WORKER_ENV)
     address = settings.ray.address or os.environ.get("RAY_ADDRESS")
     # Ray's own log level stays as the caller set it (the `fusion` command: warnings only unless -v).
     kwargs = {"runtime_env": runtime_env(shipped=bool(address)), "log_to_driver": settings.ray.log_to_driver,
-              "logging_level": logging.getLogger("ray").level or logging.INFO}
+              "logging_level": wanted or logging.INFO}
     if settings.ray.node_ip_address:
         kwargs["_node_ip_address"] = settings.ray.node_ip_address
     if address:

@@ -76,6 +76,7 @@ def _environment(debug: bool = typer.Option(False, "--debug", "-v", "--verbose",
     if debug:
         os.environ["FUSION_RAY__LOG_TO_DRIVER"] = os.environ["FUSION_VERBOSE"] = "true"
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")  # Prefect's client telemetry, and its three-line notice
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
@@ -173,9 +174,7 @@ def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO if state["debug"] else logging.WARNING, handlers=[handler])
     logging.getLogger("fusion_core").setLevel(logging.WARNING if state["quiet"] else logging.INFO)
     if not state["debug"]:
-        import ray  # Ray sets up its logger when imported: quieten it after (Fusion says where the dashboard is)
-
-        logging.getLogger(ray.__name__).setLevel(logging.WARNING)
+        logging.getLogger("ray").setLevel(logging.WARNING)  # kept by ensure_ray; Fusion says where the dashboard is
 
 
 def _without_traceback(record: logging.LogRecord) -> bool:
