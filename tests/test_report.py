@@ -101,14 +101,6 @@ def test_a_cluster_has_the_colour_of_its_main_label_in_the_embedding_map():
     assert by_label["cat"][1] != by_label["dog"][1] and by_cluster["noise"][0] == "noise"
 
 
-def test_cluster_montage_allows_clusters_without_images():
-    rng = np.random.default_rng(3)
-    rows = [("cluster 0 · 3 images\ncircle (100%)", [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)] * 3),
-            ("cluster 1 · 1 images\nno labels", [rng.integers(0, 256, (8, 8, 1), dtype=np.uint8)]),
-            ("cluster 2 · 0 images", [])]
-    assert plots.plot_cluster_montage(rows).startswith(PNG)
-
-
 def test_html_table_escapes_and_formats_cells():
     table = page.html_table(["name", "value"], [("<b>", 0.123456), ("none", None), ("reasons", {"a": 2})])
     assert "&lt;b&gt;" in table and "<b>" not in table
@@ -211,15 +203,22 @@ def test_write_report_has_every_section_with_its_images(settings):
     result = write_report(settings, Store.from_settings(settings), run_id)
     folder = Path(store.root) / "reports" / run_id
     assert result.stage == "report" and result.outputs["report"] == str(folder / "index.html")
-    assert result.outputs["images"] == ["confusion.png", "embeddings.png", "exemplars.png", "imputation.png",
-                                        "outliers.png", "training.png"]
+    assert result.outputs["images"] == ["confusion.png", "embeddings.png", "imputation.png", "training.png"]
     html = (folder / "index.html").read_text()
     assert "Not in this run." not in html
-    for name in result.outputs["images"]:
+    thumbnails = re.findall(r'src="(thumbs/\w+\.png)"', html)
+    for name in result.outputs["images"] + thumbnails:
         assert (folder / name).read_bytes().startswith(PNG)
         assert f'src="{name}"' in html
     assert "not_an_image" in html and "/src/bad.png" in html
-    assert result.counts == {"sections": 10, "images": 6}
+    assert result.counts == {"sections": 10, "images": 4, "thumbnails": len(set(thumbnails))} and thumbnails
+    # every cluster thumbnail is captioned (id, given and predicted label) and links to its cluster's gallery page
+    links = re.findall(r"<h3><a href=\"(gallery/cluster-\d-1\.html)\">", html)
+    assert len(links) == 3 and all((folder / link).is_file() for link in links)
+    figure = re.search(r'<figure><a href="gallery/cluster-0-1.html"><img src="thumbs/(\w+)\.png"[^>]*></a>'
+                       r'<figcaption>(.*?)</figcaption>', html)
+    assert figure and figure.group(2).split("<br>")[0] == figure.group(1)[:12]
+    assert re.search(r"<br>(circle|square|stripes)<br>predicted (circle|square|stripes)", figure.group(2))
     assert "Likely label errors</h3>" in html and "fusion find label-errors" in html and "Near-duplicates</h3>" in html
     assert "1 image(s) excluded, 1 label(s) corrected" in html and "<td>blurred</td>" in html
     assert 'href="gallery/index.html"' in html and result.outputs["gallery"] == str(folder / "gallery" / "index.html")

@@ -9,9 +9,9 @@ is not part of the run says so. Stages that reused earlier results (a rerun) are
 shown with those results. Plots are drawn with matplotlib's Agg canvas, imported
 only when a plot is drawn.
 
-``sections`` (and ``imputation``) build each section from the catalog, ``plots`` draws the figures and
-``page`` renders the HTML; ``gallery`` writes pages of captioned thumbnails beside it, and ``history`` the
-runs index, ``reports/index.html``, above them.
+``sections`` (and ``imputation``, ``clusters``, ``mining``) build each section from the catalog, ``plots`` draws
+the figures and ``page`` renders the HTML; ``gallery`` writes pages of captioned thumbnails beside it, and
+``history`` the runs index, ``reports/index.html``, above them.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from fusion_core import uri
 from fusion_core.config import Settings
 from fusion_core.data.runs import StageResult
 from fusion_core.stages.report import sections
+from fusion_core.stages.report.clusters import cluster_exemplars
 from fusion_core.stages.report.gallery import write_gallery
 from fusion_core.stages.report.history import write_runs_index
 from fusion_core.stages.report.imputation import imputation
@@ -67,8 +68,8 @@ def write_report(settings: Settings, store: Store, run_id: str, status: str | No
         sections.training(store, model, stages.get("train")),
         sections.evaluation(model),
         sections.embedding_map(store, predictions, clusters),
-        sections.cluster_exemplars(store, run_id, predictions, outputs.get("cluster"),
-                                   (stages.get("cluster") or {}).get("metrics")),
+        cluster_exemplars(store, run_id, predictions, outputs.get("cluster"),
+                          (stages.get("cluster") or {}).get("metrics")),
         mining_findings(store, run_id, stages.get("mine")),
     ]
     gallery = write_gallery(store, run_id, outputs, predictions)
@@ -81,8 +82,9 @@ def write_report(settings: Settings, store: Store, run_id: str, status: str | No
         uri.write_bytes(store.path(REPORT_DIR, run_id, name), data)
     path = store.path(REPORT_DIR, run_id, "index.html")
     runs_index = write_runs_index(store, store.path(REPORT_DIR), run)
-    log.info("report: %s (%d images); all runs: %s", path, len(figures), runs_index)
+    plots = sorted(name for name in figures if not name.startswith("thumbs/"))
+    log.info("report: %s (%d figures); all runs: %s", path, len(plots), runs_index)
     return StageResult("report", counts={"sections": sum(section.body is not None for section in shown),
-                                         "images": len(figures)},
-                       outputs={"report": path, "images": sorted(figures), "runs_index": runs_index,
+                                         "images": len(plots), "thumbnails": len(figures) - len(plots)},
+                       outputs={"report": path, "images": plots, "runs_index": runs_index,
                                 **({"gallery": store.path(REPORT_DIR, run_id, gallery)} if gallery else {})})

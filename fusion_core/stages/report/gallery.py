@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import html
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image
 
 from fusion_core import uri
@@ -31,10 +32,6 @@ FINDING_GROUPS = {"duplicate": ("Near-duplicate sets", "fusion find duplicates")
                   "label_error": ("Likely label errors", "fusion find label-errors"),
                   "outlier": ("Outliers", "fusion find outliers"),
                   "quality": ("Poor images", "fusion find quality")}
-GALLERY_CSS = """
-.grid{display:flex;flex-wrap:wrap;gap:.6em} figure{margin:0;width:150px;font-size:.78em;word-break:break-all}
-figure img{width:96px;height:96px;image-rendering:pixelated;margin:0}
-"""
 
 
 @dataclass
@@ -135,12 +132,29 @@ def _cluster_groups(store: Store, run_id: str, cluster: dict | None, table_run: 
         yield Group(f"cluster-{summary['cluster']}", title, f"fusion clusters --cluster {summary['cluster']}", rows)
 
 
+def group_page(slug: str) -> str:
+    """The first page of a group, relative to the report's folder."""
+    return f"{GALLERY_DIR}/{_page_name(slug, 1)}"
+
+
+def thumbnail_png(image: np.ndarray) -> bytes:
+    """A thumbnail of one model-input image, as PNG bytes."""
+    out = io.BytesIO()
+    Image.fromarray(as_rgb(image)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def figure_html(src: str, href: str, caption: Sequence) -> str:
+    """A thumbnail linked to ``href`` with its caption (empty parts left out), one line per part."""
+    text = "<br>".join(html.escape(str(c)) for c in caption if c)
+    return (f'<figure><a href="{html.escape(href)}"><img src="{html.escape(src)}" alt="{html.escape(str(caption[0]))}">'
+            f"</a><figcaption>{text}</figcaption></figure>")
+
+
 def _write_thumbnails(store: Store, folder: str, pixels: dict, image_ids: set[str]) -> None:
     """One PNG per image, from the model-input pixels, read in one pass over the pixels shards."""
     for image_id, image in pixels_by_id(store, pixels, sorted(image_ids)).items():
-        out = io.BytesIO()
-        Image.fromarray(as_rgb(image)).save(out, format="PNG")
-        uri.write_bytes(uri.join(folder, "thumbs", f"{image_id}.png"), out.getvalue())
+        uri.write_bytes(uri.join(folder, "thumbs", f"{image_id}.png"), thumbnail_png(image))
 
 
 def _page_name(slug: str, number: int) -> str:
@@ -162,11 +176,8 @@ def _page(group: Group, number: int, pages: int, rows: list[dict], paths: dict[s
 
 def _figure(row: dict, path: str | None) -> str:
     thumb = f"thumbs/{row['image_id']}.png"
-    caption = [row["image_id"][:12], row["label"] or "unlabelled", row.get("note"),
-               None if row["score"] is None else f"score {row['score']:.3f}", path]
-    text = "<br>".join(html.escape(str(c)) for c in caption if c)
-    return (f'<figure><a href="{thumb}"><img src="{thumb}" alt="{html.escape(row["image_id"][:12])}"></a>'
-            f"<figcaption>{text}</figcaption></figure>")
+    return figure_html(thumb, thumb, [row["image_id"][:12], row["label"] or "unlabelled", row.get("note"),
+                                      None if row["score"] is None else f"score {row['score']:.3f}", path])
 
 
 def _index(run_id: str, groups: list[Group]) -> str:
@@ -178,5 +189,5 @@ def _index(run_id: str, groups: list[Group]) -> str:
 
 def _document(title: str, body: str) -> str:
     return (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{CSS}{GALLERY_CSS}</style><script>{SCRIPT}</script></head><body><h1>{html.escape(title)}</h1>"
+            f"<style>{CSS}</style><script>{SCRIPT}</script></head><body><h1>{html.escape(title)}</h1>"
             f"{body}</body></html>")

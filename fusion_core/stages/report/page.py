@@ -19,6 +19,8 @@ th{background:#f4f4f4} td.num{text-align:right;font-variant-numeric:tabular-nums
 img{max-width:100%;height:auto;display:block;margin:.6em 0;border:1px solid #eee}
 .missing{color:#888;font-style:italic} .note{color:#555;font-size:.92em}
 .flag{color:#b00020;font-weight:bold}
+.grid{display:flex;flex-wrap:wrap;gap:.6em} figure{margin:0;width:150px;font-size:.78em;word-break:break-all}
+figure img{width:96px;height:96px;image-rendering:pixelated;margin:0}
 """
 # Sets data-images-loaded / data-images-total on <body> once every image has loaded or failed.
 SCRIPT = """

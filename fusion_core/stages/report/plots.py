@@ -171,21 +171,6 @@ def plot_embedding_map(xy: np.ndarray, labels: Sequence[str], clusters: np.ndarr
     return _png(fig)
 
 
-def plot_cluster_montage(rows: Sequence[tuple[str, Sequence[np.ndarray]]]) -> bytes:
-    """A grid with one row per cluster: its caption, then its exemplar images."""
-    width = max([len(images) for _, images in rows] + [1])
-    fig = _figure(2.2 + 1.1 * width, 1.15 * len(rows) + 0.2)
-    axes = fig.subplots(len(rows), width + 1, squeeze=False, width_ratios=[2] + [1] * width)
-    for ax_row, (caption, images) in zip(axes, rows):
-        for ax in ax_row:
-            ax.axis("off")
-        ax_row[0].text(1.0, 0.5, caption, ha="right", va="center", fontsize=8, transform=ax_row[0].transAxes)
-        for ax, image in zip(ax_row[1:], images):
-            ax.imshow(as_rgb(image), interpolation="nearest")
-    fig.subplots_adjust(left=0.01, right=0.99, top=0.99, bottom=0.01, wspace=0.05, hspace=0.1)
-    return _png(fig)
-
-
 def _natural(name: str) -> tuple:
     """Sort key putting ``cluster 2`` before ``cluster 10``."""
     head, _, tail = name.rpartition(" ")

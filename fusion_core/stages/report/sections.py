@@ -17,14 +17,12 @@ import pyarrow.compute as pc
 from fusion_core.learning.scoring import comparison_rows
 from fusion_core.stages.report.decisions import decisions_applied
 from fusion_core.stages.report.page import html_image, html_table
-from fusion_core.stages.report.plots import (pca_2d, plot_cluster_montage, plot_confusion_matrix, plot_embedding_map,
-                                             plot_training_curves)
+from fusion_core.stages.report.plots import pca_2d, plot_confusion_matrix, plot_embedding_map, plot_training_curves
 from fusion_core.store import Store
 from fusion_core.store.common import now
 from fusion_core.store.datasets import fixed_list_to_array, pixels_to_array, read_shard, shape_of
 
 MAP_POINTS = 5000
-EXEMPLARS_PER_CLUSTER = 8
 QUARANTINE_ROWS_SHOWN = 20
 
 
@@ -245,51 +243,6 @@ def embedding_map(store: Store, predictions: dict | None, clusters: dict | None)
                           "components.</p>"
                           + html_image("embeddings.png", "embedding map coloured by cluster and by label"),
                    {"embeddings.png": plot_embedding_map(xy, labels, assigned)})
-
-
-def cluster_exemplars(store: Store, run_id: str, predictions: dict | None, cluster: dict | None,
-                      quality: dict | None = None) -> Section:
-    """The clustering's quality figures, the cluster summaries and, per cluster, the images nearest its
-    centre (exemplars) and farthest from it (outliers).
-
-    Args:
-        predictions: the predictions dataset version clustered, or None.
-        cluster: the outputs of the run's completed cluster stage, or None.
-    """
-    title = "Cluster exemplars"
-    if cluster is None:
-        return Section(title, None)
-    summaries = sorted(store.query("cluster_summaries", cluster.get("table_run_id") or run_id),
-                       key=lambda s: s["cluster"])
-    if not summaries:
-        return Section(title, "<p>No cluster summaries were recorded.</p>")
-    scores = {k: v for k, v in (quality or {}).items() if k != "seconds"}
-    table = (html_table(list(scores), [list(scores.values())]) if scores else "") + html_table(
-        ["cluster", "size", "top label", "purity", "top labels"],
-                       [(s["cluster"], s["size"], s["top_label"], None if s["purity"] is None else f"{s['purity']:.0%}",
-                         s["top_labels"]) for s in summaries])
-    pixels = store.get_version("pixels", (predictions or {}).get("info", {}).get("pixels_version"))
-    exemplars = {s["cluster"]: (s["exemplars"] or [])[:EXEMPLARS_PER_CLUSTER] for s in summaries}
-    if pixels is None or not any(exemplars.values()):
-        return Section(title, table + "<p>No exemplar images are available for these clusters.</p>")
-    outliers = {s["cluster"]: (s["outliers"] or [])[:EXEMPLARS_PER_CLUSTER] for s in summaries}
-    found = pixels_by_id(store, pixels, [i for group in (exemplars, outliers) for ids in group.values() for i in ids])
-
-    def montage(chosen: dict) -> bytes:
-        return plot_cluster_montage([(f"cluster {s['cluster']} · {s['size']} images\n"
-                                      + (f"{s['top_label']} ({s['purity']:.0%})" if s["top_label"] is not None
-                                         else "no labels"),
-                                      [found[i] for i in chosen[s["cluster"]] if i in found]) for s in summaries])
-
-    figures = {"exemplars.png": montage(exemplars)}
-    body = table + ("<p class=\"note\">Exemplars: the images nearest each cluster's centre, nearest first.</p>"
-                    + html_image("exemplars.png", "exemplar images per cluster"))
-    if any(outliers.values()):
-        figures["outliers.png"] = montage(outliers)
-        body += ("<p class=\"note\">Outliers: the images farthest from each cluster's centre, farthest first; "
-                 "worth a look for mislabelled or unusual images.</p>"
-                 + html_image("outliers.png", "outlier images per cluster"))
-    return Section(title, body, figures)
 
 
 def pixels_by_id(store: Store, pixels: dict, image_ids: Sequence[str]) -> dict[str, np.ndarray]:
