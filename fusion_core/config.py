@@ -272,6 +272,11 @@ class _ProfileSource(PydanticBaseSettingsSource):
         return _profile_data.get()
 
 
+def profile_names() -> list[str]:
+    """The profiles shipped with Fusion (``--config NAME``)."""
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+
+
 def resolve_profile(config: str | None) -> Path | None:
     """Map a profile name (``smoke``) or a path to a YAML file."""
     if not config:
@@ -280,8 +285,7 @@ def resolve_profile(config: str | None) -> Path | None:
     if not path.suffix and not path.exists():
         path = PROFILES_DIR / f"{config}.yaml"
     if not path.is_file():
-        names = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
-        raise ConfigError(f"config: no such file or profile {config!r} (profiles: {', '.join(names)})")
+        raise ConfigError(f"config: no such file or profile {config!r} (profiles: {', '.join(profile_names())})")
     return path
 
 

@@ -22,18 +22,14 @@ def ensure_ray(settings: Settings):
 
     Idempotent: an already initialised Ray is reused. Returns the ``ray`` module.
     """
-    wanted = logging.getLogger("ray").level  # as the caller set it, before Ray's import sets up its logger
-    import ray
-
+    ray = import_ray()
     if ray.is_initialized():
         return ray
-    if wanted:
-        logging.getLogger("ray").setLevel(wanted)
     os.environ.update(WORKER_ENV)
     address = settings.ray.address or os.environ.get("RAY_ADDRESS")
     # Ray's own log level stays as the caller set it (the `fusion` command: warnings only unless -v).
     kwargs = {"runtime_env": runtime_env(shipped=bool(address)), "log_to_driver": settings.ray.log_to_driver,
-              "logging_level": wanted or logging.INFO}
+              "logging_level": logging.getLogger("ray").level or logging.INFO}
     if settings.ray.node_ip_address:
         kwargs["_node_ip_address"] = settings.ray.node_ip_address
     if address:
@@ -47,6 +43,15 @@ def ensure_ray(settings: Settings):
     if url:
         _dashboard["url"] = url if uri.is_uri(url) else f"http://{url}"
         log.info("Ray dashboard: %s", _dashboard["url"])
+    return ray
+
+
+def import_ray():
+    """``import ray``, keeping the level of the ``ray`` logger as the caller set it (Ray's first import resets it)."""
+    level = logging.getLogger("ray").level
+    import ray
+
+    logging.getLogger("ray").setLevel(level)
     return ray
 
 

@@ -31,7 +31,7 @@ def test_a_stage_without_its_input_fails_at_once_with_one_line(tmp_path):
     assert result.returncode == 1
     assert "Traceback" not in result.stdout + result.stderr
     assert _lines(result.stdout + result.stderr) == [
-        f"preprocess: no images dataset in the store at {tmp_path / 'store'} yet; run ingest first"]
+        f"fusion: preprocess: no images dataset in the store at {tmp_path / 'store'} yet; run ingest first"]
     assert took < 15
 
 
@@ -53,7 +53,7 @@ def test_a_failed_flow_is_one_line_unless_debug(tmp_path, monkeypatch, debug):
     args = ["run", "ingest", "--source", str(tmp_path), "--store", str(tmp_path / "store")]
     result = CliRunner().invoke(app, ["--debug", *args] if debug else args)
     assert result.exit_code == 1
-    assert "fusion run ingest failed: RuntimeError: the catalog went away" in result.output
+    assert "fusion: run ingest failed: RuntimeError: the catalog went away" in result.output
     assert ("Traceback" in result.output) is debug
 
 
@@ -66,5 +66,5 @@ def test_an_unreachable_catalog_fails_before_prefect_starts(tmp_path):
     assert result.returncode == 1
     assert "prefect" not in result.stderr.lower() and "Traceback" not in result.stderr
     (line,) = _lines(result.stderr)
-    assert line.startswith("fusion run ingest failed: OperationalError: connection failed")
+    assert line.startswith("fusion: run ingest failed: OperationalError: connection failed")
     assert time.monotonic() - started < 60

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner
@@ -82,7 +83,7 @@ def test_read_commands_open_an_existing_store_only(tmp_path):
     for command in (["runs"], ["show", "latest"], ["predictions", "--run", "latest"], ["images"]):
         result = fusion(*command, "--store", str(tmp_path / "typo"))
         assert result.returncode == 1, command
-        assert one_line(result).startswith(f"no Fusion store at {tmp_path / 'typo'}")
+        assert one_line(result).startswith(f"fusion: no Fusion store at {tmp_path / 'typo'}")
     assert not (tmp_path / "typo").exists()
 
 
@@ -93,7 +94,7 @@ def test_unknown_runs_and_models_exit_1_with_the_closest_match(built):
     assert one_line(typo).endswith("did you mean 20261130-020000-aaaaaa? (see `fusion runs`)")
     for command in (["clusters", "--run", "nosuch"], ["show", "nosuch"], ["report", "nosuch"]):
         result = fusion(*command, *store)
-        assert result.returncode == 1 and one_line(result).startswith("no run 'nosuch'"), command
+        assert result.returncode == 1 and one_line(result).startswith("fusion: no run 'nosuch'"), command
     no_infer = fusion("predictions", "--run", built["train"], *store)
     assert no_infer.returncode == 1 and "has no completed infer stage" in one_line(no_infer)
     model = fusion("models", "promote", "9", *store)
@@ -118,7 +119,7 @@ def test_unknown_labels_splits_and_clusters_exit_1_with_the_closest(built):
                                                                   f"{built['nightly']} (known: 0, 1)"}
     for command, says in asked.items():
         result = CliRunner().invoke(app, [*command, *store])
-        assert result.exit_code == 1 and result.output.strip().startswith(says), (command, result.output)
+        assert result.exit_code == 1 and result.output.strip().startswith(f"fusion: {says}"), (command, result.output)
     known = CliRunner().invoke(app, ["predictions", "--run", "latest", "--label", "dog", *store, "-f", "json"])
     assert known.exit_code == 0 and {r["label"] for r in json.loads(known.output)} == {"dog"}
     assert len(json.loads(known.output)) == 3  # given dog; predicted dog for two of them
@@ -166,7 +167,7 @@ def test_runs_show_models_and_clusters_as_json_and_csv(built):
     summaries = json.loads(fusion("clusters", "--run", "latest", *store, "-f", "json").stdout)
     assert [(c["cluster"], c["top_label"]) for c in summaries] == [(0, "cat"), (1, "dog")]
     bad = fusion("runs", *store, "--format", "yaml")
-    assert bad.returncode == 2 and one_line(bad) == "--format 'yaml': choose table, json, csv, ids"
+    assert bad.returncode == 2 and one_line(bad) == "fusion: --format 'yaml': choose table, json, csv, ids"
     ids = {args: CliRunner().invoke(app, [*args, *store, "-f", "ids"]).output.split()
            for args in (("runs",), ("predictions", "--wrong"), ("models", "list"))}
     assert ids[("runs",)] == [built["train"], built["nightly"]] and ids[("models", "list")] == ["1"]
@@ -222,12 +223,12 @@ def test_export_writes_a_folder_tree_of_links_or_pngs(built):
 def test_run_checks_its_inputs_before_anything_starts(tmp_path):
     started = time.monotonic()
     missing = fusion("run", "ingest", "--source", str(tmp_path / "nope"), "--store", str(tmp_path / "store"))
-    assert missing.returncode == 2 and one_line(missing) == f"source '{tmp_path / 'nope'}' does not exist"
+    assert missing.returncode == 2 and one_line(missing) == f"fusion: source '{tmp_path / 'nope'}' does not exist"
     no_store = fusion("run", "preprocess", "--store", str(tmp_path / "store"))
-    assert no_store.returncode == 1 and one_line(no_store).startswith("no Fusion store at")
+    assert no_store.returncode == 1 and one_line(no_store).startswith("fusion: no Fusion store at")
     typo = fusion("run", "train", "--store", str(tmp_path / "store"), "--set", "train.epoch=3")
     assert typo.returncode == 2
-    assert one_line(typo) == "invalid configuration: train.epoch: no such setting; did you mean train.epochs?"
+    assert one_line(typo) == "fusion: invalid configuration: train.epoch: no such setting; did you mean train.epochs?"
     assert time.monotonic() - started < 15 and not (tmp_path / "store").exists()
 
 
@@ -237,6 +238,8 @@ def test_errors_are_one_line_unless_verbose(tmp_path):
     assert result.returncode == 1 and one_line(result).startswith("fusion: DatabaseError: ")
     verbose = fusion("-v", "runs", "--store", str(tmp_path))
     assert verbose.returncode == 1 and "Traceback" in verbose.stderr
+    misused = CliRunner().invoke(app, ["images", "--bogus"], prog_name="fusion")
+    assert misused.exit_code == 2 and misused.output == "fusion: No such option: --bogus (see fusion images -h)\n"
 
 
 def test_version_help_and_completion(built):
@@ -250,6 +253,12 @@ def test_version_help_and_completion(built):
     assert fusion(env=complete).stdout.split() == [built["train"], built["nightly"]]
     flows = fusion(env={**complete, "COMP_WORDS": "fusion run pre", "COMP_CWORD": "2"})
     assert flows.stdout.split() == ["preprocess"]
+    from flows.cli.app import complete_from, complete_label
+
+    ctx = SimpleNamespace(params={"store": built["root"], "config": None})
+    assert {"cat", "dog"} <= set(complete_label(ctx, "")) and complete_label(ctx, "do") == ["dog"]
+    assert complete_label(SimpleNamespace(params={"store": "/nowhere"}), "") == []
+    assert complete_from("train", "val", "test")("t") == ["train", "test"]
 
 
 def test_show_gives_the_ray_dashboard_while_a_run_lives(built, tmp_path):

@@ -109,6 +109,14 @@ def test_workers_judged_on_fusion_code_tensorflow_and_gpus():
     assert lost[0].status == FAIL and "10.0.0.3" in lost[0].detail
 
 
+def test_a_local_probe_that_dies_says_so():
+    from fusion_core.tools.doctor.cluster import _local_report
+
+    died = subprocess.Popen([sys.executable, "-c", "import sys; print('partial'); sys.exit(3)"],
+                            stdout=subprocess.PIPE, text=True)
+    assert _local_report(died) == {"node": "this machine", "error": "Python exited with code 3 before it reported"}
+
+
 def test_fusion_identity_is_the_version_and_a_hash_of_the_code():
     from fusion_core.data.runs import code_version
 

@@ -62,7 +62,7 @@ def test_a_full_disk_fails_the_run_with_one_line_and_a_rerun_completes(tmp_path,
         assert full.returncode == 1, full.stderr[-3000:]
         assert "Traceback" not in full.stderr
         assert "Encountered exception during execution" in full.stderr  # Prefect's own line, kept
-        (failed,) = [line for line in _lines(full.stderr) if line.startswith("fusion run ingest failed: ")]
+        (failed,) = [line for line in _lines(full.stderr) if line.startswith("fusion: run ingest failed: ")]
         assert "No space left on device" in failed and "Retry" not in full.stderr  # a full disk is not retried
         assert _images(store, catalog) == 0  # nothing committed
         found = check_store(Store(str(store), catalog))
@@ -134,7 +134,7 @@ def test_a_catalog_that_goes_away_mid_run_fails_it_and_a_rerun_completes(tmp_pat
     _, err = proc.communicate(timeout=900)
     assert proc.returncode == 1, err[-3000:]
     assert "Traceback" not in err
-    assert [line for line in _lines(err) if line.startswith("fusion run ingest failed: ")] != []
+    assert [line for line in _lines(err) if line.startswith("fusion: run ingest failed: ")] != []
 
     switch(True)
     assert _images(store, url) == 0  # nothing committed

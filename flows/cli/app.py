@@ -15,17 +15,39 @@ import typer
 from typer.core import TyperGroup
 
 from flows.terminal import FORMATS
-from fusion_core.config import ConfigError, Settings, load_settings, parse_overrides
+from fusion_core.config import ConfigError, Settings, load_settings, parse_overrides, profile_names
 from fusion_core.errors import one_line
 from fusion_core.store import Store, StoreNotFoundError
 
+ERROR_PREFIX = "fusion: "  # every error line starts with it: usage errors, failed runs, names that do not exist
+
+
 class InOrder(TyperGroup):
-    """Lists the commands in ``order`` (flows.cli sets it), command groups such as ``models`` among them."""
+    """Lists the commands in ``order`` (flows.cli sets it), command groups such as ``models`` among them; a
+    command used wrongly ends with one line, as every other error does."""
 
     order: list[str] = []
 
     def list_commands(self, ctx) -> list[str]:
         return sorted(super().list_commands(ctx), key=lambda n: self.order.index(n) if n in self.order else 99)
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.TyperException as err:  # Typer's own Click's errors: usage, a bad value, help for no arguments
+            if type(err).__name__ == "NoArgsIsHelpError":  # the help is printed as the message is formatted
+                err.format_message()
+                sys.exit(err.exit_code)
+            command = getattr(getattr(err, "ctx", None), "command_path", None)
+            hint = f" (see {command} -h)" if command else ""
+            typer.secho(f"{ERROR_PREFIX}{err.format_message()}{hint}", fg=typer.colors.RED, err=True)
+            sys.exit(err.exit_code)
+        except typer.Abort:
+            typer.secho(f"{ERROR_PREFIX}aborted", fg=typer.colors.RED, err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 app = typer.Typer(cls=InOrder, add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -38,20 +60,42 @@ FORMAT_HELP = "table, json, csv or ids (one id per line); all but table print ev
 state = {"debug": False, "quiet": False}  # set by the --debug and --quiet options
 
 
+def _completed_store(ctx: typer.Context) -> Store:
+    return Store.open_existing(load_settings(ctx.params.get("config"), _overrides(ctx.params.get("store"))))
+
+
 def complete_run(ctx: typer.Context, incomplete: str) -> list[str]:
     """Shell completion of run ids: ``latest`` and the newest runs of the store named so far."""
     try:
-        store = Store.open_existing(load_settings(ctx.params.get("config"), _overrides(ctx.params.get("store"))))
-        ids = ["latest"] + [r["run_id"] for r in store.list_runs(50)]
+        ids = ["latest"] + [r["run_id"] for r in _completed_store(ctx).list_runs(50)]
     except Exception:  # completion must never fail loudly
         ids = ["latest"]
     return [i for i in ids if i.startswith(incomplete)]
 
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="profile name (smoke, local, cluster) or YAML file")
+def complete_label(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Shell completion of labels: those given or predicted in the newest predictions of the store named so far."""
+    try:
+        store = _completed_store(ctx)
+        run = store.results_run(store.find_run("latest", "infer")["run_id"], "infer")
+        labels = {v for column in ("label", "predicted") for v in store.distinct_results("predictions", run, column)}
+    except Exception:  # completion must never fail loudly
+        labels = set()
+    return sorted(v for v in labels if v.startswith(incomplete))
+
+
+def complete_from(*values: str):
+    """Shell completion of an option whose values are a closed set."""
+    def complete(incomplete: str) -> list[str]:
+        return [v for v in values if v.startswith(incomplete)]
+    return complete
+
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="profile name (smoke, local, cluster) or YAML file",
+                         autocompletion=complete_from(*profile_names()))
 StoreOpt = typer.Option(None, "--store", help="store root (folder or object-store URI)")
 SetOpt = typer.Option([], "--set", help="override a setting: SECTION.KEY=VALUE (repeatable)")
-FormatOpt = typer.Option("table", "--format", "-f", help=FORMAT_HELP)
+FormatOpt = typer.Option("table", "--format", "-f", help=FORMAT_HELP, autocompletion=complete_from(*FORMATS))
 LimitOpt = typer.Option(None, "--limit", min=1, help="rows to print (table default: 20)")
 RunOpt = typer.Option("latest", "--run", help="run id, or latest: the newest with this stage (see fusion runs)",
                       autocompletion=complete_run)
@@ -88,14 +132,14 @@ def main() -> None:
     except Exception as err:
         if state["debug"]:
             traceback.print_exception(err)
-        typer.secho(f"fusion: {one_line(err)}", fg=typer.colors.RED, err=True)
+        typer.secho(f"{ERROR_PREFIX}{one_line(err)}", fg=typer.colors.RED, err=True)
         sys.exit(1)
 
 
 def fail(message: str, code: int = 2) -> None:
     """End the command with one red line on stderr: exit code 2 for a command used wrongly, 1 for a name
     that does not exist."""
-    typer.secho(message, fg=typer.colors.RED, err=True)
+    typer.secho(f"{ERROR_PREFIX}{message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 
 

@@ -11,7 +11,8 @@ from typing import Optional
 
 import typer
 
-from flows.cli.app import ConfigOpt, FormatOpt, LimitOpt, SetOpt, StoreOpt, check_format, fail, image_ids, open_store
+from flows.cli.app import (ConfigOpt, FormatOpt, LimitOpt, SetOpt, StoreOpt, check_format, complete_label, fail,
+                           image_ids, open_store)
 from flows.cli.query import print_rows, with_paths
 from fusion_core.store import Store
 
@@ -38,7 +39,8 @@ def exclude(images: list[str] = typer.Argument(..., help="image ids, id prefixes
 
 
 def relabel(image: str = typer.Argument(..., help="image id, id prefix (6+ characters) or source path"),
-            label: str = typer.Argument(..., help="the correct label"), reason: Optional[str] = ReasonOpt,
+            label: str = typer.Argument(..., help="the correct label", autocompletion=complete_label),
+            reason: Optional[str] = ReasonOpt,
             store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt, sets: list[str] = SetOpt) -> None:
     """Correct an image's label from the next training run on.
 
@@ -112,19 +114,19 @@ def _read_review(catalog: Store, file: Path) -> list[dict]:
         with open(file, newline="") as fh:
             lines = list(csv.DictReader(fh))
     except OSError as err:
-        fail(f"fusion review: cannot read {file}: {err.strerror}", 1)
+        fail(f"cannot read {file}: {err.strerror}", 1)
     if lines and not {"image", "action"} <= set(lines[0]):
-        fail(f"fusion review: {file} needs the columns image and action (and label for relabel); it has "
+        fail(f"{file} needs the columns image and action (and label for relabel); it has "
              f"{', '.join(lines[0])}")
     rows = []
     for number, line in enumerate(lines, start=2):
         where = f"{file.name} line {number}: "
         action, label = (line.get("action") or "").strip(), (line.get("label") or "").strip() or None
         if action not in REVIEW_ACTIONS:
-            fail(f"fusion review: {where}action {action!r}; choose {', '.join(REVIEW_ACTIONS)}")
+            fail(f"{where}action {action!r}; choose {', '.join(REVIEW_ACTIONS)}")
         if action == "relabel":
             if not label:
-                fail(f"fusion review: {where}relabel needs a label")
+                fail(f"{where}relabel needs a label")
             _check_label(catalog, "fusion review", label, where)
         rows.append({"image_id": _image_id(catalog, "fusion review", (line["image"] or "").strip(), where),
                      "action": action, "label": label if action == "relabel" else None,

@@ -79,11 +79,11 @@ def similar(image: str = typer.Argument(..., help="a stored image (id, id prefix
     query = stored_embedding(catalog, predictions, ids[0]) if len(ids) == 1 else None
     if query is None:
         if not os.path.isfile(image):
-            fail(f"fusion similar: no image {image!r} in run {run}'s predictions, and no such file", 1)
+            fail(f"no image {image!r} in run {run}'s predictions, and no such file", 1)
         try:
             query = file_embedding(settings_for(config, store, sets)[0], catalog, predictions,
                                    Path(image).read_bytes())
         except ValueError as err:
-            fail(f"fusion similar: {image}: {err}")
+            fail(f"{image}: {err}")
     rows = nearest(catalog, predictions, query, k, skip=ids[0] if len(ids) == 1 else None)
     print_rows(with_paths(catalog, rows), fmt, ["similarity", "path", "label", "predicted", "split", "image"], k)

@@ -102,7 +102,7 @@ def _require_versions(catalog: Store, action: str, versions: list[int]) -> None:
     known = [m["version"] for m in catalog.list_models()]
     for version in versions:
         if version not in known:
-            fail(f"fusion models {action}: no model version {version}; "
+            fail(f"models {action}: no model version {version}; "
                  + (f"versions are {known[0]}-{known[-1]}" if known else "no models yet (run train)"), 1)
 
 
@@ -118,7 +118,7 @@ def _change_champion(catalog: Store, action: str, version: int | None, force: bo
         version, was = change_champion(catalog, action, version, margin=train.promote_margin,
                                        alpha=train.promote_alpha, force=force, reason=reason, actor=getpass.getuser())
     except LookupError as err:
-        fail(f"fusion models {action}: {err}", 1)
+        fail(f"models {action}: {err}", 1)
     except PromotionRefused as err:
         fail(str(err) if action == "promote" and not force else f"fusion models {action}: {err}")
     typer.echo(f"model v{version} is now champion"
@@ -133,7 +133,7 @@ def _compare_models(catalog: Store, a: int, b: int, pixels_version: int | None) 
     try:
         pixels = catalog.require_version("pixels", pixels_version or model_b["dataset_version"])
     except LookupError as err:
-        fail(f"fusion models compare: {err}; name one with --pixels", 1)
+        fail(f"models compare: {err}; name one with --pixels", 1)
     try:
         result = compare_models(catalog, model_a, model_b, pixels)
     except ValueError as err:

@@ -7,12 +7,14 @@ from typing import Optional
 
 import typer
 
-from flows.cli.app import (ConfigOpt, FormatOpt, LimitOpt, RunOpt, SetOpt, StoreOpt, check_format, complete_run, fail,
-                           find_run, image_ids, open_store, require_known)
+from flows.cli.app import (ConfigOpt, FormatOpt, LimitOpt, RunOpt, SetOpt, StoreOpt, check_format, complete_from,
+                           complete_label, complete_run, fail, find_run, image_ids, open_store, require_known)
 from flows.terminal import TABLE_ROWS, as_json, describe_run, export_rows, render, table_lines
 from fusion_core.store import Store
+from fusion_core.tools.browse import GROUPS
 
 OutOpt = typer.Option(None, "--out", help="also export all matching rows to a .csv or .parquet file")
+SPLITS = ("train", "val", "test")
 PathOpt = typer.Option(None, "--path", help="only images with a source path matching this glob (* and ?)")
 
 
@@ -91,8 +93,10 @@ def show(run_id: str = typer.Argument("latest", help="run id or latest", autocom
 
 
 def predictions(run: str = RunOpt,
-                label: Optional[str] = typer.Option(None, "--label", help="only images given this label"),
-                predicted: Optional[str] = typer.Option(None, "--predicted", help="only images predicted as this"),
+                label: Optional[str] = typer.Option(None, "--label", help="only images given this label",
+                                                    autocompletion=complete_label),
+                predicted: Optional[str] = typer.Option(None, "--predicted", help="only images predicted as this",
+                                                        autocompletion=complete_label),
                 wrong: bool = typer.Option(False, "--wrong", help="only labelled images predicted as another label"),
                 min_confidence: float = typer.Option(0.0, "--min-confidence", min=0.0, max=1.0),
                 path: Optional[str] = PathOpt, out: Optional[Path] = OutOpt, limit: Optional[int] = LimitOpt,
@@ -154,8 +158,9 @@ def clusters(run: str = RunOpt,
         typer.echo(f"exported {len(assignments)} assignments to {out}", err=fmt != "table")
 
 
-def images(label: Optional[str] = typer.Option(None, "--label", help="only this label"),
-           split: Optional[str] = typer.Option(None, "--split", help="only this split: train, val or test"),
+def images(label: Optional[str] = typer.Option(None, "--label", help="only this label", autocompletion=complete_label),
+           split: Optional[str] = typer.Option(None, "--split", help="only this split: train, val or test",
+                                               autocompletion=complete_from(*SPLITS)),
            imputed: bool = typer.Option(False, "--imputed", help="only images with missing pixels (imputed by "
                                                                   "preprocess)"),
            path: Optional[str] = PathOpt,
@@ -180,7 +185,7 @@ def images(label: Optional[str] = typer.Option(None, "--label", help="only this 
         dataset = catalog.require_version("images", input_version(catalog, "fusion images", "images", version))
     except LookupError as err:
         fail(str(err), 1)
-    require_known("--split", split, ["train", "val", "test"], "the splits")
+    require_known("--split", split, list(SPLITS), "the splits")
     require_known("--label", label, labels_of(catalog, [s["path"] for s in dataset["shards"]]),
                   f"the labels of images v{dataset['version']}")
     found = list_images(catalog, dataset, label, split, imputed, path)
@@ -197,7 +202,8 @@ def images(label: Optional[str] = typer.Option(None, "--label", help="only this 
 
 
 def export(out: Path = typer.Argument(..., help="a new or empty folder"), run: str = RunOpt,
-           by: str = typer.Option("predicted", "--by", help="group by predicted label or cluster"),
+           by: str = typer.Option("predicted", "--by", help="group by predicted label or cluster",
+                                  autocompletion=complete_from(*GROUPS)),
            copy: bool = typer.Option(False, "--copy", help="write the stored images as PNG files instead of "
                                                            "linking to the source files"),
            store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt, sets: list[str] = SetOpt) -> None:
@@ -208,11 +214,11 @@ def export(out: Path = typer.Argument(..., help="a new or empty folder"), run: s
 
     Example: fusion export ./by-label --run latest, or fusion export ./by-cluster --run latest --by cluster
     """
-    from fusion_core.tools.browse import GROUPS, export_tree
+    from fusion_core.tools.browse import export_tree
     from fusion_core.tools.inputs import input_version
 
     if by not in GROUPS:
-        fail(f"fusion export: --by {by!r}; choose {' or '.join(GROUPS)}")
+        fail(f"--by {by!r}: choose {' or '.join(GROUPS)}")
     catalog = open_store(config, store, sets)
     stage = GROUPS[by][2]
     source_run = catalog.results_run(find_run(catalog, run, stage)["run_id"], stage)
@@ -227,7 +233,8 @@ def export(out: Path = typer.Argument(..., help="a new or empty folder"), run: s
 
 def image(ref: str = typer.Argument(..., help="an image id, a prefix of one (6+ characters) or a source path"),
           store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt, sets: list[str] = SetOpt,
-          fmt: str = typer.Option("table", "--format", "-f", help="table or json")) -> None:
+          fmt: str = typer.Option("table", "--format", "-f", help="table or json",
+                                  autocompletion=complete_from("table", "json"))) -> None:
     """Where an image came from and what every run made of it (its lineage).
 
     Example: fusion image photos/cat.jpg, or fusion image 3fa2c1 --format json | jq '.predictions[0]'
@@ -239,9 +246,9 @@ def image(ref: str = typer.Argument(..., help="an image id, a prefix of one (6+ 
     catalog = open_store(config, store, sets)
     ids = image_ids(catalog, ref)
     if not ids:
-        fail(f"fusion image: no stored image {ref!r} (an id, a prefix of 6+ characters, or a source path)", 1)
+        fail(f"no stored image {ref!r} (an id, a prefix of 6+ characters, or a source path)", 1)
     if len(ids) > 1:
-        fail(f"fusion image: {ref!r} names {len(ids)} images ({', '.join(i[:12] for i in ids[:5])}"
+        fail(f"{ref!r} names {len(ids)} images ({', '.join(i[:12] for i in ids[:5])}"
              f"{', ...' if len(ids) > 5 else ''}); give more of the id")
     found = image_lineage(catalog, ids[0])
     if fmt == "json":

@@ -3,6 +3,7 @@ and the doctor."""
 
 from __future__ import annotations
 
+import logging
 import os
 import traceback
 from functools import partial
@@ -11,8 +12,8 @@ from typing import Optional
 
 import typer
 
-from flows.cli.app import (FLOWS, ConfigOpt, SetOpt, StoreOpt, complete_run, fail, find_run, settings_for,
-                           setup_logging, state)
+from flows.cli.app import (ERROR_PREFIX, FLOWS, ConfigOpt, SetOpt, StoreOpt, complete_from, complete_run, fail,
+                           find_run, settings_for, setup_logging, state)
 from flows.prefect_server import ServerStartError, prefect_api, start_server, stop_server
 from flows.terminal import describe_run
 from fusion_core import uri
@@ -33,7 +34,7 @@ def _run_flow(name: str, source: str | None, settings: Settings, config: str | N
     with one line (and the traceback with --debug)."""
     if name in ("ingest", "nightly"):
         if not source:
-            fail(f"fusion run {name}: --source is required")
+            fail(f"run {name}: --source is required")
         source = _source(source)
     store = _writable_store(name, settings)
     if name in STAGE_INPUTS:
@@ -103,7 +104,7 @@ def _run_failed(name: str, err: Exception) -> None:
     """End the command with one line, exit code 1; the run is recorded as failed (store and Prefect)."""
     if state["debug"]:
         traceback.print_exception(err)
-    typer.secho(f"fusion run {name} failed: {one_line(err)}", fg=typer.colors.RED, err=True)
+    typer.secho(f"{ERROR_PREFIX}run {name} failed: {one_line(err)}", fg=typer.colors.RED, err=True)
     raise typer.Exit(1)
 
 
@@ -199,7 +200,8 @@ def serve(source: str = typer.Option(..., "--source", help=SOURCE_HELP),
 
 
 def doctor(config: Optional[str] = ConfigOpt, store: Optional[str] = StoreOpt, sets: list[str] = SetOpt,
-           fmt: str = typer.Option("text", "--format", "-f", help="text or json")) -> None:
+           fmt: str = typer.Option("text", "--format", "-f", help="text or json",
+                                   autocompletion=complete_from("text", "json"))) -> None:
     """Check what a run needs: Prefect, store, catalog, Ray and its workers.
 
     Versions are checked too. Exit code 0 when no check failed, 1 otherwise.
@@ -213,8 +215,10 @@ def doctor(config: Optional[str] = ConfigOpt, store: Optional[str] = StoreOpt, s
     from fusion_core.tools.doctor import FAIL, WARN, run_checks, summary
 
     if fmt not in ("text", "json"):
-        fail(f"fusion doctor: unknown --format {fmt!r}; choose text or json")
+        fail(f"--format {fmt!r}: choose text or json")
     settings, _ = settings_for(config, store, sets)
+    if not state["debug"]:
+        logging.getLogger("ray").setLevel(logging.ERROR)  # its start-up lines would interleave with the checks
     api = get_current_settings().api
     colors = {FAIL: typer.colors.RED, WARN: typer.colors.YELLOW}
     checks = []

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,13 +15,29 @@ from fusion_core.config import Settings
 from fusion_core.tools.doctor.check import FAIL, INSTALL_HINT, PASS, WARN, WORKER_TIMEOUT_S, Check, one_line
 
 
-def ray_checks(settings: Settings) -> Iterator[Check]:
-    """Connect to (or start) Ray, then report its nodes and resources and what its workers import."""
-    import ray
+# Run by a child of this Python: what a local Ray's workers, which run the same Python, import.
+LOCAL_PROBE = ("import json; from fusion_core.tools.doctor.cluster import machine_report; "
+               "print(json.dumps(machine_report()))")
 
-    from fusion_core.ray_runtime import ensure_ray
 
-    address = settings.ray.address or os.environ.get("RAY_ADDRESS")
+def ray_address(settings: Settings) -> str | None:
+    """The Ray cluster runs connect to, or None: they start a local Ray."""
+    return settings.ray.address or os.environ.get("RAY_ADDRESS")
+
+
+def start_local_probe() -> subprocess.Popen:
+    """Start asking this machine's Python what it imports (``machine_report``), while the other checks run."""
+    return subprocess.Popen([sys.executable, "-c", LOCAL_PROBE], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+
+
+def ray_checks(settings: Settings, local_probe: subprocess.Popen | None = None) -> Iterator[Check]:
+    """Connect to (or start) Ray, then report its nodes and resources and what its workers import: asked of a
+    task on each node of a cluster, of ``local_probe`` (a ``start_local_probe``) for a local Ray."""
+    from fusion_core.ray_runtime import ensure_ray, import_ray
+
+    ray = import_ray()
+    address = ray_address(settings)
     if address and (unreachable := _unreachable(address)):
         yield Check("ray cluster", FAIL, f"cannot reach {address}: {unreachable}",
                     "start the cluster's head (`ray start --head`) or fix ray.address / RAY_ADDRESS")
@@ -38,8 +57,8 @@ def ray_checks(settings: Settings) -> Iterator[Check]:
         nodes = [n for n in ray.nodes() if n["Alive"]]
         resources = ray.cluster_resources()
         yield ray_resources(len(nodes), resources, settings)
-        yield from worker_checks(_probe_workers(ray, nodes), fusion_identity(), settings.train.use_gpu,
-                                 resources.get("GPU", 0))
+        reports = _probe_workers(ray, nodes) if local_probe is None else [_local_report(local_probe)]
+        yield from worker_checks(reports, fusion_identity(), settings.train.use_gpu, resources.get("GPU", 0))
     finally:
         if started_here:
             ray.shutdown()
@@ -119,10 +138,15 @@ def fusion_identity() -> dict:
 
 
 def worker_report() -> dict:
-    """Run on a Ray worker: its node, the Fusion it imports and what TensorFlow sees there."""
+    """Run on a Ray worker: its node and ``machine_report``."""
     import ray
 
-    report = {"node": ray.util.get_node_ip_address(), **fusion_identity()}
+    return {"node": ray.util.get_node_ip_address(), **machine_report()}
+
+
+def machine_report() -> dict:
+    """The Fusion this Python imports and what TensorFlow sees here."""
+    report = fusion_identity()
     try:
         import tensorflow as tf
 
@@ -131,6 +155,19 @@ def worker_report() -> dict:
     except Exception as err:
         report["tf_error"] = one_line(err)
     return report
+
+
+def _local_report(probe: subprocess.Popen) -> dict:
+    """The ``machine_report`` a ``start_local_probe`` printed, or why there is none."""
+    try:
+        out, _ = probe.communicate(timeout=WORKER_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        probe.kill()
+        return {"node": "this machine", "error": f"no answer within {WORKER_TIMEOUT_S:g} s"}
+    try:
+        return {"node": "this machine", **json.loads(out.strip().splitlines()[-1])}
+    except (ValueError, IndexError):
+        return {"node": "this machine", "error": f"Python exited with code {probe.returncode} before it reported"}
 
 
 def _probe_workers(ray, nodes: list[dict]) -> list[dict]:
