@@ -18,7 +18,7 @@ from ray.train.backend import Backend, BackendConfig
 
 @dataclass
 class TensorflowBackendConfig(BackendConfig):
-    """Pass as ``TensorflowTrainer(tensorflow_config=...)``."""
+    """Pass as ``DataParallelTrainer(backend_config=...)``: ``TensorflowTrainer`` without its import."""
 
     @property
     def backend_cls(self):

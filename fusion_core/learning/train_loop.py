@@ -1,6 +1,7 @@
 """What runs inside each Ray Train worker: build or restore the model under the strategy, feed it this worker's
-share of the rows epoch by epoch, and report a checkpoint (model and history) after every epoch.
-``fusion_core.stages.train`` is the driver side."""
+share of the rows epoch by epoch, report a checkpoint (model and history) after every epoch, and on rank 0 hand
+the best epoch's weights to ``config["finish"]`` (evaluation and registration: TensorFlow is loaded here
+already). ``fusion_core.stages.train`` is the driver side."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from fusion_core.learning.scoring import labelled_share, xy_arrays
 from fusion_core.recipes import Recipe
 
 STATE_FILE = "state.json"  # {"history": [per-epoch metrics]}, beside each checkpoint's model
+BEST_FILE = "best.npz"  # the best epoch's weights, in a checkpoint whose own epoch is not the best
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -41,7 +43,7 @@ def train_loop_per_worker(config: dict) -> None:
     tf.keras.utils.set_random_seed(config["seed"] + ctx.get_world_rank())
     # One worker needs no cross-worker strategy (which slows every step).
     strategy = tf.distribute.MultiWorkerMirroredStrategy() if ctx.get_world_size() > 1 else tf.distribute.get_strategy()
-    start_epoch, history = 0, []
+    start_epoch, history, best_weights = 0, [], None
     with strategy.scope():
         checkpoint = ray.train.get_checkpoint()
         if checkpoint:
@@ -50,6 +52,8 @@ def train_loop_per_worker(config: dict) -> None:
                 with open(os.path.join(path, STATE_FILE)) as fh:
                     history = json.load(fh)["history"]
                 start_epoch = history[-1]["epoch"] + 1
+                best_weights = (model.get_weights() if best_index(history) == len(history) - 1
+                                else list(np.load(os.path.join(path, BEST_FILE)).values()))
         else:
             model = build_model(recipe.model, tuple(config["shape"]), len(config["classes"]),
                                 config["learning_rate"], norm=config["norm"], recipe=recipe,
@@ -74,14 +78,23 @@ def train_loop_per_worker(config: dict) -> None:
                    "seconds": time.perf_counter() - started, "policy": policy,
                    "resumed_at": start_epoch}  # > 0 when this attempt resumed from a checkpoint
         history.append(metrics)
+        if best_index(history) == len(history) - 1:
+            best_weights = model.get_weights()
         with tempfile.TemporaryDirectory() as tmp:
             # Every rank saves (the strategy may need all of them); keras_v3 because Ray Train runs this
             # function in a thread where tf-keras would otherwise fall back to HDF5.
             model.save(os.path.join(tmp, MODEL_FILE), save_format="keras_v3")
             with open(os.path.join(tmp, STATE_FILE), "w") as fh:
                 json.dump({"history": history}, fh)
+            if best_index(history) != len(history) - 1:
+                np.savez(os.path.join(tmp, BEST_FILE), *best_weights)
             report_checkpoint = ray.train.Checkpoint.from_directory(tmp) if ctx.get_world_rank() == 0 else None
             ray.train.report(metrics, checkpoint=report_checkpoint)
+    if ctx.get_world_rank() == 0 and config.get("finish"):
+        finish, arguments = config["finish"]
+        if policy != "float32":
+            tf_keras.mixed_precision.set_global_policy("float32")  # the published model runs anywhere
+        finish(best_weights, history, **arguments)
 
 
 def recipe_callbacks(recipe: Recipe, steps_per_epoch: int) -> list:
@@ -180,12 +193,16 @@ def precision_policy(mixed: bool) -> str:
 
 
 
+def best_index(history: list[dict]) -> int:
+    """The index of the epoch with the highest validation accuracy (the first of equals)."""
+    return max(range(len(history)), key=lambda i: history[i]["val_accuracy"])
+
+
 def should_stop_early(history: list[dict], patience: int | None) -> bool:
     """True when validation accuracy has not improved for ``patience`` epochs (same on every rank)."""
     if not patience or len(history) <= patience:
         return False
-    best = max(range(len(history)), key=lambda i: history[i]["val_accuracy"])
-    return len(history) - 1 - best >= patience
+    return len(history) - 1 - best_index(history) >= patience
 
 
 def train_run_name(key: str, run_id: str, retrain: str) -> str:

@@ -8,9 +8,7 @@ driver. Each worker reads its own equal share of the labelled rows straight from
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import tempfile
 import time
 from dataclasses import replace
@@ -24,10 +22,9 @@ from fusion_core.data.runs import StageResult, code_version
 from fusion_core.imaging.quality import dhash, thumbnail, thumbnail_distance
 from fusion_core.learning import registry
 from fusion_core.learning.feed import epoch_steps, share_rows, whitening_filters
-from fusion_core.learning.registry import MODEL_FILE
 from fusion_core.learning.scoring import (class_names, comparison_rows, evaluate_against, labelled_counts,
                                           load_scorer, training_sample)
-from fusion_core.learning.train_loop import STATE_FILE, train_loop_per_worker, train_run_name
+from fusion_core.learning.train_loop import train_loop_per_worker, train_run_name
 from fusion_core.recipes import Recipe
 from fusion_core.store import Store
 from fusion_core.store.datasets import pixels_to_array, read_shard
@@ -80,6 +77,8 @@ def train_model(settings: Settings, store: Store, pixels_version: int, run_id: s
         # The code version is the driver's: the task may run on a node that got Fusion through runtime_env.
         model = ray.get(fit.remote(settings, store.reopen_args(), pixels, champion, decisions, key, run_id,
                                    code_version()))
+        if model is None:
+            raise RuntimeError(f"train: the training of run {run_id} ended without registering a model")
         promotion.append(registry.promote_if_better(store, model["version"], cfg.promote_margin, cfg.promote_alpha,
                                                     blocked))
         log.info("train: model v%d %s", model["version"], promotion[0])
@@ -97,9 +96,11 @@ def _fit_and_register_in_task(settings: Settings, store_args: tuple[str, str], p
 
 def _fit_and_register(settings: Settings, store: Store, pixels: dict, champion: dict | None, decisions: Decisions,
                       key: str, run_id: str, code: str) -> dict:
-    """Fit with Ray Train, publish the best checkpoint in float32, evaluate it and register it."""
+    """Fit with Ray Train; its rank-0 worker then publishes the best epoch in float32, evaluates it and registers
+    it (``_finish``), so that this process never imports TensorFlow."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.tensorflow import TensorflowTrainer
+    # TensorflowTrainer is this trainer with Ray's TensorFlow backend, whose import imports TensorFlow.
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
     from fusion_core.learning.tf_backend import TensorflowBackendConfig
     from fusion_core.ray_runtime import ensure_ray, remove_leftover_placement_groups
@@ -129,15 +130,23 @@ def _fit_and_register(settings: Settings, store: Store, pixels: dict, champion: 
     if recipe.model == "airbench" and recipe.whitening and not init_from:
         whitening = whitening_filters(training_sample(store, paths, classes, shape, decisions), norm).tolist()
     checkpoints_fs, checkpoints = uri.filesystem(store.path("checkpoints"))  # the store's endpoint, on every worker
-    trainer = TensorflowTrainer(
+    registration = {
+        "store_args": store.reopen_args(), "recipe": recipe.as_dict(), "shape": shape, "classes": classes,
+        "norm": norm, "champion": champion, "paths": paths, "decisions": decisions, "run_id": run_id, "key": key,
+        "dataset_version": pixels["version"],
+        "config": {**cfg.model_dump(), "resolved_recipe": recipe.as_dict(), "code_version": code,
+                   "input_shape": list(shape), "decisions": decisions.counts(), "decisions_digest": people.digest(),
+                   "initialised_from": f"champion v{init_from['version']}" if init_from else "scratch"}}
+    trainer = DataParallelTrainer(
         train_loop_per_worker,
-        tensorflow_config=TensorflowBackendConfig(),  # Ray Train's controller then never imports TensorFlow
+        backend_config=TensorflowBackendConfig(),  # Ray Train's controller then never imports TensorFlow
         train_loop_config={"recipe": recipe.as_dict(), "shape": list(shape), "classes": classes,
                            "learning_rate": rate, "seed": cfg.seed, "mixed_precision": cfg.mixed_precision,
                            "norm": norm, "batch_size_per_worker": batch, "steps_per_epoch": steps_per_epoch,
                            "jit_compile": cfg.jit_compile, "cache_data": cfg.cache_data, "store_root": store.root,
                            "shards": paths, "shares": shares, "decisions": decisions,
-                           "init_from": init_from and init_from["path"], "whitening": whitening},
+                           "init_from": init_from and init_from["path"], "whitening": whitening,
+                           "finish": (_finish, registration)},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=cfg.resources_per_worker,
                                      placement_strategy=cfg.placement_strategy),
@@ -149,23 +158,34 @@ def _fit_and_register(settings: Settings, store: Store, pixels: dict, champion: 
     )
     log.info("train: %s on %d worker(s), %d epochs max, batch %d per worker, learning rate %g",
              recipe.model, workers, recipe.epochs, batch, rate)
-    result = trainer.fit()
-    log.info("train: trained in %.0f s (from the stage's start)", time.perf_counter() - started)
-    with result.checkpoint.as_directory() as last:
-        with open(os.path.join(last, STATE_FILE)) as fh:
-            history = json.load(fh)["history"]
-    best = result.get_best_checkpoint(metric="val_accuracy", mode="max") or result.checkpoint
-    with best.as_directory() as ckpt, tempfile.TemporaryDirectory() as tmp:
-        model = _float32_copy(os.path.join(ckpt, MODEL_FILE), recipe, shape, classes, norm)
-        metrics = evaluate_against(store, model, champion, paths, classes, shape, decisions)
-        model_file = registry.save_model_file(model, tmp)
-        return registry.register_model(
-            store, model_file, classes, run_id=run_id, name=recipe.model, key=key, dataset_version=pixels["version"],
-            metrics={**metrics, "history": history},
-            config={**cfg.model_dump(), "resolved_recipe": recipe.as_dict(), "code_version": code,
-                    "input_shape": list(shape), "decisions": decisions.counts(),
-                    "decisions_digest": people.digest(),
-                    "initialised_from": f"champion v{init_from['version']}" if init_from else "scratch"})
+    trainer.fit()
+    log.info("train: trained and registered in %.0f s (from the stage's start)", time.perf_counter() - started)
+    return _registered(store, key, run_id)
+
+
+def _registered(store: Store, key: str, run_id: str) -> dict | None:
+    """The model this run registered for ``key``, or None."""
+    model = store.find_model(key)
+    return model if model is not None and model["run_id"] == run_id else None
+
+
+def _finish(weights: list[np.ndarray], history: list[dict], *, store_args: tuple[str, str], recipe: dict,
+            shape: tuple[int, int, int], classes: list[str], norm: dict | None, champion: dict | None,
+            paths: list[str], decisions: Decisions, run_id: str, key: str, dataset_version: int,
+            config: dict) -> None:
+    """On the rank-0 training worker once the epochs are done: the best epoch's ``weights`` in a float32 model,
+    scored against the champion on the holdout, published and registered as a challenger. A retried worker that
+    had registered it already leaves it as it is."""
+    store = Store(*store_args)
+    if _registered(store, key, run_id) is not None:
+        return
+    recipe = Recipe(**recipe)
+    model = _float32_copy(weights, recipe, shape, classes, norm)
+    metrics = evaluate_against(store, model, champion, paths, classes, shape, decisions)
+    with tempfile.TemporaryDirectory() as tmp:
+        registry.register_model(store, registry.save_model_file(model, tmp), classes, run_id=run_id,
+                                name=recipe.model, key=key, dataset_version=dataset_version,
+                                metrics={**metrics, "history": history}, config=config)
 
 
 def holdout_copies(store: Store, shards: list[str], shape: tuple[int, int, int], distance: float) -> frozenset[str]:
@@ -213,13 +233,14 @@ def _warm_start(init: str, champion: dict | None, model_name: str, classes: list
     return champion
 
 
-def _float32_copy(path: str, recipe: Recipe, shape: tuple[int, int, int], classes: list[str], norm: dict | None):
-    """The checkpoint's model rebuilt in float32, so that it runs on any machine whatever policy trained it,
-    with the recipe's test-time augmentation."""
-    from fusion_core.learning.model import build_model, load_model, published_model
+def _float32_copy(weights: list[np.ndarray], recipe: Recipe, shape: tuple[int, int, int], classes: list[str],
+                  norm: dict | None):
+    """A trained model's ``weights`` in a float32 model, so that it runs on any machine whatever policy trained
+    it, with the recipe's test-time augmentation."""
+    from fusion_core.learning.model import build_model, published_model
 
     model = build_model(recipe.model, shape, len(classes), norm=norm, recipe=recipe)
-    model.set_weights(load_model(path, compile=False).get_weights())
+    model.set_weights(weights)
     return published_model(model, recipe)
 
 
