@@ -29,6 +29,20 @@ def test_workers_flag_sets_train_num_workers(tmp_path):
     assert "train.num_workers" in result.output and "greater than or equal to 1" in result.output
 
 
+@pytest.mark.parametrize(("sets", "epochs"), [([], 20), (["--set", "train.epochs=3"], 3), (["-c", "smoke"], 2)])
+def test_the_demo_trains_its_own_epochs_where_the_settings_leave_them_to_the_recipe(tmp_path, monkeypatch,
+                                                                                  sets, epochs):
+    from flows.cli import running
+
+    trained = []
+    monkeypatch.setattr(running, "_run_flow", lambda flow, source, settings, *_: trained.append(
+        settings.train.epochs) or {"run_id": "r"})  # the run itself: test_demo_then_runs_show_and_models
+    monkeypatch.setattr(running, "_print_run", lambda *_: None)
+    result = CliRunner().invoke(app, ["demo", "--store", str(tmp_path / "store"), *sets, "--set",
+                                      f"demo.source={tmp_path / 'images'}", "--set", "demo.per_class=1"])
+    assert result.exit_code == 0 and trained == [epochs], result.output
+
+
 def test_unknown_flow_lists_the_flows():
     result = CliRunner().invoke(app, ["run", "bake"])
     assert result.exit_code == 2 and "nightly" in result.output

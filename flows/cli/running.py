@@ -132,6 +132,8 @@ def demo(config: Optional[str] = ConfigOpt, store: Optional[str] = StoreOpt,
 
     setup_logging()
     settings, overrides = settings_for(config, store, sets)
+    if settings.train.epochs is None:
+        settings, overrides = settings_for(config, store, [*sets, f"train.epochs={settings.demo.epochs}"])
     made = generate_demo_images(settings.demo.source, per_class=settings.demo.per_class, seed=settings.demo.seed)
     typer.echo(f"demo data: {made.images} images ({made.with_missing} with missing pixels, "
                f"{made.corrupt} corrupt files) in {Path(made.root).resolve()}")
