@@ -253,12 +253,13 @@ def test_version_help_and_completion(built):
     assert fusion(env=complete).stdout.split() == [built["train"], built["nightly"]]
     flows = fusion(env={**complete, "COMP_WORDS": "fusion run pre", "COMP_CWORD": "2"})
     assert flows.stdout.split() == ["preprocess"]
-    from flows.cli.app import complete_from, complete_label
+    from flows.cli.app import complete_from, complete_label, complete_version
 
     ctx = SimpleNamespace(params={"store": built["root"], "config": None})
     assert {"cat", "dog"} <= set(complete_label(ctx, "")) and complete_label(ctx, "do") == ["dog"]
     assert complete_label(SimpleNamespace(params={"store": "/nowhere"}), "") == []
     assert complete_from("train", "val", "test")("t") == ["train", "test"]
+    assert complete_version(ctx, "") == ["1"] and complete_version(ctx, "2") == []
 
 
 def test_show_gives_the_ray_dashboard_while_a_run_lives(built, tmp_path):

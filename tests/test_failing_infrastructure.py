@@ -87,7 +87,7 @@ def test_a_read_only_store_is_refused_before_any_work(tmp_path, demo_source, pre
         result = _fusion("run", "ingest", "--source", str(demo_source), "--store", str(root),
                          env=prefect_api_env, timeout=120)
         assert result.returncode == 2
-        assert _lines(result.stderr) == [f"the store root {root} is read-only (Read-only file system): Fusion "
+        assert _lines(result.stderr) == [f"fusion: the store root {root} is read-only (Read-only file system): Fusion "
                                          f"writes its shards, models and reports there"]
         assert time.monotonic() - started < 30
     assert _images(root) == 0

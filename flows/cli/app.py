@@ -84,6 +84,15 @@ def complete_label(ctx: typer.Context, incomplete: str) -> list[str]:
     return sorted(v for v in labels if v.startswith(incomplete))
 
 
+def complete_version(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Shell completion of model versions: those of the store named so far, newest first."""
+    try:
+        versions = [str(m["version"]) for m in sorted(_completed_store(ctx).list_models(), key=lambda m: -m["version"])]
+    except Exception:  # completion must never fail loudly
+        versions = []
+    return [v for v in versions if v.startswith(incomplete)]
+
+
 def complete_from(*values: str):
     """Shell completion of an option whose values are a closed set."""
     def complete(incomplete: str) -> list[str]:

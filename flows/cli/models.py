@@ -6,13 +6,14 @@ from typing import Optional
 
 import typer
 
-from flows.cli.app import ConfigOpt, FormatOpt, SetOpt, StoreOpt, check_format, fail, open_store, settings_for
+from flows.cli.app import (ConfigOpt, FormatOpt, SetOpt, StoreOpt, check_format, complete_version, fail, open_store,
+                           settings_for)
 from flows.terminal import render, table_lines
 from fusion_core.store import Store
 
 
 app = typer.Typer(name="models", context_settings={"help_option_names": ["-h", "--help"]})
-VersionArg = typer.Argument(..., help="a model version (see fusion models)")
+VersionArg = typer.Argument(..., help="a model version (see fusion models)", autocompletion=complete_version)
 
 
 @app.callback(invoke_without_command=True)
@@ -72,7 +73,7 @@ def promote(version: int = VersionArg,
 
 @app.command()
 def rollback(version: Optional[int] = typer.Argument(None, help="the version to go back to (default: the "
-                                                                "previous champion)"),
+                                                                "previous champion)", autocompletion=complete_version),
              store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt, sets: list[str] = SetOpt) -> None:
     """Go back to the previous champion, or to a named version.
 

@@ -508,7 +508,8 @@ def test_a_stopped_train_flow_resumes_from_its_last_checkpoint(trained, stage_st
     store = tmp_path / "store"
     copy_store(Store(stage_store), store)  # data and a first model, from the stage tests' store
     fusion = str(Path(sys.executable).with_name("fusion"))
-    args = [fusion, "run", "train", "-c", "smoke", "--store", str(store), "--set", "train.epochs=3",
+    # Epochs of these 120 images take well under a second: 8 of them leave the kill time to land mid-training.
+    args = [fusion, "run", "train", "-c", "smoke", "--store", str(store), "--set", "train.epochs=8",
             "--set", "train.seed=7"]
     env = prefect_api_env
     proc = subprocess.Popen(args, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
@@ -522,10 +523,10 @@ def test_a_stopped_train_flow_resumes_from_its_last_checkpoint(trained, stage_st
     proc.wait()
     assert registered >= 1, "training never checkpointed"
 
-    rerun = train_flow("smoke", {**_overrides(str(store)), "train.epochs": 3, "train.seed": 7})
+    rerun = train_flow("smoke", {**_overrides(str(store)), "train.epochs": 8, "train.seed": 7})
     model = Store(str(store)).get_model(rerun["outputs"]["model_version"])
     history = model["metrics"]["history"]
-    assert [h["epoch"] for h in history] == list(range(3))
+    assert [h["epoch"] for h in history] == list(range(8))
     assert history[-1]["resumed_at"] > 0  # the rerun started from the stopped run's checkpoint
 
 
