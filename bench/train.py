@@ -281,7 +281,8 @@ def main() -> None:
             elif part in ("ray1", "ray2"):
                 model, seconds = fusion_train(settings, store, pixels_version,
                                               {"recipe": "seed", "num_workers": int(part[-1])}, f"bench-{part}")
-                row.update({f"{part}_s": round(seconds, 1), f"{part}_acc": round(model["metrics"]["accuracy"], 4)})
+                row.update({f"{part}_s": round(seconds, 1), f"{part}_acc": round(model["metrics"]["accuracy"], 4),
+                            f"{part}_epochs_s": curve(model)[-1][0]})  # fit and validation inside the worker
                 if part == "ray1":
                     row.update({"seed_acc": row["ray1_acc"], "seed_s": row["ray1_s"]})
             elif part == "best":
