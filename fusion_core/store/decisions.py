@@ -85,10 +85,12 @@ class DecisionCatalog:
             return sum(conn.execute(decisions.delete().where(decisions.c.image_id.in_(chunk))).rowcount
                        for chunk in batched(list(image_ids), LOOKUP_CHUNK))
 
-    def decision_rows(self) -> list[dict]:
-        """Every decision in force, newest first."""
+    def decision_rows(self, image_id: str | None = None) -> list[dict]:
+        """Every decision in force (or the one about ``image_id``), newest first."""
+        query = sa.select(decisions).order_by(decisions.c.decided_at.desc(), decisions.c.image_id)
+        if image_id is not None:
+            query = query.where(decisions.c.image_id == image_id)
         with self.engine.connect() as conn:
-            query = sa.select(decisions).order_by(decisions.c.decided_at.desc(), decisions.c.image_id)
             return [dict(r._mapping) for r in conn.execute(query)]
 
     def decisions(self) -> Decisions:

@@ -19,7 +19,8 @@ import sqlalchemy as sa
 
 from fusion_core import uri
 from fusion_core.errors import one_line
-from fusion_core.store.common import now, redact
+from fusion_core.store.common import LOOKUP_CHUNK, now, redact
+from fusion_core.store.results import batched
 from fusion_core.store.tables import PATH_OUTPUTS, meta, run_stages, runs, writer_lease
 
 log = logging.getLogger(__name__)
@@ -212,17 +213,26 @@ class RunCatalog:
     def get_run(self, run_id: str) -> dict | None:
         """The run and its stages, or None; a run whose process is gone shows as ``abandoned``, and so does
         the stage it was in."""
+        found = self._with_stages(sa.select(runs).where(runs.c.run_id == run_id))
+        return found[0] if found else None
+
+    def list_runs_with_stages(self, limit: int) -> list[dict]:
+        """The newest ``limit`` runs with their stages, as ``get_run`` gives each, in two queries."""
+        return self._with_stages(sa.select(runs).order_by(runs.c.started_at.desc()).limit(limit))
+
+    def _with_stages(self, query) -> list[dict]:
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(runs).where(runs.c.run_id == run_id)).first()
-            if row is None:
-                return None
-            stages = [{**s._mapping, "outputs": self._outputs(s.outputs, self.located)}
-                      for s in conn.execute(sa.select(run_stages).where(
-                          run_stages.c.run_id == run_id).order_by(run_stages.c.started_at))]
-        run = _with_liveness(dict(row._mapping))
-        if run["status"] == "abandoned":
-            stages = [{**s, "status": "abandoned"} if s["status"] == "running" else s for s in stages]
-        return {**run, "stages": stages}
+            rows = [_with_liveness(dict(r._mapping)) for r in conn.execute(query)]
+            stages: dict[str, list[dict]] = {r["run_id"]: [] for r in rows}
+            for chunk in batched(list(stages), LOOKUP_CHUNK):
+                for s in conn.execute(sa.select(run_stages).where(run_stages.c.run_id.in_(chunk))
+                                      .order_by(run_stages.c.started_at)):
+                    stages[s.run_id].append({**s._mapping, "outputs": self._outputs(s.outputs, self.located)})
+        for run in rows:
+            if run["status"] == "abandoned":
+                stages[run["run_id"]] = [{**s, "status": "abandoned"} if s["status"] == "running" else s
+                                         for s in stages[run["run_id"]]]
+        return [{**run, "stages": stages[run["run_id"]]} for run in rows]
 
     def find_run(self, ref: str, stage: str | None = None) -> dict:
         """The run ``ref`` names, with its stages: a run id or ``latest`` (the newest run; with ``stage``, the

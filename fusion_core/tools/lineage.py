@@ -12,7 +12,7 @@ def image_lineage(store: Store, image_id: str) -> dict:
     """Everything the store knows about one image: its source paths, its row in the newest ``images``
     version (label, split, size, the fraction of missing pixels that preprocess imputes), its predictions,
     cluster assignments and mining findings in every run (newest first), and people's decision about it."""
-    decision = [d for d in store.decision_rows() if d["image_id"] == image_id]
+    decision = store.decision_rows(image_id)
     return {"image_id": image_id, "sources": store.sources_of([image_id]).get(image_id, []),
             "stored": _stored_row(store, image_id),
             "predictions": [{k: r[k] for k in ("run_id", "model_version", "label", "predicted", "confidence",

@@ -12,12 +12,13 @@ INDEX_RUNS = 200  # the newest runs the index lists
 TRENDS_FILE = "trends.png"
 
 
-def run_figures(store: Store, run: dict) -> dict:
-    """A run's row of the index: when, what, how it ended, how long, and its headline figures."""
+def run_figures(run: dict, models: dict[int, dict]) -> dict:
+    """A run's row of the index: when, what, how it ended, how long, and its headline figures (``models``: the
+    store's models by version)."""
     stages = {s["stage"]: s for s in run["stages"] if s["status"] == "completed"}
     ingest = stages.get("ingest", {}).get("counts") or {}
     train = stages.get("train", {}).get("outputs") or {}
-    model = store.get_model(train["model_version"]) if train.get("model_version") else None
+    model = models.get(train.get("model_version"))
     finished = run.get("finished_at")
     return {"run": run["run_id"], "started (UTC)": f"{run['started_at']:%Y-%m-%d %H:%M}", "flow": run["flow"],
             "status": run["status"], "seconds": (finished - run["started_at"]).total_seconds() if finished else None,
@@ -31,9 +32,9 @@ def run_figures(store: Store, run: dict) -> dict:
 def write_runs_index(store: Store, report_dir: str, current: dict) -> str:
     """Write ``<report_dir>/index.html`` (and its trends figure) over the newest runs; ``current`` is the run
     being reported on, as its report sees it (its status known before the catalog's). Returns the page's path."""
-    runs = [current if r["run_id"] == current["run_id"] else store.get_run(r["run_id"])
-            for r in store.list_runs(INDEX_RUNS)]
-    rows = [run_figures(store, run) for run in runs]
+    runs = [current if r["run_id"] == current["run_id"] else r for r in store.list_runs_with_stages(INDEX_RUNS)]
+    models = {m["version"]: m for m in store.list_models()}
+    rows = [run_figures(run, models) for run in runs]
     reported = {run["run_id"] for run in runs if any(s["stage"] == "report" and s["status"] == "completed"
                                                      for s in run["stages"])} | {current["run_id"]}
     nightly = [row for row in reversed(rows) if row["flow"] == "nightly" and row["status"] == "completed"]
