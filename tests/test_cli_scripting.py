@@ -123,6 +123,11 @@ def test_unknown_labels_splits_and_clusters_exit_1_with_the_closest(built):
     known = CliRunner().invoke(app, ["predictions", "--run", "latest", "--label", "dog", *store, "-f", "json"])
     assert known.exit_code == 0 and {r["label"] for r in json.loads(known.output)} == {"dog"}
     assert len(json.loads(known.output)) == 3  # given dog; predicted dog for two of them
+    least = CliRunner().invoke(app, ["predictions", "--sort", "uncertain", *store, "-f", "json"])
+    confidences = [r["confidence"] for r in json.loads(least.output)]
+    assert least.exit_code == 0 and confidences == sorted(confidences) and len(set(confidences)) > 1
+    unsorted = CliRunner().invoke(app, ["predictions", "--sort", "size", *store])
+    assert unsorted.exit_code == 2 and "choose confidence, uncertain, label, predicted" in unsorted.output
     wrong = CliRunner().invoke(app, ["predictions", "--wrong", *store, "-f", "json"])
     assert sorted((r["label"], r["predicted"]) for r in json.loads(wrong.output)) == [("cat", ".."),
                                                                                      ("dog", "cat/dog")]

@@ -15,6 +15,9 @@ from fusion_core.tools.browse import GROUPS
 
 OutOpt = typer.Option(None, "--out", help="also export all matching rows to a .csv or .parquet file")
 SPLITS = ("train", "val", "test")
+PREDICTION_ORDERS = {"confidence": ("-confidence", "image_id"), "uncertain": ("confidence", "image_id"),
+                     "label": ("label", "-confidence", "image_id"),
+                     "predicted": ("predicted", "-confidence", "image_id")}
 PathOpt = typer.Option(None, "--path", help="only images with a source path matching this glob (* and ?)")
 
 
@@ -99,6 +102,9 @@ def predictions(run: str = RunOpt,
                                                         autocompletion=complete_label),
                 wrong: bool = typer.Option(False, "--wrong", help="only labelled images predicted as another label"),
                 min_confidence: float = typer.Option(0.0, "--min-confidence", min=0.0, max=1.0),
+                sort: str = typer.Option("confidence", "--sort", autocompletion=complete_from(*PREDICTION_ORDERS),
+                                         help="confidence (most confident first), uncertain (least first), "
+                                              "label or predicted"),
                 path: Optional[str] = PathOpt, out: Optional[Path] = OutOpt, limit: Optional[int] = LimitOpt,
                 store: Optional[str] = StoreOpt, config: Optional[str] = ConfigOpt,
                 sets: list[str] = SetOpt, fmt: str = FormatOpt) -> None:
@@ -107,6 +113,8 @@ def predictions(run: str = RunOpt,
     Example: fusion predictions --label cat --wrong --path '*/2024/*' --format json | jq -r '.[].path'
     """
     check_format(fmt)
+    if sort not in PREDICTION_ORDERS:
+        fail(f"--sort {sort!r}: choose {', '.join(PREDICTION_ORDERS)}")
     catalog = open_store(config, store, sets)
     source_run = catalog.results_run(find_run(catalog, run, "infer")["run_id"], "infer")
     given = catalog.distinct_results("predictions", source_run, "label")
@@ -116,7 +124,7 @@ def predictions(run: str = RunOpt,
     equal = {column: value for column, value in (("label", label), ("predicted", predicted)) if value}
     rows = catalog.select_results("predictions", source_run, equal=equal, at_least={"confidence": min_confidence},
                                   differ=("label", "predicted") if wrong else None, path_glob=path,
-                                  order_by=("-confidence", "image_id"), limit=None if out or fmt == "table" else limit)
+                                  order_by=PREDICTION_ORDERS[sort], limit=None if out or fmt == "table" else limit)
     columns = ["path", "label", "predicted", "confidence", "top_k", "split", "model_version", "image"]
     print_rows(with_paths(catalog, rows), fmt, columns, limit, out)
 
