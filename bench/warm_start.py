@@ -76,7 +76,9 @@ def main() -> None:
         yesterday_n = yesterday_folder(today, work / "yesterday", args.fraction)
         for seed in range(args.seeds):
             runs.append(one_seed(seed, work, today, args))
-            print(f"seed {seed}: warm start {runs[-1]['speedup']}x", flush=True)
+            speedup = runs[-1]["speedup"]
+            print(f"seed {seed}: warm start " + (f"{speedup}x faster" if speedup else "never reached the cold start"),
+                  flush=True)
 
     speedups = [r["speedup"] for r in runs if r["speedup"]]
     result = {"recipe": args.recipe, "epochs": args.epochs, "yesterday_images": yesterday_n, "seeds": runs,
@@ -90,8 +92,9 @@ def main() -> None:
             curve = " ".join(f"{h['val_accuracy']:.3f}" for h in r[name]["history"])
             print(f"{r['seed']:<5} {name:<10} {r[name]['initialised_from']:<14} {curve:<62} "
                   f"{r[name]['holdout_accuracy']:>8.4f} {sum(h['seconds'] for h in r[name]['history']):>8.0f}")
-    print(f"\nwarm start reaches the cold start's final val accuracy {result['speedup_mean']}x faster on average "
-          f"(at least {result['speedup_min']}x); the champion's own training took {result['champion_train_s_mean']} s")
+    print(f"\nwarm start reached the cold start's final val accuracy in {len(speedups)} of {len(runs)} seeds, "
+          f"{result['speedup_mean']}x faster on average there (at least {result['speedup_min']}x); the champion's own "
+          f"training took {result['champion_train_s_mean']} s")
 
 
 def one_seed(seed: int, work: Path, today: Path, args) -> dict:
