@@ -29,7 +29,7 @@ def ensure_ray(settings: Settings):
     if ray.is_initialized():
         return ray
     os.environ.update(WORKER_ENV)
-    address = settings.ray.address or os.environ.get("RAY_ADDRESS")
+    address = ray_address(settings)
     # Ray's own log level stays as the caller set it (the `fusion` command: warnings only unless -v).
     kwargs = {"runtime_env": runtime_env(shipped=bool(address)), "log_to_driver": settings.ray.log_to_driver,
               "logging_level": logging.getLogger("ray").level or logging.INFO}
@@ -47,6 +47,11 @@ def ensure_ray(settings: Settings):
         _dashboard["url"] = url if uri.is_uri(url) else f"http://{url}"
         log.info("Ray dashboard: %s", _dashboard["url"])
     return ray
+
+
+def ray_address(settings: Settings) -> str | None:
+    """The Ray cluster to connect to (``ray.address``, else ``RAY_ADDRESS``), or None: start a local Ray."""
+    return settings.ray.address or os.environ.get("RAY_ADDRESS")
 
 
 def import_ray():

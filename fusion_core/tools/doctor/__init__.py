@@ -9,7 +9,8 @@ from collections.abc import Iterator
 
 from fusion_core.config import Settings
 from fusion_core.tools.doctor.check import FAIL, PASS, WARN, Check
-from fusion_core.tools.doctor.cluster import ray_address, ray_checks, start_local_probe, worker_checks
+from fusion_core.ray_runtime import ray_address
+from fusion_core.tools.doctor.cluster import ray_checks, start_local_probe, worker_checks
 from fusion_core.tools.doctor.local import catalog, prefect_server, schema_check, store_root, versions
 
 __all__ = ["FAIL", "PASS", "WARN", "Check", "catalog", "prefect_server", "ray_checks", "run_checks", "schema_check",

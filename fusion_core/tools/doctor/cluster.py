@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -20,11 +19,6 @@ LOCAL_PROBE = ("import json; from fusion_core.tools.doctor.cluster import machin
                "print(json.dumps(machine_report()))")
 
 
-def ray_address(settings: Settings) -> str | None:
-    """The Ray cluster runs connect to, or None: they start a local Ray."""
-    return settings.ray.address or os.environ.get("RAY_ADDRESS")
-
-
 def start_local_probe() -> subprocess.Popen:
     """Start asking this machine's Python what it imports (``machine_report``), while the other checks run."""
     return subprocess.Popen([sys.executable, "-c", LOCAL_PROBE], stdout=subprocess.PIPE,
@@ -34,7 +28,7 @@ def start_local_probe() -> subprocess.Popen:
 def ray_checks(settings: Settings, local_probe: subprocess.Popen | None = None) -> Iterator[Check]:
     """Connect to (or start) Ray, then report its nodes and resources and what its workers import: asked of a
     task on each node of a cluster, of ``local_probe`` (a ``start_local_probe``) for a local Ray."""
-    from fusion_core.ray_runtime import ensure_ray, import_ray
+    from fusion_core.ray_runtime import ensure_ray, import_ray, ray_address
 
     ray = import_ray()
     address = ray_address(settings)
