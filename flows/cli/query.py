@@ -42,7 +42,7 @@ def with_paths(catalog: Store, rows: list[dict]) -> list[dict]:
              "sources": sources.get(r["image_id"], [])} for r in rows]
 
 
-def with_predictions(catalog: Store, cluster_run: str, rows: list[dict], chunk: int = 500) -> list[dict]:
+def with_predictions(catalog: Store, cluster_run: str, rows: list[dict]) -> list[dict]:
     """Cluster members with their given ``label`` and ``predicted`` label, from the predictions that the
     clusters of ``cluster_run`` were made from (those of the run's own infer stage when its catalog rows
     do not say)."""
@@ -50,10 +50,7 @@ def with_predictions(catalog: Store, cluster_run: str, rows: list[dict], chunk: 
     clusters = catalog.get_version("clusters", (stage["outputs"] or {}).get("version")) or {"info": {}}
     made_from = catalog.get_version("predictions", clusters["info"].get("predictions_version"))
     predictions_run = catalog.results_run(made_from["run_id"] if made_from else cluster_run, "infer")
-    ids, found = [r["image_id"] for r in rows], {}
-    for start in range(0, len(ids), chunk):
-        found.update((p["image_id"], p) for p in catalog.select_results("predictions", predictions_run,
-                                                                         image_ids=ids[start:start + chunk]))
+    found = catalog.results_by_image("predictions", predictions_run, (r["image_id"] for r in rows))
     return [{**r, "label": found.get(r["image_id"], {}).get("label"),
              "predicted": found.get(r["image_id"], {}).get("predicted")} for r in rows]
 

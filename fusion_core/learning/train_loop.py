@@ -78,7 +78,8 @@ def train_loop_per_worker(config: dict) -> None:
                    "seconds": time.perf_counter() - started, "policy": policy,
                    "resumed_at": start_epoch}  # > 0 when this attempt resumed from a checkpoint
         history.append(metrics)
-        if best_index(history) == len(history) - 1:
+        is_best = best_index(history) == len(history) - 1
+        if is_best:
             best_weights = model.get_weights()
         with tempfile.TemporaryDirectory() as tmp:
             # Every rank saves (the strategy may need all of them); keras_v3 because Ray Train runs this
@@ -86,7 +87,7 @@ def train_loop_per_worker(config: dict) -> None:
             model.save(os.path.join(tmp, MODEL_FILE), save_format="keras_v3")
             with open(os.path.join(tmp, STATE_FILE), "w") as fh:
                 json.dump({"history": history}, fh)
-            if best_index(history) != len(history) - 1:
+            if not is_best:
                 np.savez(os.path.join(tmp, BEST_FILE), *best_weights)
             report_checkpoint = ray.train.Checkpoint.from_directory(tmp) if ctx.get_world_rank() == 0 else None
             ray.train.report(metrics, checkpoint=report_checkpoint)

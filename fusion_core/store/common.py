@@ -16,7 +16,6 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from fusion_core import uri
 from fusion_core.store.results import CHUNK_ROWS, batched
 
-LOOKUP_CHUNK = 500  # ids per IN (...) lookup
 
 
 def now() -> dt.datetime:

@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
-from fusion_core.store.common import LOOKUP_CHUNK, now
-from fusion_core.store.results import batched
+from fusion_core.store.common import now
+from fusion_core.store.results import LOOKUP_CHUNK, batched
 from fusion_core.store.tables import decisions
 
 ACTIONS = ("exclude", "relabel")

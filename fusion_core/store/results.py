@@ -14,6 +14,7 @@ from fusion_core.store.tables import image_sources, metadata, run_stages
 
 RESULT_TABLES = ("predictions", "cluster_assignments", "cluster_summaries", "findings")
 CHUNK_ROWS = 5000  # rows per INSERT statement
+LOOKUP_CHUNK = 500  # ids per IN (...) lookup
 
 
 class ResultTables:
@@ -81,6 +82,11 @@ class ResultTables:
             *(table.c[c[1:]].desc() if c.startswith("-") else table.c[c] for c in order_by)).limit(limit)
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
+
+    def results_by_image(self, table_name: str, run_id: str, image_ids: Iterable[str]) -> dict[str, dict]:
+        """A run's rows of a result table for these images, by image id (looked up ``LOOKUP_CHUNK`` at a time)."""
+        return {row["image_id"]: row for chunk in batched(image_ids, LOOKUP_CHUNK)
+                for row in self.select_results(table_name, run_id, image_ids=chunk)}
 
     def image_results(self, table_name: str, image_id: str) -> list[dict]:
         """One image's rows of a result table in every run that has one, newest run first."""

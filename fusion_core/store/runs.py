@@ -19,8 +19,8 @@ import sqlalchemy as sa
 
 from fusion_core import uri
 from fusion_core.errors import one_line
-from fusion_core.store.common import LOOKUP_CHUNK, now, redact
-from fusion_core.store.results import batched
+from fusion_core.store.common import now, redact
+from fusion_core.store.results import LOOKUP_CHUNK, batched
 from fusion_core.store.tables import PATH_OUTPUTS, meta, run_stages, runs, writer_lease
 
 log = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ from collections.abc import Iterable, Sequence
 
 import sqlalchemy as sa
 
-from fusion_core.store.common import LOOKUP_CHUNK, insert_new, now
-from fusion_core.store.results import batched
+from fusion_core.store.common import insert_new, now
+from fusion_core.store.results import LOOKUP_CHUNK, batched
 from fusion_core.store.tables import image_sources, quarantine
 
 

@@ -61,13 +61,13 @@ def export_tree(store: Store, run_id: str, by: str, out: Path, images: dict, cop
 
     table, column, _ = GROUPS[by]
     if out.exists() and any(out.iterdir()):
-        raise ValueError(f"fusion export: {out} is not empty; name a new folder")
+        raise ValueError(f"export: {out} is not empty; name a new folder")
     counts, groups = {"images": 0, "linked": 0, "written": 0}, set()
     columns = ["image_id", "source", "height", "width", "channels", "pixels"]
     for shard in images["shards"]:
         for batch in iter_shard_batches(store.root, shard["path"], columns, BATCH_ROWS):
             ids = batch.column("image_id").to_pylist()
-            found = {r["image_id"]: r[column] for r in store.select_results(table, run_id, image_ids=ids)}
+            found = {i: r[column] for i, r in store.results_by_image(table, run_id, ids).items()}
             for row in batch.to_pylist():
                 if row["image_id"] not in found:
                     continue

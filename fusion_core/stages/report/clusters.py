@@ -40,8 +40,7 @@ def cluster_exemplars(store: Store, run_id: str, predictions: dict | None, clust
     if pixels is None or not wanted:
         return Section(title, table + "<p>No exemplar images are available for these clusters.</p>")
     found = pixels_by_id(store, pixels, wanted)
-    predicted = {r["image_id"]: r for r in store.select_results("predictions", predictions["run_id"],
-                                                                image_ids=list(found))}
+    predicted = store.results_by_image("predictions", predictions["run_id"], found)
     body = table + ("<p class=\"note\">Per cluster, the images nearest its centre, then those farthest from it "
                     "(worth a look for mislabelled or unusual images); each links to the cluster's gallery page.</p>")
     for s in summaries:

@@ -22,7 +22,6 @@ from fusion_core.stages.report.page import CSS, SCRIPT
 from fusion_core.stages.report.plots import as_rgb
 from fusion_core.stages.report.sections import pixels_by_id
 from fusion_core.store import Store
-from fusion_core.store.results import batched
 
 PAGE_SIZE = 100
 GROUP_MAX = 500
@@ -118,10 +117,7 @@ def _cluster_groups(store: Store, run_id: str, cluster: dict | None, table_run: 
                                        order_by=("distance", "image_id"), limit=GROUP_MAX)
         if not members:
             continue
-        predictions = {}
-        for chunk in batched([m["image_id"] for m in members], 500):
-            predictions.update((r["image_id"], r) for r in store.select_results("predictions", table_run,
-                                                                                image_ids=chunk))
+        predictions = store.results_by_image("predictions", table_run, (m["image_id"] for m in members))
         rows = []
         for member in members:
             prediction = predictions.get(member["image_id"]) or {}
